@@ -207,19 +207,16 @@ impl Checker<'_> {
         }
     }
 
-    fn remaining_count<'x, T: 'x>(
-        &mut self,
-        items: impl Iterator<Item = &'x (Allot, T)>,
-        span: Span,
-    ) {
-        let count = items
-            .filter(|(allot, _)| matches!(allot, Allot::Remaining))
-            .count();
-        if count > 1 {
-            self.warning(
-                span,
-                "several `remaining` items: only the last one gets the rest".into(),
-            );
+    fn remaining_count<'x, T: 'x>(&mut self, items: impl Iterator<Item = &'x (Allot, T)>) {
+        let spans: Vec<Span> = items
+            .filter_map(|(allot, _)| match allot {
+                Allot::Remaining(span) => Some(*span),
+                Allot::Portion(_) => None,
+            })
+            .collect();
+        if spans.len() > 1 {
+            let message = "several `remaining` items: only the last one gets the rest".into();
+            self.warning(spans[0], message);
         }
     }
 
@@ -251,8 +248,7 @@ impl Checker<'_> {
                 }
             }
             Source::Allotment(items) => {
-                let span = first_portion_span(items.iter().map(|(allot, _)| allot));
-                self.remaining_count(items.iter(), span);
+                self.remaining_count(items.iter());
                 for (allot, source) in items {
                     if let Allot::Portion(portion) = allot {
                         self.expr(portion);
@@ -271,8 +267,7 @@ impl Checker<'_> {
         match destination {
             Destination::Account(account) => self.expr(account),
             Destination::Allotment(items) => {
-                let span = first_portion_span(items.iter().map(|(allot, _)| allot));
-                self.remaining_count(items.iter(), span);
+                self.remaining_count(items.iter());
                 for (allot, target) in items {
                     if let Allot::Portion(portion) = allot {
                         self.expr(portion);
@@ -296,13 +291,4 @@ impl Checker<'_> {
             self.destination(destination);
         }
     }
-}
-
-fn first_portion_span<'x>(mut allots: impl Iterator<Item = &'x Allot>) -> Span {
-    allots
-        .find_map(|allot| match allot {
-            Allot::Portion(expr) => Some(expr.span),
-            Allot::Remaining => None,
-        })
-        .unwrap_or_default()
 }

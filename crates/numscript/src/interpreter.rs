@@ -1216,7 +1216,7 @@ impl<'a> Interpreter<'a, '_> {
                     sum = sum.checked_add(portion)?;
                     portions.push(portion);
                 }
-                Allot::Remaining => {
+                Allot::Remaining(_) => {
                     // With several `remaining`, the last one gets the rest, as upstream.
                     remaining = Some(index);
                     portions.push(Ratio::ZERO);

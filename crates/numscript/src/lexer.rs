@@ -315,6 +315,11 @@ pub(crate) fn lex(source: &str) -> (Vec<Token>, Vec<LexError>) {
                             &source[start..i]
                         ),
                     });
+                    // Keep the token so the parser does not report the same spot again.
+                    tokens.push(Token {
+                        kind: TokenKind::Number,
+                        span: span(start, i),
+                    });
                     continue;
                 }
                 tokens.push(Token {
@@ -366,6 +371,10 @@ pub(crate) fn lex(source: &str) -> (Vec<Token>, Vec<LexError>) {
                                 .into(),
                     });
                     i += 1;
+                    tokens.push(Token {
+                        kind: TokenKind::Variable,
+                        span: span(start, i),
+                    });
                     continue;
                 }
                 i += len;
@@ -383,6 +392,10 @@ pub(crate) fn lex(source: &str) -> (Vec<Token>, Vec<LexError>) {
                         span: span(start, start + 1),
                         message: "expected an account name after `@`".into(),
                     });
+                    tokens.push(Token {
+                        kind: TokenKind::Account,
+                        span: span(start, i),
+                    });
                     continue;
                 }
                 i += len;
@@ -394,19 +407,18 @@ pub(crate) fn lex(source: &str) -> (Vec<Token>, Vec<LexError>) {
                             span: span(i, i + 1),
                             message: "expected an account segment after `:`".into(),
                         });
-                        i += 1;
                         valid = false;
                         break;
                     }
                     i += 1 + len;
                 }
-                if !valid {
-                    continue;
-                }
                 tokens.push(Token {
                     kind: TokenKind::Account,
                     span: span(start, i),
                 });
+                if !valid {
+                    i += 1; // The dangling `:`.
+                }
                 continue;
             }
             _ => {

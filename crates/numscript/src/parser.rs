@@ -245,7 +245,10 @@ impl<'s> Parser<'s> {
                 break;
             }
         }
-        self.expect(TokenKind::RParen, "to close the feature list")?;
+        if !self.at(TokenKind::RParen) {
+            return Err(self.error_here("`,` or `)` in the feature list"));
+        }
+        self.bump();
         self.expect(TokenKind::RBracket, "to close `#![feature(…)]`")?;
         Ok(())
     }
@@ -512,8 +515,8 @@ impl<'s> Parser<'s> {
     }
 
     fn allot(&mut self) -> PResult<Allot> {
-        if self.eat(TokenKind::Remaining) {
-            Ok(Allot::Remaining)
+        if self.at(TokenKind::Remaining) {
+            Ok(Allot::Remaining(self.bump().span))
         } else {
             Ok(Allot::Portion(self.expr()?))
         }

@@ -180,7 +180,7 @@ pub(crate) enum Source {
 #[derive(Debug)]
 pub(crate) enum Allot {
     Portion(Expr),
-    Remaining,
+    Remaining(Span),
 }
 
 #[derive(Debug)]
