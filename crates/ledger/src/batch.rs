@@ -1,0 +1,1344 @@
+//! One batch: commands executed in order against the ledgers' state, then written at once.
+//!
+//! A command either applies completely or not at all: it computes its effects on a private
+//! overlay, and only a command that succeeds folds the overlay into the batch state.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use crate::cache::Caches;
+use crate::command::{Command, NewTransaction, Outcome, Request, Response, Target, TxBody};
+use crate::error::LedgerError;
+use crate::log::{
+    self, chain_hash, DeleteMetadataPayload, Hash, Log, LogTransaction, LogType,
+    NewTransactionPayload, RevertedTransactionPayload, SetMetadataPayload, TargetId,
+    TARGET_ACCOUNT, TARGET_TRANSACTION,
+};
+use crate::store::{
+    AccountWrite, BatchWrites, LedgerHead, MoveRow, NewLedger, StoreWriter, TransactionUpdate,
+    VolumeKey, ROLE_DESTINATION, ROLE_SOURCE,
+};
+use crate::time::Timestamp;
+use crate::types::{
+    default_features, Amount, LedgerId, Metadata, Posting, Transaction, TxId, Volumes,
+    VolumesByAccount, WORLD,
+};
+
+/// Metadata key Formance sets on the transaction that reverts another.
+pub const REVERTS_METADATA_KEY: &str = "com.formance.spec/state/reverts";
+
+/// A script parsed before it reached the writer thread.
+pub type PreparedScript = Option<numscript::Program>;
+
+struct AccountEntry {
+    /// Whether the account has a row in the store (or will, after this batch).
+    exists: bool,
+    first_usage: Option<Timestamp>,
+    /// Loaded lazily: only scripts and metadata commands need it.
+    metadata: Option<Metadata>,
+    metadata_dirty: bool,
+    /// The account row must be written (new, earlier first usage, or metadata).
+    dirty: bool,
+    updated_at: Option<Timestamp>,
+}
+
+struct TxEntry {
+    tx: Transaction,
+    new: bool,
+    dirty: bool,
+}
+
+/// What a replay needs: the log that answered the key the first time.
+#[derive(Clone)]
+struct IdempotencyEntry {
+    fingerprint: Option<Hash>,
+    kind: LogType,
+    data: String,
+}
+
+pub struct Batch<'w> {
+    writer: &'w mut dyn StoreWriter,
+    caches: &'w mut Caches,
+    now: Timestamp,
+    script_flags: &'w numscript::FeatureFlags,
+    heads: HashMap<String, LedgerHead>,
+    touched_heads: BTreeSet<String>,
+    volumes: HashMap<VolumeKey, Volumes>,
+    dirty_volumes: BTreeSet<VolumeKey>,
+    accounts: HashMap<(LedgerId, String), AccountEntry>,
+    transactions: HashMap<(LedgerId, TxId), TxEntry>,
+    references: HashSet<(LedgerId, String)>,
+    idempotency: HashMap<(LedgerId, String), IdempotencyEntry>,
+    ledger_metadata: HashMap<LedgerId, Metadata>,
+    moves: Vec<MoveRow>,
+    logs: Vec<(LedgerId, Log)>,
+}
+
+/// Postings applied on top of the batch state, not yet folded in.
+#[derive(Default)]
+struct Overlay {
+    volumes: BTreeMap<(String, String), Volumes>,
+    deltas: BTreeMap<(String, String), (Amount, Amount, i64)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Funds {
+    /// Every source but `world` must hold what it sends.
+    Check,
+    /// `force`, or a script that already enforced its own overdraft rules.
+    Skip,
+}
+
+impl<'w> Batch<'w> {
+    pub fn new(
+        writer: &'w mut dyn StoreWriter,
+        caches: &'w mut Caches,
+        now: Timestamp,
+        script_flags: &'w numscript::FeatureFlags,
+    ) -> Batch<'w> {
+        Batch {
+            writer,
+            caches,
+            now,
+            script_flags,
+            heads: HashMap::new(),
+            touched_heads: BTreeSet::new(),
+            volumes: HashMap::new(),
+            dirty_volumes: BTreeSet::new(),
+            accounts: HashMap::new(),
+            transactions: HashMap::new(),
+            references: HashSet::new(),
+            idempotency: HashMap::new(),
+            ledger_metadata: HashMap::new(),
+            moves: Vec::new(),
+            logs: Vec::new(),
+        }
+    }
+
+    /// Locks the ledgers the batch needs and loads, in a few queries, what its commands read.
+    pub fn prepare(&mut self, requests: &[&Request]) -> Result<(), LedgerError> {
+        let names: BTreeSet<String> = requests.iter().map(|r| r.ledger.clone()).collect();
+        let names: Vec<String> = names.into_iter().collect();
+        for head in self.writer.lock_ledgers(&names)? {
+            self.caches.validate_ledger(head.id, head.next_log_id);
+            self.heads.insert(head.name.clone(), head);
+        }
+        let mut keys: HashMap<LedgerId, (BTreeSet<String>, BTreeSet<String>)> = HashMap::new();
+        let mut volume_keys = BTreeSet::new();
+        for request in requests {
+            let Some(head) = self.heads.get(&request.ledger) else {
+                continue;
+            };
+            let entry = keys.entry(head.id).or_default();
+            if let Some(key) = &request.idempotency_key {
+                entry.0.insert(key.clone());
+            }
+            if let Command::CreateTransaction(tx) = &request.command {
+                if let Some(reference) = &tx.reference {
+                    entry.1.insert(reference.clone());
+                }
+                if let TxBody::Postings(postings) = &tx.body {
+                    for posting in postings {
+                        for address in [&posting.source, &posting.destination] {
+                            volume_keys.insert(VolumeKey {
+                                ledger: head.id,
+                                address: address.clone(),
+                                asset: posting.asset.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for (ledger, (idempotency_keys, references)) in keys {
+            if !idempotency_keys.is_empty() {
+                let keys: Vec<String> = idempotency_keys.into_iter().collect();
+                for log in self.writer.find_logs_by_idempotency_keys(ledger, &keys)? {
+                    let key = log.idempotency_key.clone().expect("queried by key");
+                    let entry = IdempotencyEntry {
+                        fingerprint: log.idempotency_hash,
+                        kind: log.kind,
+                        data: log.data,
+                    };
+                    self.idempotency.insert((ledger, key), entry);
+                }
+            }
+            if !references.is_empty() {
+                let references: Vec<String> = references.into_iter().collect();
+                for reference in self.writer.find_references(ledger, &references)? {
+                    self.references.insert((ledger, reference));
+                }
+            }
+        }
+        let keys: Vec<VolumeKey> = volume_keys.into_iter().collect();
+        self.load_volumes(&keys)?;
+        Ok(())
+    }
+
+    fn load_volumes(&mut self, keys: &[VolumeKey]) -> Result<(), LedgerError> {
+        let mut missing = Vec::new();
+        for key in keys {
+            if self.volumes.contains_key(key) {
+                continue;
+            }
+            match self.caches.volumes(key) {
+                Some(volumes) => {
+                    self.volumes.insert(key.clone(), volumes);
+                }
+                None => missing.push(key.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let loaded = self.writer.load_volumes(&missing)?;
+        assert_eq!(
+            loaded.len(),
+            missing.len(),
+            "store answered a different number of volumes"
+        );
+        for (key, volumes) in missing.into_iter().zip(loaded) {
+            if volumes.is_some() {
+                // An account with volumes has a row: remember it to skip the upsert.
+                self.accounts
+                    .entry((key.ledger, key.address.clone()))
+                    .or_insert(AccountEntry {
+                        exists: true,
+                        first_usage: None,
+                        metadata: None,
+                        metadata_dirty: false,
+                        dirty: false,
+                        updated_at: None,
+                    });
+            }
+            self.volumes.insert(key, volumes.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    fn volumes_of(
+        &mut self,
+        ledger: LedgerId,
+        address: &str,
+        asset: &str,
+    ) -> Result<Volumes, LedgerError> {
+        let key = VolumeKey {
+            ledger,
+            address: address.to_string(),
+            asset: asset.to_string(),
+        };
+        if let Some(volumes) = self.volumes.get(&key) {
+            return Ok(*volumes);
+        }
+        self.load_volumes(std::slice::from_ref(&key))?;
+        Ok(self.volumes[&key])
+    }
+
+    fn head(&self, name: &str) -> Result<&LedgerHead, LedgerError> {
+        self.heads
+            .get(name)
+            .ok_or_else(|| LedgerError::LedgerNotFound(name.to_string()))
+    }
+
+    /// Executes one request. Errors leave the batch state as it was.
+    pub fn execute(
+        &mut self,
+        request: &Request,
+        script: &PreparedScript,
+    ) -> Result<Response, LedgerError> {
+        if let Command::CreateLedger {
+            bucket,
+            metadata,
+            features,
+        } = &request.command
+        {
+            return self.create_ledger(&request.ledger, bucket.as_deref(), metadata, features);
+        }
+        let head = self.head(&request.ledger)?.clone();
+        let fingerprint = request.fingerprint();
+        if let Some(key) = &request.idempotency_key {
+            if let Some(entry) = self.idempotency.get(&(head.id, key.clone())).cloned() {
+                if entry.fingerprint != Some(fingerprint) {
+                    return Err(LedgerError::IdempotencyKeyConflict(key.clone()));
+                }
+                let outcome = self.replay(head.id, &entry)?;
+                return Ok(Response {
+                    outcome,
+                    idempotency_hit: true,
+                });
+            }
+        }
+        let dry_run = request.dry_run;
+        let outcome = match &request.command {
+            Command::CreateLedger { .. } => unreachable!("handled above"),
+            Command::UpdateLedgerMetadata { metadata } => {
+                let mut current = self.ledger_metadata(head.id)?;
+                current.extend(metadata.clone());
+                if !dry_run {
+                    self.ledger_metadata.insert(head.id, current);
+                }
+                Outcome::Done
+            }
+            Command::DeleteLedgerMetadata { key } => {
+                let mut current = self.ledger_metadata(head.id)?;
+                current.remove(key);
+                if !dry_run {
+                    self.ledger_metadata.insert(head.id, current);
+                }
+                Outcome::Done
+            }
+            Command::CreateTransaction(input) => {
+                self.create_transaction(&head, request, input, script, fingerprint)?
+            }
+            Command::RevertTransaction {
+                id,
+                force,
+                at_effective_date,
+                metadata,
+            } => self.revert_transaction(
+                &head,
+                request,
+                *id,
+                *force,
+                *at_effective_date,
+                metadata,
+                fingerprint,
+            )?,
+            Command::SaveMetadata { target, metadata } => {
+                self.save_metadata(&head, request, target, metadata, fingerprint)?
+            }
+            Command::DeleteMetadata { target, key } => {
+                self.delete_metadata(&head, request, target, key, fingerprint)?
+            }
+            Command::ImportLogs { logs } => self.import_logs(&head, logs)?,
+        };
+        Ok(Response {
+            outcome,
+            idempotency_hit: false,
+        })
+    }
+
+    fn ledger_metadata(&mut self, ledger: LedgerId) -> Result<Metadata, LedgerError> {
+        if let Some(metadata) = self.ledger_metadata.get(&ledger) {
+            return Ok(metadata.clone());
+        }
+        Ok(self.writer.load_ledger_metadata(ledger)?)
+    }
+
+    fn create_ledger(
+        &mut self,
+        name: &str,
+        bucket: Option<&str>,
+        metadata: &Metadata,
+        features: &Metadata,
+    ) -> Result<Response, LedgerError> {
+        if self.heads.contains_key(name) {
+            return Err(LedgerError::LedgerAlreadyExists(name.to_string()));
+        }
+        let mut all_features = default_features();
+        for (key, value) in features {
+            if !all_features.contains_key(key) {
+                return Err(LedgerError::Validation(format!(
+                    "features: unknown feature {key:?}"
+                )));
+            }
+            all_features.insert(key.clone(), value.clone());
+        }
+        let ledger = NewLedger {
+            name: name.to_string(),
+            bucket: bucket.unwrap_or(name).to_string(),
+            metadata: metadata.clone(),
+            features: all_features,
+            added_at: self.now,
+        };
+        let head = self.writer.insert_ledger(&ledger)?;
+        self.caches.validate_ledger(head.id, head.next_log_id);
+        self.heads.insert(name.to_string(), head);
+        Ok(Response {
+            outcome: Outcome::Done,
+            idempotency_hit: false,
+        })
+    }
+
+    fn replay(
+        &mut self,
+        ledger: LedgerId,
+        entry: &IdempotencyEntry,
+    ) -> Result<Outcome, LedgerError> {
+        let id = match entry.kind {
+            LogType::NewTransaction => {
+                let payload: NewTransactionPayload = serde_json::from_str(&entry.data)
+                    .map_err(|err| LedgerError::Store(format!("corrupt log payload: {err}")))?;
+                payload.transaction.id
+            }
+            LogType::RevertedTransaction => {
+                let payload: RevertedTransactionPayload = serde_json::from_str(&entry.data)
+                    .map_err(|err| LedgerError::Store(format!("corrupt log payload: {err}")))?;
+                payload.revert_transaction.id
+            }
+            LogType::SetMetadata | LogType::DeleteMetadata => return Ok(Outcome::Done),
+        };
+        let tx = self.transaction(ledger, id)?.ok_or_else(|| {
+            LedgerError::Store(format!("transaction {id} of an idempotency log is missing"))
+        })?;
+        Ok(Outcome::Transaction(tx))
+    }
+
+    fn transaction(
+        &mut self,
+        ledger: LedgerId,
+        id: TxId,
+    ) -> Result<Option<Transaction>, LedgerError> {
+        if let Some(entry) = self.transactions.get(&(ledger, id)) {
+            return Ok(Some(entry.tx.clone()));
+        }
+        let Some(tx) = self.writer.load_transaction(ledger, id)? else {
+            return Ok(None);
+        };
+        self.transactions.insert(
+            (ledger, id),
+            TxEntry {
+                tx: tx.clone(),
+                new: false,
+                dirty: false,
+            },
+        );
+        Ok(Some(tx))
+    }
+
+    fn account_metadata(
+        &mut self,
+        ledger: LedgerId,
+        address: &str,
+    ) -> Result<Option<Metadata>, LedgerError> {
+        let key = (ledger, address.to_string());
+        if let Some(entry) = self.accounts.get(&key) {
+            if let Some(metadata) = &entry.metadata {
+                return Ok(Some(metadata.clone()));
+            }
+            if !entry.exists {
+                return Ok(None);
+            }
+        }
+        let stored = self
+            .writer
+            .load_accounts(ledger, std::slice::from_ref(&key.1))?
+            .pop()
+            .flatten();
+        let entry = self.accounts.entry(key).or_insert(AccountEntry {
+            exists: false,
+            first_usage: None,
+            metadata: None,
+            metadata_dirty: false,
+            dirty: false,
+            updated_at: None,
+        });
+        match stored {
+            Some(stored) => {
+                entry.exists = true;
+                if entry.first_usage.is_none() {
+                    entry.first_usage = Some(stored.first_usage);
+                }
+                entry.metadata = Some(stored.metadata.clone());
+                Ok(Some(stored.metadata))
+            }
+            None => {
+                if !entry.dirty {
+                    entry.exists = false;
+                }
+                Ok(if entry.dirty {
+                    Some(Metadata::new())
+                } else {
+                    None
+                })
+            }
+        }
+    }
+
+    /// Records that an account is used at `timestamp`; creates its row if needed.
+    fn touch_account(&mut self, ledger: LedgerId, address: &str, timestamp: Timestamp) {
+        let key = (ledger, address.to_string());
+        let cached = if self.accounts.contains_key(&key) {
+            None
+        } else {
+            self.caches.account(ledger, address)
+        };
+        let entry = self.accounts.entry(key).or_insert_with(|| AccountEntry {
+            exists: cached.is_some(),
+            first_usage: cached,
+            metadata: None,
+            metadata_dirty: false,
+            dirty: false,
+            updated_at: None,
+        });
+        match entry.first_usage {
+            Some(first_usage) if entry.exists && first_usage <= timestamp => {}
+            Some(first_usage) => {
+                entry.first_usage = Some(first_usage.min(timestamp));
+                entry.dirty = true;
+            }
+            None => {
+                entry.first_usage = Some(timestamp);
+                entry.dirty = true;
+            }
+        }
+        entry.exists = true;
+    }
+
+    fn set_account_metadata(&mut self, ledger: LedgerId, address: &str, metadata: Metadata) {
+        let now = self.now;
+        self.touch_account(ledger, address, now);
+        let entry = self
+            .accounts
+            .get_mut(&(ledger, address.to_string()))
+            .expect("touched");
+        entry.metadata = Some(metadata);
+        entry.metadata_dirty = true;
+        entry.dirty = true;
+        entry.updated_at = Some(now);
+    }
+
+    /// Applies postings on an overlay, checking funds unless told not to.
+    fn simulate(
+        &mut self,
+        ledger: LedgerId,
+        postings: &[Posting],
+        funds: Funds,
+    ) -> Result<Overlay, LedgerError> {
+        let keys: Vec<VolumeKey> = postings
+            .iter()
+            .flat_map(|p| {
+                [
+                    VolumeKey {
+                        ledger,
+                        address: p.source.clone(),
+                        asset: p.asset.clone(),
+                    },
+                    VolumeKey {
+                        ledger,
+                        address: p.destination.clone(),
+                        asset: p.asset.clone(),
+                    },
+                ]
+            })
+            .filter(|key| !self.volumes.contains_key(key))
+            .collect();
+        self.load_volumes(&keys)?;
+        let mut overlay = Overlay::default();
+        for posting in postings {
+            assert!(posting.amount >= 0, "negative posting reached the engine");
+            let source_key = (posting.source.clone(), posting.asset.clone());
+            let mut source = match overlay.volumes.get(&source_key) {
+                Some(volumes) => *volumes,
+                None => self.volumes_of(ledger, &posting.source, &posting.asset)?,
+            };
+            if funds == Funds::Check && posting.source != WORLD {
+                let available = source.balance()?;
+                if available < posting.amount {
+                    return Err(LedgerError::InsufficientFunds {
+                        account: posting.source.clone(),
+                        asset: posting.asset.clone(),
+                        needed: posting.amount,
+                        available: available.max(0),
+                    });
+                }
+            }
+            source.send(posting.amount)?;
+            overlay.volumes.insert(source_key.clone(), source);
+            let delta = overlay.deltas.entry(source_key).or_default();
+            delta.1 = delta
+                .1
+                .checked_add(posting.amount)
+                .ok_or(LedgerError::Overflow)?;
+            delta.2 |= ROLE_SOURCE;
+
+            let destination_key = (posting.destination.clone(), posting.asset.clone());
+            let mut destination = match overlay.volumes.get(&destination_key) {
+                Some(volumes) => *volumes,
+                None => self.volumes_of(ledger, &posting.destination, &posting.asset)?,
+            };
+            destination.receive(posting.amount)?;
+            overlay.volumes.insert(destination_key.clone(), destination);
+            let delta = overlay.deltas.entry(destination_key).or_default();
+            delta.0 = delta
+                .0
+                .checked_add(posting.amount)
+                .ok_or(LedgerError::Overflow)?;
+            delta.2 |= ROLE_DESTINATION;
+        }
+        Ok(overlay)
+    }
+
+    fn post_commit_volumes(overlay: &Overlay) -> VolumesByAccount {
+        let mut out = VolumesByAccount::new();
+        for ((address, asset), volumes) in &overlay.volumes {
+            out.entry(address.clone())
+                .or_default()
+                .insert(asset.clone(), *volumes);
+        }
+        out
+    }
+
+    /// Folds a successful command's overlay into the batch state.
+    fn apply(&mut self, ledger: LedgerId, tx: &Transaction, overlay: Overlay) {
+        for ((address, asset), (input_delta, output_delta, roles)) in overlay.deltas {
+            self.moves.push(MoveRow {
+                ledger,
+                address: address.clone(),
+                asset: asset.clone(),
+                tx_id: tx.id,
+                timestamp: tx.timestamp,
+                input_delta,
+                output_delta,
+                roles,
+            });
+        }
+        for ((address, asset), volumes) in overlay.volumes {
+            self.touch_account(ledger, &address, tx.timestamp);
+            let key = VolumeKey {
+                ledger,
+                address,
+                asset,
+            };
+            self.volumes.insert(key.clone(), volumes);
+            self.dirty_volumes.insert(key);
+        }
+    }
+
+    fn append_log(
+        &mut self,
+        head_name: &str,
+        kind: LogType,
+        data: String,
+        request: &Request,
+        fingerprint: Hash,
+    ) -> Result<(), LedgerError> {
+        let head = self.heads.get_mut(head_name).expect("locked ledger");
+        let id = head.next_log_id;
+        let hash = chain_hash(
+            head.last_hash.as_ref(),
+            id,
+            kind,
+            self.now,
+            request.idempotency_key.as_deref(),
+            &data,
+        );
+        head.next_log_id += 1;
+        head.last_hash = Some(hash);
+        let ledger = head.id;
+        self.touched_heads.insert(head_name.to_string());
+        if let Some(key) = &request.idempotency_key {
+            let entry = IdempotencyEntry {
+                fingerprint: Some(fingerprint),
+                kind,
+                data: data.clone(),
+            };
+            self.idempotency.insert((ledger, key.clone()), entry);
+        }
+        let log = Log {
+            id,
+            kind,
+            date: self.now,
+            data,
+            idempotency_key: request.idempotency_key.clone(),
+            idempotency_hash: request.idempotency_key.as_ref().map(|_| fingerprint),
+            hash,
+        };
+        self.logs.push((ledger, log));
+        Ok(())
+    }
+
+    fn run_script(
+        &mut self,
+        ledger: LedgerId,
+        program: &numscript::Program,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<numscript::Execution, LedgerError> {
+        let flags = self.script_flags;
+        let mut view = ScriptView {
+            batch: self,
+            ledger,
+            store_error: None,
+        };
+        let result = numscript::run(program, vars, flags, &mut view);
+        if let Some(err) = view.store_error.take() {
+            return Err(err);
+        }
+        result.map_err(map_script_error)
+    }
+
+    fn create_transaction(
+        &mut self,
+        head: &LedgerHead,
+        request: &Request,
+        input: &NewTransaction,
+        script: &PreparedScript,
+        fingerprint: Hash,
+    ) -> Result<Outcome, LedgerError> {
+        let ledger = head.id;
+        if let Some(reference) = &input.reference {
+            if self.references.contains(&(ledger, reference.clone())) {
+                return Err(LedgerError::DuplicateReference(reference.clone()));
+            }
+        }
+        let mut metadata = input.metadata.clone();
+        let mut account_metadata = BTreeMap::new();
+        let (postings, funds) = match &input.body {
+            TxBody::Postings(postings) => (
+                postings.clone(),
+                if input.force {
+                    Funds::Skip
+                } else {
+                    Funds::Check
+                },
+            ),
+            TxBody::Script { vars, .. } => {
+                let program = script
+                    .as_ref()
+                    .expect("scripts are parsed before the writer");
+                let execution = self.run_script(ledger, program, vars)?;
+                for (key, value) in execution.tx_metadata {
+                    if metadata.contains_key(&key) {
+                        return Err(LedgerError::MetadataOverride(key));
+                    }
+                    metadata.insert(key, value);
+                }
+                account_metadata = execution.account_metadata;
+                let postings = execution
+                    .postings
+                    .into_iter()
+                    .map(|p| Posting {
+                        asset: colored_asset(&p.asset, &p.color),
+                        source: p.source,
+                        destination: p.destination,
+                        amount: p.amount,
+                    })
+                    .collect();
+                (postings, Funds::Skip)
+            }
+        };
+        for (address, extra) in &input.account_metadata {
+            account_metadata
+                .entry(address.clone())
+                .or_default()
+                .extend(extra.clone());
+        }
+        let overlay = self.simulate(ledger, &postings, funds)?;
+        let timestamp = input.timestamp.unwrap_or(self.now);
+        let tx = Transaction {
+            id: head.next_tx_id,
+            timestamp,
+            inserted_at: self.now,
+            updated_at: self.now,
+            postings,
+            reference: input.reference.clone(),
+            metadata,
+            reverted_at: None,
+            post_commit_volumes: Self::post_commit_volumes(&overlay),
+        };
+        tx.assert_balanced();
+        if request.dry_run {
+            return Ok(Outcome::Transaction(tx));
+        }
+        let payload = NewTransactionPayload {
+            transaction: LogTransaction::from_transaction(&tx),
+            account_metadata: account_metadata.clone(),
+        };
+        self.append_log(
+            &request.ledger,
+            LogType::NewTransaction,
+            log::encode(&payload),
+            request,
+            fingerprint,
+        )?;
+        self.heads
+            .get_mut(&request.ledger)
+            .expect("locked")
+            .next_tx_id += 1;
+        self.apply(ledger, &tx, overlay);
+        for (address, extra) in account_metadata {
+            let mut current = self.account_metadata(ledger, &address)?.unwrap_or_default();
+            current.extend(extra);
+            self.set_account_metadata(ledger, &address, current);
+        }
+        if let Some(reference) = &tx.reference {
+            self.references.insert((ledger, reference.clone()));
+        }
+        self.transactions.insert(
+            (ledger, tx.id),
+            TxEntry {
+                tx: tx.clone(),
+                new: true,
+                dirty: true,
+            },
+        );
+        Ok(Outcome::Transaction(tx))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn revert_transaction(
+        &mut self,
+        head: &LedgerHead,
+        request: &Request,
+        id: TxId,
+        force: bool,
+        at_effective_date: bool,
+        metadata: &Metadata,
+        fingerprint: Hash,
+    ) -> Result<Outcome, LedgerError> {
+        let ledger = head.id;
+        let original = self
+            .transaction(ledger, id)?
+            .ok_or_else(|| LedgerError::NotFound(format!("transaction {id}")))?;
+        if original.reverted_at.is_some() {
+            return Err(LedgerError::AlreadyReverted(id));
+        }
+        let postings: Vec<Posting> = original
+            .postings
+            .iter()
+            .rev()
+            .map(|p| Posting {
+                source: p.destination.clone(),
+                destination: p.source.clone(),
+                amount: p.amount,
+                asset: p.asset.clone(),
+            })
+            .collect();
+        let overlay = self.simulate(
+            ledger,
+            &postings,
+            if force { Funds::Skip } else { Funds::Check },
+        )?;
+        let mut revert_metadata = metadata.clone();
+        revert_metadata.insert(REVERTS_METADATA_KEY.to_string(), id.to_string());
+        let tx = Transaction {
+            id: head.next_tx_id,
+            timestamp: if at_effective_date {
+                original.timestamp
+            } else {
+                self.now
+            },
+            inserted_at: self.now,
+            updated_at: self.now,
+            postings,
+            reference: None,
+            metadata: revert_metadata,
+            reverted_at: None,
+            post_commit_volumes: Self::post_commit_volumes(&overlay),
+        };
+        tx.assert_balanced();
+        if request.dry_run {
+            return Ok(Outcome::Transaction(tx));
+        }
+        let payload = RevertedTransactionPayload {
+            reverted_transaction_id: id,
+            revert_transaction: LogTransaction::from_transaction(&tx),
+        };
+        self.append_log(
+            &request.ledger,
+            LogType::RevertedTransaction,
+            log::encode(&payload),
+            request,
+            fingerprint,
+        )?;
+        self.heads
+            .get_mut(&request.ledger)
+            .expect("locked")
+            .next_tx_id += 1;
+        self.apply(ledger, &tx, overlay);
+        let entry = self
+            .transactions
+            .get_mut(&(ledger, id))
+            .expect("loaded above");
+        entry.tx.reverted_at = Some(self.now);
+        entry.tx.updated_at = self.now;
+        entry.dirty = true;
+        self.transactions.insert(
+            (ledger, tx.id),
+            TxEntry {
+                tx: tx.clone(),
+                new: true,
+                dirty: true,
+            },
+        );
+        Ok(Outcome::Transaction(tx))
+    }
+
+    fn save_metadata(
+        &mut self,
+        head: &LedgerHead,
+        request: &Request,
+        target: &Target,
+        metadata: &Metadata,
+        fingerprint: Hash,
+    ) -> Result<Outcome, LedgerError> {
+        let ledger = head.id;
+        let target_id = match target {
+            Target::Transaction(id) => {
+                let tx = self
+                    .transaction(ledger, *id)?
+                    .ok_or_else(|| LedgerError::NotFound(format!("transaction {id}")))?;
+                if request.dry_run {
+                    return Ok(Outcome::Done);
+                }
+                let entry = self
+                    .transactions
+                    .get_mut(&(ledger, tx.id))
+                    .expect("loaded above");
+                entry.tx.metadata.extend(metadata.clone());
+                entry.tx.updated_at = self.now;
+                entry.dirty = true;
+                TargetId::Transaction(*id)
+            }
+            Target::Account(address) => {
+                if request.dry_run {
+                    return Ok(Outcome::Done);
+                }
+                let mut current = self.account_metadata(ledger, address)?.unwrap_or_default();
+                current.extend(metadata.clone());
+                self.set_account_metadata(ledger, address, current);
+                TargetId::Account(address.clone())
+            }
+        };
+        let payload = SetMetadataPayload {
+            target_type: target_type(target).to_string(),
+            target_id,
+            metadata: metadata.clone(),
+        };
+        self.append_log(
+            &request.ledger,
+            LogType::SetMetadata,
+            log::encode(&payload),
+            request,
+            fingerprint,
+        )?;
+        Ok(Outcome::Done)
+    }
+
+    fn delete_metadata(
+        &mut self,
+        head: &LedgerHead,
+        request: &Request,
+        target: &Target,
+        key: &str,
+        fingerprint: Hash,
+    ) -> Result<Outcome, LedgerError> {
+        let ledger = head.id;
+        let target_id = match target {
+            Target::Transaction(id) => {
+                self.transaction(ledger, *id)?
+                    .ok_or_else(|| LedgerError::NotFound(format!("transaction {id}")))?;
+                if request.dry_run {
+                    return Ok(Outcome::Done);
+                }
+                let entry = self
+                    .transactions
+                    .get_mut(&(ledger, *id))
+                    .expect("loaded above");
+                entry.tx.metadata.remove(key);
+                entry.tx.updated_at = self.now;
+                entry.dirty = true;
+                TargetId::Transaction(*id)
+            }
+            Target::Account(address) => {
+                let mut current = self
+                    .account_metadata(ledger, address)?
+                    .ok_or_else(|| LedgerError::NotFound(format!("account {address}")))?;
+                if request.dry_run {
+                    return Ok(Outcome::Done);
+                }
+                current.remove(key);
+                self.set_account_metadata(ledger, address, current);
+                TargetId::Account(address.clone())
+            }
+        };
+        let payload = DeleteMetadataPayload {
+            target_type: target_type(target).to_string(),
+            target_id,
+            key: key.to_string(),
+        };
+        self.append_log(
+            &request.ledger,
+            LogType::DeleteMetadata,
+            log::encode(&payload),
+            request,
+            fingerprint,
+        )?;
+        Ok(Outcome::Done)
+    }
+
+    /// Replays exported logs: ids must continue the ledger's, hashes must match when given.
+    fn import_logs(&mut self, head: &LedgerHead, logs: &[Log]) -> Result<Outcome, LedgerError> {
+        let ledger = head.id;
+        let name = head.name.clone();
+        for log in logs {
+            let current = self.heads[&name].clone();
+            if log.id != current.next_log_id {
+                return Err(LedgerError::Import(format!(
+                    "log {} does not follow the ledger's last log (expected id {})",
+                    log.id, current.next_log_id
+                )));
+            }
+            let hash = chain_hash(
+                current.last_hash.as_ref(),
+                log.id,
+                log.kind,
+                log.date,
+                log.idempotency_key.as_deref(),
+                &log.data,
+            );
+            if log.hash != [0; 32] && log.hash != hash {
+                return Err(LedgerError::Import(format!(
+                    "log {}: hash does not match the chain",
+                    log.id
+                )));
+            }
+            let invalid =
+                |err: serde_json::Error| LedgerError::Import(format!("log {}: {err}", log.id));
+            let saved_now = self.now;
+            self.now = log.date;
+            let result = match log.kind {
+                LogType::NewTransaction => {
+                    let payload: NewTransactionPayload =
+                        serde_json::from_str(&log.data).map_err(invalid)?;
+                    self.import_transaction(
+                        &current,
+                        &payload.transaction,
+                        &payload.account_metadata,
+                    )
+                }
+                LogType::RevertedTransaction => {
+                    let payload: RevertedTransactionPayload =
+                        serde_json::from_str(&log.data).map_err(invalid)?;
+                    self.import_transaction(&current, &payload.revert_transaction, &BTreeMap::new())
+                        .and_then(|_| {
+                            let id = payload.reverted_transaction_id;
+                            self.transaction(ledger, id)?.ok_or_else(|| {
+                                LedgerError::Import(format!("reverted transaction {id} is unknown"))
+                            })?;
+                            let entry = self.transactions.get_mut(&(ledger, id)).expect("loaded");
+                            entry.tx.reverted_at = Some(log.date);
+                            entry.tx.updated_at = log.date;
+                            entry.dirty = true;
+                            Ok(())
+                        })
+                }
+                LogType::SetMetadata => {
+                    let payload: SetMetadataPayload =
+                        serde_json::from_str(&log.data).map_err(invalid)?;
+                    self.import_metadata(ledger, &payload.target_id, Some(&payload.metadata), None)
+                }
+                LogType::DeleteMetadata => {
+                    let payload: DeleteMetadataPayload =
+                        serde_json::from_str(&log.data).map_err(invalid)?;
+                    self.import_metadata(ledger, &payload.target_id, None, Some(&payload.key))
+                }
+            };
+            self.now = saved_now;
+            result?;
+            let head = self.heads.get_mut(&name).expect("locked");
+            head.next_log_id += 1;
+            head.last_hash = Some(hash);
+            self.touched_heads.insert(name.clone());
+            self.logs.push((
+                ledger,
+                Log {
+                    hash,
+                    ..log.clone()
+                },
+            ));
+            if let Some(key) = &log.idempotency_key {
+                let entry = IdempotencyEntry {
+                    fingerprint: log.idempotency_hash,
+                    kind: log.kind,
+                    data: log.data.clone(),
+                };
+                self.idempotency.insert((ledger, key.clone()), entry);
+            }
+        }
+        Ok(Outcome::Imported(logs.len() as u64))
+    }
+
+    fn import_transaction(
+        &mut self,
+        head: &LedgerHead,
+        logged: &LogTransaction,
+        account_metadata: &BTreeMap<String, Metadata>,
+    ) -> Result<(), LedgerError> {
+        let ledger = head.id;
+        if logged.id != head.next_tx_id {
+            return Err(LedgerError::Import(format!(
+                "transaction {} does not follow the ledger's last transaction (expected id {})",
+                logged.id, head.next_tx_id
+            )));
+        }
+        let postings = logged.postings();
+        for (index, posting) in postings.iter().enumerate() {
+            posting
+                .validate(index)
+                .map_err(|err| LedgerError::Import(err.to_string()))?;
+        }
+        let overlay = self.simulate(ledger, &postings, Funds::Skip)?;
+        let tx = Transaction {
+            id: logged.id,
+            timestamp: logged.timestamp()?,
+            inserted_at: self.now,
+            updated_at: self.now,
+            postings,
+            reference: logged.reference.clone(),
+            metadata: logged.metadata.clone(),
+            reverted_at: None,
+            post_commit_volumes: Self::post_commit_volumes(&overlay),
+        };
+        if let Some(reference) = &tx.reference {
+            if !self.references.insert((ledger, reference.clone())) {
+                return Err(LedgerError::Import(format!(
+                    "duplicate reference {reference:?}"
+                )));
+            }
+        }
+        self.heads.get_mut(&head.name).expect("locked").next_tx_id += 1;
+        self.apply(ledger, &tx, overlay);
+        for (address, extra) in account_metadata {
+            let mut current = self.account_metadata(ledger, address)?.unwrap_or_default();
+            current.extend(extra.clone());
+            self.set_account_metadata(ledger, address, current);
+        }
+        self.transactions.insert(
+            (ledger, tx.id),
+            TxEntry {
+                tx,
+                new: true,
+                dirty: true,
+            },
+        );
+        Ok(())
+    }
+
+    fn import_metadata(
+        &mut self,
+        ledger: LedgerId,
+        target: &TargetId,
+        set: Option<&Metadata>,
+        delete: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        match target {
+            TargetId::Transaction(id) => {
+                self.transaction(ledger, *id)?
+                    .ok_or_else(|| LedgerError::Import(format!("transaction {id} is unknown")))?;
+                let entry = self.transactions.get_mut(&(ledger, *id)).expect("loaded");
+                if let Some(set) = set {
+                    entry.tx.metadata.extend(set.clone());
+                }
+                if let Some(key) = delete {
+                    entry.tx.metadata.remove(key);
+                }
+                entry.tx.updated_at = self.now;
+                entry.dirty = true;
+            }
+            TargetId::Account(address) => {
+                let mut current = self.account_metadata(ledger, address)?.unwrap_or_default();
+                if let Some(set) = set {
+                    current.extend(set.clone());
+                }
+                if let Some(key) = delete {
+                    current.remove(key);
+                }
+                self.set_account_metadata(ledger, address, current);
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything the batch changed, as rows for the store.
+    pub fn writes(&self) -> BatchWrites {
+        let mut writes = BatchWrites::default();
+        for name in &self.touched_heads {
+            writes.heads.push(self.heads[name].clone());
+        }
+        writes.ledger_metadata = self
+            .ledger_metadata
+            .iter()
+            .map(|(id, m)| (*id, m.clone()))
+            .collect();
+        let mut transactions: Vec<(&(LedgerId, TxId), &TxEntry)> = self
+            .transactions
+            .iter()
+            .filter(|(_, entry)| entry.dirty)
+            .collect();
+        transactions.sort_by_key(|(key, _)| **key);
+        for ((ledger, _), entry) in transactions {
+            let ledger = *ledger;
+            if entry.new {
+                writes.transactions.push((ledger, entry.tx.clone()));
+            } else {
+                writes.transaction_updates.push(TransactionUpdate {
+                    ledger,
+                    id: entry.tx.id,
+                    metadata: entry.tx.metadata.clone(),
+                    reverted_at: entry.tx.reverted_at,
+                    updated_at: entry.tx.updated_at,
+                });
+            }
+        }
+        writes.moves = self.moves.clone();
+        for key in &self.dirty_volumes {
+            writes.volumes.push((key.clone(), self.volumes[key]));
+        }
+        for ((ledger, address), entry) in &self.accounts {
+            if !entry.dirty {
+                continue;
+            }
+            writes.accounts.push(AccountWrite {
+                ledger: *ledger,
+                address: address.clone(),
+                first_usage: entry.first_usage.unwrap_or(self.now),
+                insertion_date: self.now,
+                updated_at: entry.updated_at.unwrap_or(self.now),
+                metadata: if entry.metadata_dirty {
+                    entry.metadata.clone()
+                } else {
+                    None
+                },
+            });
+        }
+        writes
+            .accounts
+            .sort_by(|a, b| (a.ledger, &a.address).cmp(&(b.ledger, &b.address)));
+        writes.logs = self.logs.clone();
+        writes
+    }
+
+    /// Writes and commits the batch; then remembers what it learnt for the next batches.
+    pub fn commit(self) -> Result<(), LedgerError> {
+        let writes = self.writes();
+        if !writes.is_empty() {
+            self.writer.write(&writes)?;
+        }
+        self.writer.commit()?;
+        self.update_caches();
+        Ok(())
+    }
+
+    fn update_caches(self) {
+        for head in self.heads.values() {
+            self.caches.advance_ledger(head.id, head.next_log_id);
+        }
+        for (key, volumes) in self.volumes {
+            self.caches.put_volumes(key, volumes);
+        }
+        for ((ledger, address), entry) in self.accounts {
+            if let (true, Some(first_usage)) = (entry.exists, entry.first_usage) {
+                self.caches.put_account(ledger, address, first_usage);
+            }
+        }
+    }
+
+    /// Ledgers whose cache must be dropped if the batch fails.
+    pub fn ledger_ids(&self) -> Vec<LedgerId> {
+        self.heads.values().map(|head| head.id).collect()
+    }
+}
+
+fn target_type(target: &Target) -> &'static str {
+    match target {
+        Target::Account(_) => TARGET_ACCOUNT,
+        Target::Transaction(_) => TARGET_TRANSACTION,
+    }
+}
+
+/// Coloured funds are kept as their own asset, `BASE_COLOR[/n]` (Numscript v0.0.24 encoding).
+fn colored_asset(asset: &str, color: &str) -> String {
+    if color.is_empty() {
+        return asset.to_string();
+    }
+    match asset.split_once('/') {
+        Some((base, precision)) => format!("{base}_{color}/{precision}"),
+        None => format!("{asset}_{color}"),
+    }
+}
+
+fn map_script_error(err: numscript::RuntimeError) -> LedgerError {
+    match err {
+        numscript::RuntimeError::MissingFunds {
+            account,
+            asset,
+            needed,
+            available,
+        } => LedgerError::InsufficientFunds {
+            account: account.unwrap_or_default(),
+            asset,
+            needed,
+            available,
+        },
+        other => {
+            let message = other.to_string();
+            let code = crate::script::error_code(&other);
+            if crate::script::is_variable_error(code) {
+                LedgerError::Compilation(message)
+            } else {
+                LedgerError::ScriptRuntime { code, message }
+            }
+        }
+    }
+}
+
+/// The interpreter's view of balances and metadata: the batch state, loading misses at once.
+struct ScriptView<'b, 'w> {
+    batch: &'b mut Batch<'w>,
+    ledger: LedgerId,
+    store_error: Option<LedgerError>,
+}
+
+impl numscript::Store for ScriptView<'_, '_> {
+    fn get_balances(
+        &mut self,
+        requests: &[numscript::BalanceRequest],
+    ) -> Result<Vec<numscript::BalanceRow>, numscript::StoreError> {
+        let keys: Vec<VolumeKey> = requests
+            .iter()
+            .filter(|r| !r.asset.ends_with("/*"))
+            .map(|r| VolumeKey {
+                ledger: self.ledger,
+                address: r.account.clone(),
+                asset: colored_asset(&r.asset, &r.color),
+            })
+            .collect();
+        if let Err(err) = self.batch.load_volumes(&keys) {
+            let message = err.to_string();
+            self.store_error = Some(err);
+            return Err(numscript::StoreError(message));
+        }
+        let mut rows = Vec::with_capacity(requests.len());
+        for (request, key) in requests
+            .iter()
+            .filter(|r| !r.asset.ends_with("/*"))
+            .zip(&keys)
+        {
+            let balance = self.batch.volumes[key]
+                .balance()
+                .map_err(|err| numscript::StoreError(err.to_string()))?;
+            rows.push(numscript::BalanceRow {
+                account: request.account.clone(),
+                asset: request.asset.clone(),
+                color: request.color.clone(),
+                amount: balance,
+            });
+        }
+        Ok(rows)
+    }
+
+    fn get_account_metadata(
+        &mut self,
+        account: &str,
+        key: &str,
+    ) -> Result<Option<String>, numscript::StoreError> {
+        match self.batch.account_metadata(self.ledger, account) {
+            Ok(metadata) => Ok(metadata.and_then(|m| m.get(key).cloned())),
+            Err(err) => {
+                let message = err.to_string();
+                self.store_error = Some(err);
+                Err(numscript::StoreError(message))
+            }
+        }
+    }
+}

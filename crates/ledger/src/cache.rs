@@ -1,0 +1,164 @@
+//! Bounded caches the engine keeps between batches: memory is set by configuration, not history.
+//!
+//! Entries carry the epoch of their ledger. When another process has written to a ledger
+//! (its head moved without us), the ledger's epoch is bumped and its entries become stale.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+
+use crate::log::LogId;
+use crate::store::VolumeKey;
+use crate::time::Timestamp;
+use crate::types::{LedgerId, Volumes};
+
+pub struct Caches {
+    volumes: LruCache<VolumeKey, (u64, Volumes)>,
+    accounts: LruCache<(LedgerId, String), (u64, Timestamp)>,
+    /// Per ledger: current epoch and the next log id we expect to find in its head.
+    ledgers: HashMap<LedgerId, LedgerMark>,
+    next_epoch: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LedgerMark {
+    epoch: u64,
+    next_log_id: LogId,
+}
+
+impl Caches {
+    pub fn new(volume_entries_max: usize, account_entries_max: usize) -> Caches {
+        let volume_entries_max = NonZeroUsize::new(volume_entries_max.max(1)).expect("non-zero");
+        let account_entries_max = NonZeroUsize::new(account_entries_max.max(1)).expect("non-zero");
+        Caches {
+            volumes: LruCache::new(volume_entries_max),
+            accounts: LruCache::new(account_entries_max),
+            ledgers: HashMap::new(),
+            next_epoch: 1,
+        }
+    }
+
+    /// Called with the head read under lock: entries stay valid only if nobody else wrote.
+    pub fn validate_ledger(&mut self, ledger: LedgerId, next_log_id: LogId) {
+        let valid =
+            matches!(self.ledgers.get(&ledger), Some(mark) if mark.next_log_id == next_log_id);
+        if !valid {
+            let epoch = self.next_epoch;
+            self.next_epoch += 1;
+            self.ledgers
+                .insert(ledger, LedgerMark { epoch, next_log_id });
+        }
+    }
+
+    /// After a commit: our own writes moved the head.
+    pub fn advance_ledger(&mut self, ledger: LedgerId, next_log_id: LogId) {
+        if let Some(mark) = self.ledgers.get_mut(&ledger) {
+            mark.next_log_id = next_log_id;
+        }
+    }
+
+    /// After a failed batch nothing cached about these ledgers can be trusted.
+    pub fn invalidate_ledger(&mut self, ledger: LedgerId) {
+        self.ledgers.remove(&ledger);
+    }
+
+    fn epoch(&self, ledger: LedgerId) -> Option<u64> {
+        self.ledgers.get(&ledger).map(|mark| mark.epoch)
+    }
+
+    pub fn volumes(&mut self, key: &VolumeKey) -> Option<Volumes> {
+        let epoch = self.epoch(key.ledger)?;
+        match self.volumes.get(key) {
+            Some((entry_epoch, volumes)) if *entry_epoch == epoch => Some(*volumes),
+            _ => None,
+        }
+    }
+
+    pub fn put_volumes(&mut self, key: VolumeKey, volumes: Volumes) {
+        if let Some(epoch) = self.epoch(key.ledger) {
+            self.volumes.put(key, (epoch, volumes));
+        }
+    }
+
+    /// First usage of an account known to exist.
+    pub fn account(&mut self, ledger: LedgerId, address: &str) -> Option<Timestamp> {
+        let epoch = self.epoch(ledger)?;
+        match self.accounts.get(&(ledger, address.to_string())) {
+            Some((entry_epoch, first_usage)) if *entry_epoch == epoch => Some(*first_usage),
+            _ => None,
+        }
+    }
+
+    pub fn put_account(&mut self, ledger: LedgerId, address: String, first_usage: Timestamp) {
+        if let Some(epoch) = self.epoch(ledger) {
+            self.accounts.put((ledger, address), (epoch, first_usage));
+        }
+    }
+
+    pub fn volume_entries(&self) -> usize {
+        self.volumes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ledger: LedgerId) -> VolumeKey {
+        VolumeKey {
+            ledger,
+            address: "a".into(),
+            asset: "USD".into(),
+        }
+    }
+
+    #[test]
+    fn entries_expire_when_someone_else_writes() {
+        let mut caches = Caches::new(10, 10);
+        caches.validate_ledger(1, 5);
+        caches.put_volumes(
+            key(1),
+            Volumes {
+                input: 3,
+                output: 0,
+            },
+        );
+        assert_eq!(
+            caches.volumes(&key(1)),
+            Some(Volumes {
+                input: 3,
+                output: 0
+            })
+        );
+        caches.advance_ledger(1, 7);
+        caches.validate_ledger(1, 7);
+        assert!(
+            caches.volumes(&key(1)).is_some(),
+            "our own writes keep the cache valid"
+        );
+        caches.validate_ledger(1, 9);
+        assert_eq!(
+            caches.volumes(&key(1)),
+            None,
+            "another writer moved the head"
+        );
+    }
+
+    #[test]
+    fn bounded() {
+        let mut caches = Caches::new(2, 2);
+        caches.validate_ledger(1, 1);
+        for asset in ["A", "B", "C"] {
+            caches.put_volumes(
+                VolumeKey {
+                    ledger: 1,
+                    address: "a".into(),
+                    asset: asset.into(),
+                },
+                Volumes::default(),
+            );
+        }
+        assert_eq!(caches.volume_entries(), 2);
+    }
+}

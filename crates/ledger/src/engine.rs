@@ -1,0 +1,265 @@
+//! The engine orders writes: one writer thread drains a bounded queue and commits everything
+//! it finds in one store transaction (group commit: one fsync for many requests).
+//!
+//! Callers wait for the commit before they get an answer, so an acknowledged write is durable.
+//! Balances of hot accounts stay in a bounded cache between batches, so a hot account costs no
+//! database round-trip per transaction.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::batch::{Batch, PreparedScript};
+use crate::cache::Caches;
+use crate::command::{Command, Request, Response, TxBody};
+use crate::error::LedgerError;
+use crate::store::{Store, StoreWriter};
+use crate::time::Timestamp;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Most requests committed together.
+    pub batch_requests_max: usize,
+    /// Requests waiting for the writer; beyond this, callers are told to retry.
+    pub queue_requests_max: usize,
+    /// Cached (account, asset) volumes kept between batches.
+    pub volume_cache_entries_max: usize,
+    /// Cached known accounts.
+    pub account_cache_entries_max: usize,
+    /// Parsed Numscript programs kept, keyed by source text.
+    pub script_cache_entries_max: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            batch_requests_max: 4096,
+            queue_requests_max: 65_536,
+            volume_cache_entries_max: 500_000,
+            account_cache_entries_max: 500_000,
+            script_cache_entries_max: 1024,
+        }
+    }
+}
+
+type ReplySender = oneshot::Sender<Result<Response, LedgerError>>;
+
+struct Job {
+    request: Request,
+    script: PreparedScript,
+    reply: ReplySender,
+}
+
+impl Job {
+    /// Imports run alone so that a failure rolls back nothing but themselves.
+    fn exclusive(&self) -> bool {
+        matches!(self.request.command, Command::ImportLogs { .. })
+    }
+}
+
+pub struct Engine {
+    sender: Mutex<Option<Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    scripts: numscript::ProgramCache,
+}
+
+/// An answer that will arrive once the request's batch is committed.
+pub struct Pending(oneshot::Receiver<Result<Response, LedgerError>>);
+
+impl Pending {
+    pub async fn wait(self) -> Result<Response, LedgerError> {
+        self.0.await.map_err(|_| LedgerError::Unavailable)?
+    }
+
+    /// For callers outside an async runtime (CLI, benchmarks, tests).
+    pub fn wait_blocking(self) -> Result<Response, LedgerError> {
+        self.0
+            .blocking_recv()
+            .map_err(|_| LedgerError::Unavailable)?
+    }
+}
+
+impl Engine {
+    pub fn start(store: Arc<dyn Store>, config: EngineConfig) -> Result<Engine, LedgerError> {
+        assert!(config.batch_requests_max > 0 && config.queue_requests_max > 0);
+        let writer = store.writer()?;
+        let (sender, receiver) = crossbeam_channel::bounded(config.queue_requests_max);
+        let thread_config = config.clone();
+        let thread = std::thread::Builder::new()
+            .name("coffer-writer".into())
+            .spawn(move || {
+                let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    writer_loop(writer, receiver, thread_config)
+                }));
+                if run.is_err() {
+                    // A ledger that is wrong must stop: no write may follow a broken invariant.
+                    eprintln!("fatal: the ledger writer stopped on a broken invariant; exiting");
+                    std::process::abort();
+                }
+            })
+            .map_err(|err| LedgerError::Store(format!("cannot start the writer thread: {err}")))?;
+        Ok(Engine {
+            sender: Mutex::new(Some(sender)),
+            thread: Mutex::new(Some(thread)),
+            scripts: numscript::ProgramCache::new(config.script_cache_entries_max),
+        })
+    }
+
+    /// Validates and queues a request; the answer comes once its batch is committed.
+    pub fn submit(&self, request: Request) -> Result<Pending, LedgerError> {
+        request.validate()?;
+        let script = match &request.command {
+            Command::CreateTransaction(tx) => match &tx.body {
+                TxBody::Script { plain, .. } => Some(
+                    self.scripts
+                        .get_or_parse(plain)
+                        .map_err(|err| LedgerError::ScriptParse(err.to_string()))?,
+                ),
+                TxBody::Postings(_) => None,
+            },
+            _ => None,
+        };
+        let (reply, receiver) = oneshot::channel();
+        let job = Job {
+            request,
+            script,
+            reply,
+        };
+        let guard = self.sender.lock();
+        let sender = guard.as_ref().ok_or(LedgerError::Unavailable)?;
+        match sender.try_send(job) {
+            Ok(()) => Ok(Pending(receiver)),
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!("coffer_queue_rejections_total").increment(1);
+                Err(LedgerError::Unavailable)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(LedgerError::Unavailable),
+        }
+    }
+
+    pub async fn execute(&self, request: Request) -> Result<Response, LedgerError> {
+        self.submit(request)?.wait().await
+    }
+
+    pub fn execute_blocking(&self, request: Request) -> Result<Response, LedgerError> {
+        self.submit(request)?.wait_blocking()
+    }
+
+    /// Stops accepting requests, lets the writer finish what is queued, and waits for it.
+    pub fn shutdown(&self) {
+        drop(self.sender.lock().take());
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn writer_loop(mut writer: Box<dyn StoreWriter>, receiver: Receiver<Job>, config: EngineConfig) {
+    let mut caches = Caches::new(
+        config.volume_cache_entries_max,
+        config.account_cache_entries_max,
+    );
+    // Ledger scripts may opt into experimental features with `#![feature(...)]`.
+    let flags = numscript::FeatureFlags::default();
+    let mut pending: Option<Job> = None;
+    loop {
+        let first = match pending.take() {
+            Some(job) => job,
+            None => match receiver.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        let mut jobs = vec![first];
+        if !jobs[0].exclusive() {
+            while jobs.len() < config.batch_requests_max {
+                match receiver.try_recv() {
+                    Ok(job) if job.exclusive() => {
+                        pending = Some(job);
+                        break;
+                    }
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        run_batch(writer.as_mut(), &mut caches, &flags, jobs);
+    }
+}
+
+fn run_batch(
+    writer: &mut dyn StoreWriter,
+    caches: &mut Caches,
+    flags: &numscript::FeatureFlags,
+    jobs: Vec<Job>,
+) {
+    let started = Instant::now();
+    let count = jobs.len();
+    let exclusive = jobs.len() == 1 && jobs[0].exclusive();
+    let mut touched = Vec::new();
+    let outcome = execute_batch(writer, caches, flags, &jobs, exclusive, &mut touched);
+    match outcome {
+        Ok(results) => {
+            for (job, result) in jobs.into_iter().zip(results) {
+                let _ = job.reply.send(result);
+            }
+        }
+        Err(err) => {
+            let _ = writer.rollback();
+            for ledger in touched {
+                caches.invalidate_ledger(ledger);
+            }
+            if matches!(err, LedgerError::Store(_)) {
+                metrics::counter!("coffer_batch_failures_total").increment(1);
+                tracing::error!(error = %err, requests = count, "batch failed; rolled back");
+            }
+            for job in jobs {
+                let _ = job.reply.send(Err(err.clone()));
+            }
+        }
+    }
+    metrics::counter!("coffer_commits_total").increment(1);
+    metrics::histogram!("coffer_batch_requests").record(count as f64);
+    metrics::histogram!("coffer_batch_seconds").record(started.elapsed().as_secs_f64());
+}
+
+fn execute_batch(
+    writer: &mut dyn StoreWriter,
+    caches: &mut Caches,
+    flags: &numscript::FeatureFlags,
+    jobs: &[Job],
+    exclusive: bool,
+    touched: &mut Vec<i64>,
+) -> Result<Vec<Result<Response, LedgerError>>, LedgerError> {
+    writer.begin()?;
+    let mut batch = Batch::new(writer, caches, Timestamp::now(), flags);
+    let requests: Vec<&Request> = jobs.iter().map(|job| &job.request).collect();
+    let prepared = batch.prepare(&requests);
+    *touched = batch.ledger_ids();
+    prepared?;
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let result = batch.execute(&job.request, &job.script);
+        match result {
+            // The store failing poisons the whole batch; nothing of it may be committed.
+            Err(err @ LedgerError::Store(_)) => return Err(err),
+            // An import is all or nothing.
+            Err(err) if exclusive => return Err(err),
+            result => results.push(result),
+        }
+    }
+    *touched = batch.ledger_ids();
+    batch.commit()?;
+    Ok(results)
+}

@@ -1,0 +1,690 @@
+//! The read side of both stores, written once over a minimal SQL connection trait.
+//! Each store supplies [`SqlBackend`] (a pooled `query` and its [`Dialect`]).
+
+use std::collections::BTreeMap;
+
+use crate::codec;
+use crate::error::StoreError;
+use crate::log::{Hash, Log, LogId, LogType};
+use crate::query::{Filter, Resource};
+use crate::sql::{compile_filter, Dialect, FilterContext, Params, SqlValue};
+use crate::store::{
+    Direction, LedgerHead, ListAccounts, ListLogs, ListTransactions, ListVolumes, SortKey,
+    StoreReader, StoreResult, TxOrder, VolumeRow,
+};
+use crate::time::Timestamp;
+use crate::types::{Account, Amount, LedgerId, LedgerInfo, Transaction, TxId, Volumes};
+
+pub type Row = Vec<SqlValue>;
+
+pub trait SqlBackend: Send + Sync {
+    fn dialect(&self) -> &dyn Dialect;
+    fn query(&self, sql: &str, params: &[SqlValue]) -> StoreResult<Vec<Row>>;
+}
+
+pub struct SqlReader<B> {
+    pub backend: B,
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::new(format!("unexpected value in column {what}"))
+}
+
+pub fn int(row: &Row, index: usize) -> StoreResult<i64> {
+    match row.get(index) {
+        Some(SqlValue::Int(value)) => Ok(*value),
+        Some(SqlValue::Text(text)) => text.parse().map_err(|_| corrupt("integer")),
+        _ => Err(corrupt("integer")),
+    }
+}
+
+pub fn opt_int(row: &Row, index: usize) -> StoreResult<Option<i64>> {
+    match row.get(index) {
+        Some(SqlValue::Null) => Ok(None),
+        _ => int(row, index).map(Some),
+    }
+}
+
+pub fn text(row: &Row, index: usize) -> StoreResult<String> {
+    match row.get(index) {
+        Some(SqlValue::Text(text)) => Ok(text.clone()),
+        _ => Err(corrupt("text")),
+    }
+}
+
+pub fn opt_text(row: &Row, index: usize) -> StoreResult<Option<String>> {
+    match row.get(index) {
+        Some(SqlValue::Null) => Ok(None),
+        _ => text(row, index).map(Some),
+    }
+}
+
+/// Amounts come back as integers when they fit 64 bits, else as decimal text.
+pub fn amount(row: &Row, index: usize) -> StoreResult<Amount> {
+    match row.get(index) {
+        Some(SqlValue::Int(value)) => Ok(i128::from(*value)),
+        Some(SqlValue::Text(text)) => text.parse().map_err(|_| corrupt("amount")),
+        Some(SqlValue::Null) => Ok(0),
+        _ => Err(corrupt("amount")),
+    }
+}
+
+pub fn hash(row: &Row, index: usize) -> StoreResult<Option<Hash>> {
+    match row.get(index) {
+        Some(SqlValue::Null) => Ok(None),
+        Some(SqlValue::Blob(bytes)) => Ok(Some(
+            bytes.as_slice().try_into().map_err(|_| corrupt("hash"))?,
+        )),
+        _ => Err(corrupt("hash")),
+    }
+}
+
+fn timestamp(row: &Row, index: usize) -> StoreResult<Timestamp> {
+    int(row, index).map(Timestamp)
+}
+
+fn opt_timestamp(row: &Row, index: usize) -> StoreResult<Option<Timestamp>> {
+    opt_int(row, index).map(|value| value.map(Timestamp))
+}
+
+impl<B: SqlBackend> SqlReader<B> {
+    fn dialect(&self) -> &dyn Dialect {
+        self.backend.dialect()
+    }
+
+    fn where_filter(
+        &self,
+        params: &mut Params,
+        resource: Resource,
+        filter: Option<&Filter>,
+        pit: Option<Timestamp>,
+    ) -> StoreResult<String> {
+        match filter {
+            None => Ok(String::new()),
+            Some(filter) => {
+                let context = FilterContext { resource, pit };
+                let sql = compile_filter(self.dialect(), params, &context, filter)
+                    .map_err(|err| StoreError::new(format!("filter: {err}")))?;
+                Ok(format!(" AND ({sql})"))
+            }
+        }
+    }
+
+    fn tx_columns(&self) -> String {
+        let d = self.dialect();
+        format!(
+            "t.id, t.timestamp, t.reference, {}, {}, {}, t.inserted_at, t.updated_at, t.reverted_at",
+            d.json_out("t.postings"),
+            d.json_out("t.metadata"),
+            d.json_out("t.post_commit_volumes")
+        )
+    }
+
+    fn decode_tx(row: &Row) -> StoreResult<Transaction> {
+        Ok(Transaction {
+            id: int(row, 0)? as TxId,
+            timestamp: timestamp(row, 1)?,
+            reference: opt_text(row, 2)?,
+            postings: codec::decode_postings(&text(row, 3)?)?,
+            metadata: codec::decode_metadata(&text(row, 4)?)?,
+            post_commit_volumes: codec::decode_volumes(&text(row, 5)?)?,
+            inserted_at: timestamp(row, 6)?,
+            updated_at: timestamp(row, 7)?,
+            reverted_at: opt_timestamp(row, 8)?,
+        })
+    }
+
+    fn ledger_columns(&self) -> String {
+        let d = self.dialect();
+        format!(
+            "g.id, g.name, g.bucket, {}, {}, g.added_at",
+            d.json_out("g.metadata"),
+            d.json_out("g.features")
+        )
+    }
+
+    fn decode_ledger(row: &Row) -> StoreResult<LedgerInfo> {
+        Ok(LedgerInfo {
+            id: int(row, 0)?,
+            name: text(row, 1)?,
+            bucket: text(row, 2)?,
+            metadata: codec::decode_metadata(&text(row, 3)?)?,
+            features: codec::decode_metadata(&text(row, 4)?)?,
+            added_at: timestamp(row, 5)?,
+        })
+    }
+
+    fn log_columns() -> &'static str {
+        "l.id, l.type, l.date, l.data, l.idempotency_key, l.idempotency_hash, l.hash"
+    }
+
+    pub fn decode_log(row: &Row) -> StoreResult<Log> {
+        let kind = text(row, 1)?;
+        Ok(Log {
+            id: int(row, 0)? as LogId,
+            kind: LogType::parse(&kind).ok_or_else(|| corrupt("log type"))?,
+            date: timestamp(row, 2)?,
+            data: text(row, 3)?,
+            idempotency_key: opt_text(row, 4)?,
+            idempotency_hash: hash(row, 5)?,
+            hash: hash(row, 6)?.ok_or_else(|| corrupt("log hash"))?,
+        })
+    }
+
+    /// Volumes of a set of accounts, current or at a point in time.
+    fn volumes_of(
+        &self,
+        ledger: LedgerId,
+        addresses: &[String],
+        pit: Option<Timestamp>,
+    ) -> StoreResult<BTreeMap<String, BTreeMap<String, Volumes>>> {
+        let mut out: BTreeMap<String, BTreeMap<String, Volumes>> = BTreeMap::new();
+        if addresses.is_empty() {
+            return Ok(out);
+        }
+        let d = self.dialect();
+        let mut params = Params::default();
+        let ledger_param = params.int(ledger);
+        let list: Vec<String> = addresses.iter().map(|a| params.text(a.clone())).collect();
+        let sql = match pit {
+            None => format!(
+                "SELECT v.address, v.asset, {}, {} FROM volumes v WHERE v.ledger_id = {ledger_param} \
+                 AND v.address IN ({}) ORDER BY v.address, v.asset",
+                d.amount_out("v.input"),
+                d.amount_out("v.output"),
+                list.join(", ")
+            ),
+            Some(pit) => {
+                let pit = params.int(pit.micros());
+                format!(
+                    "SELECT m.address, m.asset, {}, {} FROM moves m WHERE m.ledger_id = {ledger_param} \
+                     AND m.address IN ({}) AND m.timestamp <= {pit} GROUP BY m.address, m.asset \
+                     ORDER BY m.address, m.asset",
+                    d.amount_out(&d.sum("m.input_delta")),
+                    d.amount_out(&d.sum("m.output_delta")),
+                    list.join(", ")
+                )
+            }
+        };
+        for row in self.backend.query(&sql, &params.values)? {
+            let volumes = Volumes {
+                input: amount(&row, 2)?,
+                output: amount(&row, 3)?,
+            };
+            out.entry(text(&row, 0)?)
+                .or_default()
+                .insert(text(&row, 1)?, volumes);
+        }
+        Ok(out)
+    }
+
+    fn accounts_where(
+        &self,
+        params: &mut Params,
+        ledger: LedgerId,
+        filter: Option<&Filter>,
+        pit: Option<Timestamp>,
+    ) -> StoreResult<String> {
+        let mut sql = format!("a.ledger_id = {}", params.int(ledger));
+        if let Some(pit) = pit {
+            sql.push_str(&format!(
+                " AND a.first_usage <= {}",
+                params.int(pit.micros())
+            ));
+        }
+        sql.push_str(&self.where_filter(params, Resource::Accounts, filter, pit)?);
+        Ok(sql)
+    }
+
+    fn transactions_where(
+        &self,
+        params: &mut Params,
+        ledger: LedgerId,
+        filter: Option<&Filter>,
+        pit: Option<Timestamp>,
+    ) -> StoreResult<String> {
+        let mut sql = format!("t.ledger_id = {}", params.int(ledger));
+        if let Some(pit) = pit {
+            sql.push_str(&format!(" AND t.timestamp <= {}", params.int(pit.micros())));
+        }
+        sql.push_str(&self.where_filter(params, Resource::Transactions, filter, pit)?);
+        Ok(sql)
+    }
+}
+
+fn comparator(direction: Direction) -> (&'static str, &'static str) {
+    match direction {
+        Direction::Ascending => (">", "ASC"),
+        Direction::Descending => ("<", "DESC"),
+    }
+}
+
+fn limit(value: u32) -> i64 {
+    i64::from(value.max(1))
+}
+
+impl<B: SqlBackend> StoreReader for SqlReader<B> {
+    fn get_ledger(&self, name: &str) -> StoreResult<Option<LedgerInfo>> {
+        let sql = format!(
+            "SELECT {} FROM ledgers g WHERE g.name = $1",
+            self.ledger_columns()
+        );
+        let rows = self
+            .backend
+            .query(&sql, &[SqlValue::Text(name.to_string())])?;
+        rows.first().map(Self::decode_ledger).transpose()
+    }
+
+    fn list_ledgers(
+        &self,
+        filter: Option<&Filter>,
+        after: Option<&str>,
+        count: u32,
+    ) -> StoreResult<Vec<LedgerInfo>> {
+        let mut params = Params::default();
+        let mut sql = format!(
+            "SELECT {} FROM ledgers g WHERE 1 = 1",
+            self.ledger_columns()
+        );
+        sql.push_str(&self.where_filter(&mut params, Resource::Ledgers, filter, None)?);
+        if let Some(after) = after {
+            sql.push_str(&format!(" AND g.name > {}", params.text(after)));
+        }
+        sql.push_str(&format!(
+            " ORDER BY g.name ASC LIMIT {}",
+            params.int(limit(count))
+        ));
+        self.backend
+            .query(&sql, &params.values)?
+            .iter()
+            .map(Self::decode_ledger)
+            .collect()
+    }
+
+    fn all_ledgers(&self) -> StoreResult<Vec<LedgerInfo>> {
+        let sql = format!(
+            "SELECT {} FROM ledgers g ORDER BY g.id",
+            self.ledger_columns()
+        );
+        self.backend
+            .query(&sql, &[])?
+            .iter()
+            .map(Self::decode_ledger)
+            .collect()
+    }
+
+    fn ledger_head(&self, ledger: LedgerId) -> StoreResult<LedgerHead> {
+        let rows = self.backend.query(
+            "SELECT id, name, next_tx_id, next_log_id, last_hash FROM ledgers WHERE id = $1",
+            &[SqlValue::Int(ledger)],
+        )?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::new(format!("ledger {ledger} vanished")))?;
+        Ok(LedgerHead {
+            id: int(row, 0)?,
+            name: text(row, 1)?,
+            next_tx_id: int(row, 2)? as TxId,
+            next_log_id: int(row, 3)? as LogId,
+            last_hash: hash(row, 4)?,
+        })
+    }
+
+    fn get_transaction(&self, ledger: LedgerId, id: TxId) -> StoreResult<Option<Transaction>> {
+        let sql = format!(
+            "SELECT {} FROM transactions t WHERE t.ledger_id = $1 AND t.id = $2",
+            self.tx_columns()
+        );
+        let rows = self
+            .backend
+            .query(&sql, &[SqlValue::Int(ledger), SqlValue::Int(id as i64)])?;
+        rows.first().map(Self::decode_tx).transpose()
+    }
+
+    fn list_transactions(&self, query: &ListTransactions<'_>) -> StoreResult<Vec<Transaction>> {
+        let mut params = Params::default();
+        let mut sql = format!(
+            "SELECT {} FROM transactions t WHERE {}",
+            self.tx_columns(),
+            self.transactions_where(&mut params, query.ledger, query.filter, query.pit)?
+        );
+        let (cmp, order) = comparator(query.direction);
+        match (query.order, &query.after) {
+            (_, None) => {}
+            (TxOrder::Id, Some(SortKey::Int(id))) => {
+                sql.push_str(&format!(" AND t.id {cmp} {}", params.int(*id)))
+            }
+            (TxOrder::Timestamp, Some(SortKey::TimeId(ts, id))) => {
+                let ts = params.int(*ts);
+                let id = params.int(*id);
+                sql.push_str(&format!(
+                    " AND (t.timestamp {cmp} {ts} OR (t.timestamp = {ts} AND t.id {cmp} {id}))"
+                ));
+            }
+            _ => return Err(StoreError::new("cursor does not match the sort order")),
+        }
+        match query.order {
+            TxOrder::Id => sql.push_str(&format!(" ORDER BY t.id {order}")),
+            TxOrder::Timestamp => {
+                sql.push_str(&format!(" ORDER BY t.timestamp {order}, t.id {order}"))
+            }
+        }
+        sql.push_str(&format!(" LIMIT {}", params.int(limit(query.limit))));
+        let mut transactions: Vec<Transaction> = self
+            .backend
+            .query(&sql, &params.values)?
+            .iter()
+            .map(Self::decode_tx)
+            .collect::<Result<_, _>>()?;
+        if let Some(pit) = query.pit {
+            for tx in &mut transactions {
+                if tx.reverted_at.is_some_and(|at| at > pit) {
+                    tx.reverted_at = None;
+                }
+            }
+        }
+        Ok(transactions)
+    }
+
+    fn count_transactions(
+        &self,
+        ledger: LedgerId,
+        filter: Option<&Filter>,
+        pit: Option<Timestamp>,
+    ) -> StoreResult<u64> {
+        let mut params = Params::default();
+        let sql = format!(
+            "SELECT COUNT(*) FROM transactions t WHERE {}",
+            self.transactions_where(&mut params, ledger, filter, pit)?
+        );
+        let rows = self.backend.query(&sql, &params.values)?;
+        Ok(int(rows.first().ok_or_else(|| corrupt("count"))?, 0)? as u64)
+    }
+
+    fn get_account(
+        &self,
+        ledger: LedgerId,
+        address: &str,
+        pit: Option<Timestamp>,
+    ) -> StoreResult<Option<Account>> {
+        let query = ListAccounts {
+            ledger,
+            filter: None,
+            pit,
+            direction: Direction::Ascending,
+            after: None,
+            limit: 1,
+            with_volumes: true,
+        };
+        self.accounts(&query, Some(address))
+            .map(|mut accounts| accounts.pop())
+    }
+
+    fn list_accounts(&self, query: &ListAccounts<'_>) -> StoreResult<Vec<Account>> {
+        self.accounts(query, None)
+    }
+
+    fn count_accounts(
+        &self,
+        ledger: LedgerId,
+        filter: Option<&Filter>,
+        pit: Option<Timestamp>,
+    ) -> StoreResult<u64> {
+        let mut params = Params::default();
+        let sql = format!(
+            "SELECT COUNT(*) FROM accounts a WHERE {}",
+            self.accounts_where(&mut params, ledger, filter, pit)?
+        );
+        let rows = self.backend.query(&sql, &params.values)?;
+        Ok(int(rows.first().ok_or_else(|| corrupt("count"))?, 0)? as u64)
+    }
+
+    fn aggregate_balances(
+        &self,
+        ledger: LedgerId,
+        filter: Option<&Filter>,
+        pit: Option<Timestamp>,
+    ) -> StoreResult<BTreeMap<String, Amount>> {
+        let d = self.dialect();
+        let mut params = Params::default();
+        let accounts = self.accounts_where(&mut params, ledger, filter, pit)?;
+        let sql = match pit {
+            None => format!(
+                "SELECT v.asset, {} FROM volumes v JOIN accounts a ON a.ledger_id = v.ledger_id AND a.address = v.address \
+                 WHERE {accounts} GROUP BY v.asset ORDER BY v.asset",
+                d.amount_out(&d.sub(&d.sum("v.input"), &d.sum("v.output")))
+            ),
+            Some(pit) => {
+                let pit = params.int(pit.micros());
+                format!(
+                    "SELECT m.asset, {} FROM moves m JOIN accounts a ON a.ledger_id = m.ledger_id AND a.address = m.address \
+                     WHERE {accounts} AND m.timestamp <= {pit} GROUP BY m.asset ORDER BY m.asset",
+                    d.amount_out(&d.sub(&d.sum("m.input_delta"), &d.sum("m.output_delta")))
+                )
+            }
+        };
+        let mut out = BTreeMap::new();
+        for row in self.backend.query(&sql, &params.values)? {
+            out.insert(text(&row, 0)?, amount(&row, 1)?);
+        }
+        Ok(out)
+    }
+
+    fn list_volumes(&self, query: &ListVolumes<'_>) -> StoreResult<Vec<VolumeRow>> {
+        let d = self.dialect();
+        let mut params = Params::default();
+        let ledger = params.int(query.ledger);
+        let source = if query.start_time.is_none() && query.end_time.is_none() {
+            format!("SELECT ledger_id, address, asset, input, output FROM volumes WHERE ledger_id = {ledger}")
+        } else {
+            let mut bounds = String::new();
+            if let Some(end) = query.end_time {
+                bounds.push_str(&format!(" AND timestamp <= {}", params.int(end.micros())));
+            }
+            if let Some(start) = query.start_time {
+                bounds.push_str(&format!(" AND timestamp > {}", params.int(start.micros())));
+            }
+            format!(
+                "SELECT ledger_id, address, asset, {} AS input, {} AS output FROM moves WHERE ledger_id = {ledger}{bounds} \
+                 GROUP BY ledger_id, address, asset",
+                d.sum("input_delta"),
+                d.sum("output_delta")
+            )
+        };
+        let mut sql = format!(
+            "SELECT v.address, v.asset, {}, {} FROM ({source}) v JOIN accounts a ON a.ledger_id = v.ledger_id \
+             AND a.address = v.address WHERE 1 = 1",
+            d.amount_out("v.input"),
+            d.amount_out("v.output")
+        );
+        sql.push_str(&self.where_filter(
+            &mut params,
+            Resource::Volumes,
+            query.filter,
+            query.end_time,
+        )?);
+        let (cmp, order) = comparator(query.direction);
+        if let Some((address, asset)) = &query.after {
+            let address = params.text(address.clone());
+            let asset = params.text(asset.clone());
+            sql.push_str(&format!(" AND (v.address {cmp} {address} OR (v.address = {address} AND v.asset {cmp} {asset}))"));
+        }
+        sql.push_str(&format!(
+            " ORDER BY v.address {order}, v.asset {order} LIMIT {}",
+            params.int(limit(query.limit))
+        ));
+        self.backend
+            .query(&sql, &params.values)?
+            .iter()
+            .map(|row| {
+                Ok(VolumeRow {
+                    address: text(row, 0)?,
+                    asset: text(row, 1)?,
+                    volumes: Volumes {
+                        input: amount(row, 2)?,
+                        output: amount(row, 3)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    fn list_logs(&self, query: &ListLogs<'_>) -> StoreResult<Vec<Log>> {
+        let mut params = Params::default();
+        let mut sql = format!(
+            "SELECT {} FROM logs l WHERE l.ledger_id = {}",
+            Self::log_columns(),
+            params.int(query.ledger)
+        );
+        if let Some(pit) = query.pit {
+            sql.push_str(&format!(" AND l.date <= {}", params.int(pit.micros())));
+        }
+        sql.push_str(&self.where_filter(&mut params, Resource::Logs, query.filter, query.pit)?);
+        let (cmp, order) = comparator(query.direction);
+        if let Some(after) = query.after {
+            sql.push_str(&format!(" AND l.id {cmp} {}", params.int(after as i64)));
+        }
+        sql.push_str(&format!(
+            " ORDER BY l.id {order} LIMIT {}",
+            params.int(limit(query.limit))
+        ));
+        self.backend
+            .query(&sql, &params.values)?
+            .iter()
+            .map(Self::decode_log)
+            .collect()
+    }
+
+    fn scan_logs(&self, ledger: LedgerId, after: LogId, count: u32) -> StoreResult<Vec<Log>> {
+        let sql = format!(
+            "SELECT {} FROM logs l WHERE l.ledger_id = $1 AND l.id > $2 ORDER BY l.id ASC LIMIT $3",
+            Self::log_columns()
+        );
+        let params = [
+            SqlValue::Int(ledger),
+            SqlValue::Int(after as i64),
+            SqlValue::Int(limit(count)),
+        ];
+        self.backend
+            .query(&sql, &params)?
+            .iter()
+            .map(Self::decode_log)
+            .collect()
+    }
+
+    fn scan_transactions(
+        &self,
+        ledger: LedgerId,
+        after: TxId,
+        count: u32,
+    ) -> StoreResult<Vec<Transaction>> {
+        let sql = format!(
+            "SELECT {} FROM transactions t WHERE t.ledger_id = $1 AND t.id > $2 ORDER BY t.id ASC LIMIT $3",
+            self.tx_columns()
+        );
+        let params = [
+            SqlValue::Int(ledger),
+            SqlValue::Int(after as i64),
+            SqlValue::Int(limit(count)),
+        ];
+        self.backend
+            .query(&sql, &params)?
+            .iter()
+            .map(Self::decode_tx)
+            .collect()
+    }
+
+    fn scan_volumes(
+        &self,
+        ledger: LedgerId,
+        after: Option<&(String, String)>,
+        count: u32,
+    ) -> StoreResult<Vec<VolumeRow>> {
+        let d = self.dialect();
+        let mut params = Params::default();
+        let mut sql = format!(
+            "SELECT v.address, v.asset, {}, {} FROM volumes v WHERE v.ledger_id = {}",
+            d.amount_out("v.input"),
+            d.amount_out("v.output"),
+            params.int(ledger)
+        );
+        if let Some((address, asset)) = after {
+            let address = params.text(address.clone());
+            let asset = params.text(asset.clone());
+            sql.push_str(&format!(
+                " AND (v.address > {address} OR (v.address = {address} AND v.asset > {asset}))"
+            ));
+        }
+        sql.push_str(&format!(
+            " ORDER BY v.address, v.asset LIMIT {}",
+            params.int(limit(count))
+        ));
+        self.backend
+            .query(&sql, &params.values)?
+            .iter()
+            .map(|row| {
+                Ok(VolumeRow {
+                    address: text(row, 0)?,
+                    asset: text(row, 1)?,
+                    volumes: Volumes {
+                        input: amount(row, 2)?,
+                        output: amount(row, 3)?,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+impl<B: SqlBackend> SqlReader<B> {
+    fn accounts(
+        &self,
+        query: &ListAccounts<'_>,
+        address: Option<&str>,
+    ) -> StoreResult<Vec<Account>> {
+        let d = self.dialect();
+        let mut params = Params::default();
+        let mut sql = format!(
+            "SELECT a.address, {}, a.first_usage, a.insertion_date, a.updated_at FROM accounts a WHERE {}",
+            d.json_out("a.metadata"),
+            self.accounts_where(&mut params, query.ledger, query.filter, query.pit)?
+        );
+        if let Some(address) = address {
+            sql.push_str(&format!(" AND a.address = {}", params.text(address)));
+        }
+        let (cmp, order) = comparator(query.direction);
+        if let Some(after) = &query.after {
+            sql.push_str(&format!(
+                " AND a.address {cmp} {}",
+                params.text(after.clone())
+            ));
+        }
+        sql.push_str(&format!(
+            " ORDER BY a.address {order} LIMIT {}",
+            params.int(limit(query.limit))
+        ));
+        let mut accounts: Vec<Account> = self
+            .backend
+            .query(&sql, &params.values)?
+            .iter()
+            .map(|row| {
+                Ok(Account {
+                    address: text(row, 0)?,
+                    metadata: codec::decode_metadata(&text(row, 1)?)?,
+                    first_usage: timestamp(row, 2)?,
+                    insertion_date: timestamp(row, 3)?,
+                    updated_at: timestamp(row, 4)?,
+                    volumes: BTreeMap::new(),
+                })
+            })
+            .collect::<StoreResult<_>>()?;
+        if query.with_volumes && !accounts.is_empty() {
+            let addresses: Vec<String> = accounts.iter().map(|a| a.address.clone()).collect();
+            let mut volumes = self.volumes_of(query.ledger, &addresses, query.pit)?;
+            for account in &mut accounts {
+                account.volumes = volumes.remove(&account.address).unwrap_or_default();
+            }
+        }
+        Ok(accounts)
+    }
+}

@@ -1,0 +1,286 @@
+//! The storage contract. One trait for reads (any thread, pooled connections) and one for the
+//! engine's single writer; SQLite and PostgreSQL implement both and pass the same suite.
+
+use std::collections::BTreeMap;
+
+use crate::error::StoreError;
+use crate::log::{Hash, Log, LogId};
+use crate::query::Filter;
+use crate::time::Timestamp;
+use crate::types::{Account, Amount, LedgerId, LedgerInfo, Metadata, Transaction, TxId, Volumes};
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The write position of a ledger: read and locked at the start of every batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerHead {
+    pub id: LedgerId,
+    pub name: String,
+    pub next_tx_id: TxId,
+    pub next_log_id: LogId,
+    pub last_hash: Option<Hash>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VolumeKey {
+    pub ledger: LedgerId,
+    pub address: String,
+    pub asset: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredAccount {
+    pub metadata: Metadata,
+    pub first_usage: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewLedger {
+    pub name: String,
+    pub bucket: String,
+    pub metadata: Metadata,
+    pub features: Metadata,
+    pub added_at: Timestamp,
+}
+
+/// One account's change within a transaction: deltas and the volumes right after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoveRow {
+    pub ledger: LedgerId,
+    pub address: String,
+    pub asset: String,
+    pub tx_id: TxId,
+    pub timestamp: Timestamp,
+    pub input_delta: Amount,
+    pub output_delta: Amount,
+    /// Bit 1: the account is a source of the transaction; bit 2: a destination.
+    pub roles: i64,
+}
+
+pub const ROLE_SOURCE: i64 = 1;
+pub const ROLE_DESTINATION: i64 = 2;
+
+/// How an account row changes in a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountWrite {
+    pub ledger: LedgerId,
+    pub address: String,
+    /// Earliest use seen in the batch; stored as `min(stored, this)`.
+    pub first_usage: Timestamp,
+    pub insertion_date: Timestamp,
+    pub updated_at: Timestamp,
+    /// Full new metadata when it changed.
+    pub metadata: Option<Metadata>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransactionUpdate {
+    pub ledger: LedgerId,
+    pub id: TxId,
+    pub metadata: Metadata,
+    pub reverted_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+}
+
+/// Everything one batch writes, built by the engine, written by the store in one commit.
+#[derive(Clone, Debug, Default)]
+pub struct BatchWrites {
+    pub heads: Vec<LedgerHead>,
+    pub ledger_metadata: Vec<(LedgerId, Metadata)>,
+    pub transactions: Vec<(LedgerId, Transaction)>,
+    pub transaction_updates: Vec<TransactionUpdate>,
+    pub moves: Vec<MoveRow>,
+    pub volumes: Vec<(VolumeKey, Volumes)>,
+    pub accounts: Vec<AccountWrite>,
+    pub logs: Vec<(LedgerId, Log)>,
+}
+
+impl BatchWrites {
+    pub fn is_empty(&self) -> bool {
+        self.heads.is_empty()
+            && self.ledger_metadata.is_empty()
+            && self.transactions.is_empty()
+            && self.transaction_updates.is_empty()
+            && self.accounts.is_empty()
+            && self.logs.is_empty()
+    }
+}
+
+/// The engine's connection. Used by one thread; every method but `begin` runs inside the
+/// transaction that `begin` opened.
+pub trait StoreWriter: Send {
+    fn begin(&mut self) -> StoreResult<()>;
+    fn commit(&mut self) -> StoreResult<()>;
+    fn rollback(&mut self) -> StoreResult<()>;
+
+    /// Reads and locks the heads of the named ledgers until commit or rollback. Locks are
+    /// taken in name order, so concurrent writers (other processes) cannot deadlock.
+    fn lock_ledgers(&mut self, names: &[String]) -> StoreResult<Vec<LedgerHead>>;
+    fn insert_ledger(&mut self, ledger: &NewLedger) -> StoreResult<LedgerHead>;
+    fn load_ledger_metadata(&mut self, ledger: LedgerId) -> StoreResult<Metadata>;
+
+    /// Current volumes; `None` where the (account, asset) has never moved.
+    fn load_volumes(&mut self, keys: &[VolumeKey]) -> StoreResult<Vec<Option<Volumes>>>;
+    fn load_accounts(
+        &mut self,
+        ledger: LedgerId,
+        addresses: &[String],
+    ) -> StoreResult<Vec<Option<StoredAccount>>>;
+    fn load_transaction(&mut self, ledger: LedgerId, id: TxId) -> StoreResult<Option<Transaction>>;
+    fn find_logs_by_idempotency_keys(
+        &mut self,
+        ledger: LedgerId,
+        keys: &[String],
+    ) -> StoreResult<Vec<Log>>;
+    /// Which of these references are already used.
+    fn find_references(
+        &mut self,
+        ledger: LedgerId,
+        references: &[String],
+    ) -> StoreResult<Vec<String>>;
+
+    fn write(&mut self, writes: &BatchWrites) -> StoreResult<()>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Ascending,
+    Descending,
+}
+
+/// Keyset pagination position: rows strictly after this key in the query's order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SortKey {
+    Int(i64),
+    Text(String),
+    /// (timestamp micros, id) for transactions ordered by effective date.
+    TimeId(i64, i64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxOrder {
+    Id,
+    Timestamp,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListTransactions<'a> {
+    pub ledger: LedgerId,
+    pub filter: Option<&'a Filter>,
+    pub pit: Option<Timestamp>,
+    pub order: TxOrder,
+    pub direction: Direction,
+    pub after: Option<SortKey>,
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListAccounts<'a> {
+    pub ledger: LedgerId,
+    pub filter: Option<&'a Filter>,
+    pub pit: Option<Timestamp>,
+    pub direction: Direction,
+    pub after: Option<String>,
+    pub limit: u32,
+    pub with_volumes: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListLogs<'a> {
+    pub ledger: LedgerId,
+    pub filter: Option<&'a Filter>,
+    pub pit: Option<Timestamp>,
+    pub direction: Direction,
+    pub after: Option<LogId>,
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListVolumes<'a> {
+    pub ledger: LedgerId,
+    pub filter: Option<&'a Filter>,
+    /// Volumes of moves with timestamp <= end (PIT) and > start (OOT).
+    pub end_time: Option<Timestamp>,
+    pub start_time: Option<Timestamp>,
+    pub direction: Direction,
+    /// (address, asset) of the last row of the previous page.
+    pub after: Option<(String, String)>,
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeRow {
+    pub address: String,
+    pub asset: String,
+    pub volumes: Volumes,
+}
+
+/// Reads, callable from any thread; implementations keep a bounded pool of connections.
+pub trait StoreReader: Send + Sync {
+    fn get_ledger(&self, name: &str) -> StoreResult<Option<LedgerInfo>>;
+    fn list_ledgers(
+        &self,
+        filter: Option<&Filter>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<LedgerInfo>>;
+    fn ledger_head(&self, ledger: LedgerId) -> StoreResult<LedgerHead>;
+
+    fn get_transaction(&self, ledger: LedgerId, id: TxId) -> StoreResult<Option<Transaction>>;
+    fn list_transactions(&self, query: &ListTransactions<'_>) -> StoreResult<Vec<Transaction>>;
+    fn count_transactions(
+        &self,
+        ledger: LedgerId,
+        filter: Option<&Filter>,
+        pit: Option<Timestamp>,
+    ) -> StoreResult<u64>;
+
+    fn get_account(
+        &self,
+        ledger: LedgerId,
+        address: &str,
+        pit: Option<Timestamp>,
+    ) -> StoreResult<Option<Account>>;
+    fn list_accounts(&self, query: &ListAccounts<'_>) -> StoreResult<Vec<Account>>;
+    fn count_accounts(
+        &self,
+        ledger: LedgerId,
+        filter: Option<&Filter>,
+        pit: Option<Timestamp>,
+    ) -> StoreResult<u64>;
+
+    /// Sum of balances per asset over the accounts matching the filter.
+    fn aggregate_balances(
+        &self,
+        ledger: LedgerId,
+        filter: Option<&Filter>,
+        pit: Option<Timestamp>,
+    ) -> StoreResult<BTreeMap<String, Amount>>;
+    fn list_volumes(&self, query: &ListVolumes<'_>) -> StoreResult<Vec<VolumeRow>>;
+
+    fn list_logs(&self, query: &ListLogs<'_>) -> StoreResult<Vec<Log>>;
+
+    /// Full scans for `coffer verify`, in id / key order, a page at a time.
+    fn scan_logs(&self, ledger: LedgerId, after: LogId, limit: u32) -> StoreResult<Vec<Log>>;
+    fn scan_transactions(
+        &self,
+        ledger: LedgerId,
+        after: TxId,
+        limit: u32,
+    ) -> StoreResult<Vec<Transaction>>;
+    fn scan_volumes(
+        &self,
+        ledger: LedgerId,
+        after: Option<&(String, String)>,
+        limit: u32,
+    ) -> StoreResult<Vec<VolumeRow>>;
+    fn all_ledgers(&self) -> StoreResult<Vec<LedgerInfo>>;
+}
+
+/// A storage backend: readers plus the one writer the engine owns.
+pub trait Store: Send + Sync {
+    fn reader(&self) -> &dyn StoreReader;
+    fn writer(&self) -> StoreResult<Box<dyn StoreWriter>>;
+    /// For logs and `coffer verify` output; never contains a password.
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,215 @@
+//! `coffer verify`: recompute what the store claims and report every discrepancy.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::error::StoreError;
+use crate::log::chain_hash;
+use crate::store::StoreReader;
+use crate::types::{Amount, LedgerInfo, Volumes};
+
+const SCAN_PAGE: u32 = 10_000;
+
+#[derive(Debug, Default)]
+pub struct LedgerReport {
+    pub name: String,
+    pub logs: u64,
+    pub transactions: u64,
+    pub volumes_rows: u64,
+    pub assets: u64,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub ledgers: Vec<LedgerReport>,
+}
+
+impl Report {
+    pub fn is_ok(&self) -> bool {
+        self.ledgers.iter().all(|l| l.problems.is_empty())
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for ledger in &self.ledgers {
+            writeln!(
+                f,
+                "ledger {}: {} logs (hash chain recomputed), {} transactions, {} volume rows, {} assets summed",
+                ledger.name, ledger.logs, ledger.transactions, ledger.volumes_rows, ledger.assets
+            )?;
+            for problem in &ledger.problems {
+                writeln!(f, "  PROBLEM: {problem}")?;
+            }
+        }
+        let problems: usize = self.ledgers.iter().map(|l| l.problems.len()).sum();
+        write!(
+            f,
+            "{} ledgers checked, {} problems",
+            self.ledgers.len(),
+            problems
+        )
+    }
+}
+
+pub fn verify(reader: &dyn StoreReader) -> Result<Report, StoreError> {
+    let mut report = Report::default();
+    for ledger in reader.all_ledgers()? {
+        report.ledgers.push(verify_ledger(reader, &ledger)?);
+    }
+    Ok(report)
+}
+
+fn verify_ledger(
+    reader: &dyn StoreReader,
+    ledger: &LedgerInfo,
+) -> Result<LedgerReport, StoreError> {
+    let mut out = LedgerReport {
+        name: ledger.name.clone(),
+        ..LedgerReport::default()
+    };
+    let head = reader.ledger_head(ledger.id)?;
+
+    // 1. The hash chain, from the first log.
+    let mut previous = None;
+    let mut expected_id = 1;
+    loop {
+        let logs = reader.scan_logs(ledger.id, expected_id - 1, SCAN_PAGE)?;
+        if logs.is_empty() {
+            break;
+        }
+        for log in logs {
+            if log.id != expected_id {
+                out.problems.push(format!(
+                    "log {} follows log {} (gap)",
+                    log.id,
+                    expected_id - 1
+                ));
+            }
+            let hash = chain_hash(
+                previous.as_ref(),
+                log.id,
+                log.kind,
+                log.date,
+                log.idempotency_key.as_deref(),
+                &log.data,
+            );
+            if hash != log.hash {
+                out.problems
+                    .push(format!("log {}: hash does not match the chain", log.id));
+            }
+            previous = Some(log.hash);
+            expected_id = log.id + 1;
+            out.logs += 1;
+        }
+    }
+    if head.next_log_id != expected_id {
+        out.problems.push(format!(
+            "head says next log is {}, logs end at {}",
+            head.next_log_id,
+            expected_id - 1
+        ));
+    }
+    if head.last_hash != previous {
+        out.problems
+            .push("head's last hash differs from the last log's hash".to_string());
+    }
+
+    // 2. Volumes recomputed from every posting.
+    let mut computed: BTreeMap<(String, String), Volumes> = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let transactions = reader.scan_transactions(ledger.id, after, SCAN_PAGE)?;
+        if transactions.is_empty() {
+            break;
+        }
+        for tx in transactions {
+            if tx.id != after + 1 {
+                out.problems.push(format!(
+                    "transaction {} follows transaction {after} (gap)",
+                    tx.id
+                ));
+            }
+            after = tx.id;
+            out.transactions += 1;
+            for posting in &tx.postings {
+                if posting.amount < 0 {
+                    out.problems
+                        .push(format!("transaction {} has a negative posting", tx.id));
+                    continue;
+                }
+                let source = computed
+                    .entry((posting.source.clone(), posting.asset.clone()))
+                    .or_default();
+                if source.send(posting.amount).is_err() {
+                    out.problems
+                        .push(format!("volumes of {} overflow", posting.source));
+                }
+                let destination = computed
+                    .entry((posting.destination.clone(), posting.asset.clone()))
+                    .or_default();
+                if destination.receive(posting.amount).is_err() {
+                    out.problems
+                        .push(format!("volumes of {} overflow", posting.destination));
+                }
+            }
+        }
+    }
+    if head.next_tx_id != after + 1 {
+        out.problems.push(format!(
+            "head says next transaction is {}, transactions end at {after}",
+            head.next_tx_id
+        ));
+    }
+
+    // 3. Stored volumes equal the recomputed ones, and each asset sums to zero.
+    let mut sums: BTreeMap<String, Amount> = BTreeMap::new();
+    let mut cursor: Option<(String, String)> = None;
+    loop {
+        let rows = reader.scan_volumes(ledger.id, cursor.as_ref(), SCAN_PAGE)?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            out.volumes_rows += 1;
+            let key = (row.address.clone(), row.asset.clone());
+            match computed.remove(&key) {
+                Some(expected) if expected == row.volumes => {}
+                Some(expected) => out.problems.push(format!(
+                    "volumes of {} {}: stored in={} out={}, postings give in={} out={}",
+                    row.address,
+                    row.asset,
+                    row.volumes.input,
+                    row.volumes.output,
+                    expected.input,
+                    expected.output
+                )),
+                None if row.volumes == Volumes::default() => {}
+                None => out.problems.push(format!(
+                    "volumes of {} {} have no postings",
+                    row.address, row.asset
+                )),
+            }
+            let sum = sums.entry(row.asset.clone()).or_default();
+            match row.volumes.balance().ok().and_then(|b| sum.checked_add(b)) {
+                Some(total) => *sum = total,
+                None => out.problems.push(format!("sum of {} overflows", row.asset)),
+            }
+            cursor = Some(key);
+        }
+    }
+    for ((address, asset), _) in computed {
+        out.problems.push(format!(
+            "postings move {address} {asset} but no volumes are stored"
+        ));
+    }
+    out.assets = sums.len() as u64;
+    for (asset, sum) in sums {
+        if sum != 0 {
+            out.problems
+                .push(format!("asset {asset} sums to {sum}, not 0"));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,1152 @@
+//! The behavioural suite every store must pass. Each backend's test file invokes
+//! [`store_suite!`] with a way to open its store; each scenario runs on a fresh store.
+//!
+//! Scenarios drive the public service ([`Ledgers`]): engine, batching, caches and the store
+//! together, as the server uses them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use coffer_ledger::command::{Command, NewTransaction, Outcome, Request, Target, TxBody};
+use coffer_ledger::service::{
+    AccountsQuery, LogsQuery, PageRequest, TransactionsQuery, VolumesQuery,
+};
+use coffer_ledger::store::Store;
+use coffer_ledger::{
+    EngineConfig, LedgerError, Ledgers, Metadata, Posting, Timestamp, Transaction,
+};
+
+pub mod workload;
+
+/// A store under test. `open` must return the same store each time (a restart).
+pub trait Backend: Send + Sync {
+    fn open(&self) -> Arc<dyn Store>;
+}
+
+/// Small caches so that eviction paths run too.
+pub fn config() -> EngineConfig {
+    EngineConfig {
+        volume_cache_entries_max: 64,
+        account_cache_entries_max: 64,
+        ..EngineConfig::default()
+    }
+}
+
+pub fn service(backend: &dyn Backend) -> Ledgers {
+    Ledgers::open(backend.open(), config()).expect("engine starts")
+}
+
+pub fn posting(source: &str, destination: &str, amount: i128, asset: &str) -> Posting {
+    Posting {
+        source: source.into(),
+        destination: destination.into(),
+        amount,
+        asset: asset.into(),
+    }
+}
+
+pub fn meta(pairs: &[(&str, &str)]) -> Metadata {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn new_tx(postings: Vec<Posting>) -> NewTransaction {
+    NewTransaction {
+        body: TxBody::Postings(postings),
+        timestamp: None,
+        reference: None,
+        metadata: Metadata::new(),
+        account_metadata: BTreeMap::new(),
+        force: false,
+    }
+}
+
+pub fn script(plain: &str, vars: &[(&str, &str)]) -> NewTransaction {
+    NewTransaction {
+        body: TxBody::Script {
+            plain: plain.into(),
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        },
+        ..new_tx(vec![])
+    }
+}
+
+pub fn create_ledger(ledgers: &Ledgers, name: &str) {
+    let command = Command::CreateLedger {
+        bucket: None,
+        metadata: Metadata::new(),
+        features: Metadata::new(),
+    };
+    ledgers
+        .write_blocking(Request::new(name, command))
+        .expect("ledger created");
+}
+
+pub fn commit(
+    ledgers: &Ledgers,
+    ledger: &str,
+    tx: NewTransaction,
+) -> Result<Transaction, LedgerError> {
+    match ledgers
+        .write_blocking(Request::new(ledger, Command::CreateTransaction(tx)))?
+        .outcome
+    {
+        Outcome::Transaction(tx) => Ok(tx),
+        other => panic!("unexpected outcome {other:?}"),
+    }
+}
+
+pub fn balance(ledgers: &Ledgers, ledger: &str, address: &str, asset: &str) -> i128 {
+    match ledgers.get_account(ledger, address, None) {
+        Ok(account) => account
+            .volumes
+            .get(asset)
+            .map(|v| v.balance().unwrap())
+            .unwrap_or(0),
+        Err(LedgerError::NotFound(_)) => 0,
+        Err(err) => panic!("{err}"),
+    }
+}
+
+fn all_pages<T>(
+    mut fetch: impl FnMut(PageRequest) -> coffer_ledger::service::Page<T>,
+    page_size: u32,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut page = fetch(PageRequest {
+        page_size: Some(page_size),
+        cursor: None,
+    });
+    loop {
+        let next = page.next.clone();
+        out.append(&mut page.data);
+        match next {
+            Some(cursor) => {
+                page = fetch(PageRequest {
+                    page_size: None,
+                    cursor: Some(cursor),
+                })
+            }
+            None => return out,
+        }
+    }
+}
+
+pub fn ledger_lifecycle(backend: &dyn Backend) {
+    let ledgers = service(backend);
+    create_ledger(&ledgers, "main");
+    let again = Command::CreateLedger {
+        bucket: None,
+        metadata: Metadata::new(),
+        features: Metadata::new(),
+    };
+    assert_eq!(
+        ledgers
+            .write_blocking(Request::new("main", again))
+            .unwrap_err(),
+        LedgerError::LedgerAlreadyExists("main".into())
+    );
+    let info = ledgers.ledger("main").unwrap();
+    assert_eq!(info.bucket, "main");
+    assert_eq!(
+        info.features.get("HASH_LOGS").map(String::as_str),
+        Some("SYNC")
+    );
+    assert!(matches!(
+        ledgers.ledger("nope"),
+        Err(LedgerError::LedgerNotFound(_))
+    ));
+    let update = Command::UpdateLedgerMetadata {
+        metadata: meta(&[("team", "payments"), ("tier", "1")]),
+    };
+    ledgers
+        .write_blocking(Request::new("main", update))
+        .unwrap();
+    ledgers
+        .write_blocking(Request::new(
+            "main",
+            Command::DeleteLedgerMetadata { key: "tier".into() },
+        ))
+        .unwrap();
+    assert_eq!(
+        ledgers.ledger_fresh("main").unwrap().metadata,
+        meta(&[("team", "payments")])
+    );
+    for name in ["b", "a", "c"] {
+        create_ledger(&ledgers, name);
+    }
+    let names: Vec<String> = all_pages(
+        |page| ledgers.list_ledgers(Default::default(), &page).unwrap(),
+        2,
+    )
+    .into_iter()
+    .map(|l| l.name)
+    .collect();
+    assert_eq!(names, ["a", "b", "c", "main"]);
+    let unknown = ledgers.write_blocking(Request::new(
+        "ghost",
+        Command::CreateTransaction(new_tx(vec![posting("world", "a", 1, "USD")])),
+    ));
+    assert_eq!(
+        unknown.unwrap_err(),
+        LedgerError::LedgerNotFound("ghost".into())
+    );
+}
+
+pub fn postings_and_volumes(backend: &dyn Backend) {
+    let ledgers = service(backend);
+    create_ledger(&ledgers, "main");
+    let first = commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "users:1", 100, "USD/2")]),
+    )
+    .unwrap();
+    assert_eq!(first.id, 1);
+    assert_eq!(first.post_commit_volumes["users:1"]["USD/2"].input, 100);
+    assert_eq!(first.post_commit_volumes["world"]["USD/2"].output, 100);
+    let second = commit(
+        &ledgers,
+        "main",
+        new_tx(vec![
+            posting("users:1", "users:2", 30, "USD/2"),
+            posting("users:2", "users:3", 30, "USD/2"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(second.id, 2);
+    let pre = second.pre_commit_volumes().unwrap();
+    assert_eq!(pre["users:1"]["USD/2"].balance().unwrap(), 100);
+    assert_eq!(
+        second.post_commit_volumes["users:2"]["USD/2"]
+            .balance()
+            .unwrap(),
+        0
+    );
+    assert_eq!(balance(&ledgers, "main", "users:1", "USD/2"), 70);
+    assert_eq!(balance(&ledgers, "main", "users:3", "USD/2"), 30);
+    assert_eq!(balance(&ledgers, "main", "world", "USD/2"), -100);
+
+    let err = commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("users:1", "users:2", 71, "USD/2")]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        LedgerError::InsufficientFunds {
+            account: "users:1".into(),
+            asset: "USD/2".into(),
+            needed: 71,
+            available: 70
+        }
+    );
+    // A failed transaction takes no id and leaves no trace.
+    let forced = NewTransaction {
+        force: true,
+        ..new_tx(vec![posting("users:1", "users:2", 71, "USD/2")])
+    };
+    assert_eq!(commit(&ledgers, "main", forced).unwrap().id, 3);
+    assert_eq!(balance(&ledgers, "main", "users:1", "USD/2"), -1);
+    let stored = ledgers.get_transaction("main", 2, None).unwrap();
+    assert_eq!(stored.postings, second.postings);
+    assert!(matches!(
+        ledgers.get_transaction("main", 99, None),
+        Err(LedgerError::NotFound(_))
+    ));
+
+    // Assets never mix and huge amounts stay exact.
+    let huge = i128::MAX / 2;
+    commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "whale", huge, "BTC/8")]),
+    )
+    .unwrap();
+    commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "whale", huge, "BTC/8")]),
+    )
+    .unwrap();
+    assert_eq!(balance(&ledgers, "main", "whale", "BTC/8"), huge * 2);
+    let overflow = commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "whale", huge, "BTC/8")]),
+    )
+    .unwrap_err();
+    assert_eq!(overflow, LedgerError::Overflow);
+    assert_eq!(balance(&ledgers, "main", "whale", "BTC/8"), huge * 2);
+
+    let invalid = commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "bad address", 1, "USD")]),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(invalid, LedgerError::Validation(ref m) if m.contains("postings[0].destination")),
+        "{invalid:?}"
+    );
+    let negative = commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "a", -1, "USD")]),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(negative, LedgerError::Validation(ref m) if m.contains("negative")),
+        "{negative:?}"
+    );
+    assert_eq!(
+        commit(&ledgers, "main", new_tx(vec![])).unwrap_err(),
+        LedgerError::NoPostings
+    );
+    let verified = coffer_ledger::verify::verify(ledgers.reader()).unwrap();
+    assert!(verified.is_ok(), "{verified}");
+}
+
+pub fn scripts(backend: &dyn Backend) {
+    let ledgers = service(backend);
+    create_ledger(&ledgers, "main");
+    commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "users:1:main", 500, "USD/2")]),
+    )
+    .unwrap();
+    commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "users:1:coupon", 100, "USD/2")]),
+    )
+    .unwrap();
+    let debit = "vars {\n  monetary $amount\n  account $user\n}\n\
+        send $amount (\n  source = { @users:1:coupon @users:1:main }\n  destination = @shop\n)\n\
+        set_tx_meta(\"kind\", \"debit\")\nset_account_meta(@shop, \"last\", $amount)\n";
+    let tx = commit(
+        &ledgers,
+        "main",
+        script(debit, &[("amount", "USD/2 150"), ("user", "users:1")]),
+    )
+    .unwrap();
+    assert_eq!(
+        tx.postings,
+        vec![
+            posting("users:1:coupon", "shop", 100, "USD/2"),
+            posting("users:1:main", "shop", 50, "USD/2")
+        ]
+    );
+    assert_eq!(tx.metadata, meta(&[("kind", "debit")]));
+    assert_eq!(
+        ledgers.get_account("main", "shop", None).unwrap().metadata,
+        meta(&[("last", "USD/2 150")])
+    );
+    assert_eq!(balance(&ledgers, "main", "users:1:main", "USD/2"), 450);
+
+    let too_much = commit(
+        &ledgers,
+        "main",
+        script(debit, &[("amount", "USD/2 451"), ("user", "users:1")]),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(too_much, LedgerError::InsufficientFunds { .. }),
+        "{too_much:?}"
+    );
+    let parse = ledgers
+        .submit(Request::new(
+            "main",
+            Command::CreateTransaction(script("send (", &[])),
+        ))
+        .err()
+        .unwrap();
+    assert!(matches!(parse, LedgerError::ScriptParse(_)), "{parse:?}");
+    let missing = commit(&ledgers, "main", script(debit, &[("user", "users:1")])).unwrap_err();
+    assert!(
+        matches!(missing, LedgerError::Compilation(_)),
+        "{missing:?}"
+    );
+    let clash = NewTransaction {
+        metadata: meta(&[("kind", "other")]),
+        ..script(debit, &[("amount", "USD/2 1"), ("user", "users:1")])
+    };
+    assert_eq!(
+        commit(&ledgers, "main", clash).unwrap_err(),
+        LedgerError::MetadataOverride("kind".into())
+    );
+
+    // meta() reads account metadata, including metadata written earlier in the same batch.
+    let set = Command::SaveMetadata {
+        target: Target::Account("shop".into()),
+        metadata: meta(&[("fee", "users:1:main")]),
+    };
+    let pending_meta = ledgers.submit(Request::new("main", set)).unwrap();
+    let reader = "vars { account $payer = meta(@shop, \"fee\") }\nsend [USD/2 5] ( source = $payer destination = @fees )";
+    let pending_tx = ledgers
+        .submit(Request::new(
+            "main",
+            Command::CreateTransaction(script(reader, &[])),
+        ))
+        .unwrap();
+    pending_meta.wait_blocking().unwrap();
+    let Outcome::Transaction(fee) = pending_tx.wait_blocking().unwrap().outcome else {
+        panic!()
+    };
+    assert_eq!(
+        fee.postings,
+        vec![posting("users:1:main", "fees", 5, "USD/2")]
+    );
+    let verified = coffer_ledger::verify::verify(ledgers.reader()).unwrap();
+    assert!(verified.is_ok(), "{verified}");
+}
+
+pub fn idempotency_and_references(backend: &dyn Backend) {
+    let ledgers = service(backend);
+    create_ledger(&ledgers, "main");
+    let request = |amount: i128| {
+        Request::new(
+            "main",
+            Command::CreateTransaction(new_tx(vec![posting("world", "a", amount, "EUR")])),
+        )
+        .with_idempotency_key("key-1")
+    };
+    let first = ledgers.write_blocking(request(10)).unwrap();
+    assert!(!first.idempotency_hit);
+    let again = ledgers.write_blocking(request(10)).unwrap();
+    assert!(again.idempotency_hit);
+    assert_eq!(again.outcome, first.outcome);
+    assert_eq!(
+        ledgers.write_blocking(request(11)).unwrap_err(),
+        LedgerError::IdempotencyKeyConflict("key-1".into())
+    );
+    // Two requests with one key in the same batch: one commits, the other replays it.
+    let a = ledgers.submit(request_with_key(20, "key-2")).unwrap();
+    let b = ledgers.submit(request_with_key(20, "key-2")).unwrap();
+    let (a, b) = (a.wait_blocking().unwrap(), b.wait_blocking().unwrap());
+    assert_eq!(a.outcome, b.outcome);
+    assert!(a.idempotency_hit != b.idempotency_hit);
+    assert_eq!(balance(&ledgers, "main", "a", "EUR"), 30);
+
+    let with_reference = |reference: &str| NewTransaction {
+        reference: Some(reference.into()),
+        ..new_tx(vec![posting("world", "a", 1, "EUR")])
+    };
+    commit(&ledgers, "main", with_reference("order-1")).unwrap();
+    assert_eq!(
+        commit(&ledgers, "main", with_reference("order-1")).unwrap_err(),
+        LedgerError::DuplicateReference("order-1".into())
+    );
+    let c = ledgers
+        .submit(Request::new(
+            "main",
+            Command::CreateTransaction(with_reference("order-2")),
+        ))
+        .unwrap();
+    let d = ledgers
+        .submit(Request::new(
+            "main",
+            Command::CreateTransaction(with_reference("order-2")),
+        ))
+        .unwrap();
+    let results = [c.wait_blocking(), d.wait_blocking()];
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+
+    // Replays survive a restart.
+    ledgers.shutdown();
+    drop(ledgers);
+    let ledgers = service(backend);
+    let replay = ledgers.write_blocking(request(10)).unwrap();
+    assert!(replay.idempotency_hit);
+    assert_eq!(replay.outcome, first.outcome);
+    assert_eq!(
+        ledgers.write_blocking(request(12)).unwrap_err(),
+        LedgerError::IdempotencyKeyConflict("key-1".into())
+    );
+    assert_eq!(
+        commit(&ledgers, "main", with_reference("order-1")).unwrap_err(),
+        LedgerError::DuplicateReference("order-1".into())
+    );
+}
+
+fn request_with_key(amount: i128, key: &str) -> Request {
+    Request::new(
+        "main",
+        Command::CreateTransaction(new_tx(vec![posting("world", "a", amount, "EUR")])),
+    )
+    .with_idempotency_key(key)
+}
+
+pub fn revert_and_metadata(backend: &dyn Backend) {
+    let ledgers = service(backend);
+    create_ledger(&ledgers, "main");
+    let tx = commit(
+        &ledgers,
+        "main",
+        new_tx(vec![
+            posting("world", "a", 100, "USD"),
+            posting("a", "b", 60, "USD"),
+        ]),
+    )
+    .unwrap();
+    let revert = |id, force| {
+        Request::new(
+            "main",
+            Command::RevertTransaction {
+                id,
+                force,
+                at_effective_date: false,
+                metadata: meta(&[("why", "test")]),
+            },
+        )
+    };
+    commit(&ledgers, "main", new_tx(vec![posting("b", "c", 60, "USD")])).unwrap();
+    // b spent what it would have to give back.
+    let err = ledgers.write_blocking(revert(tx.id, false)).unwrap_err();
+    assert!(
+        matches!(err, LedgerError::InsufficientFunds { ref account, .. } if account == "b"),
+        "{err:?}"
+    );
+    let Outcome::Transaction(reversal) =
+        ledgers.write_blocking(revert(tx.id, true)).unwrap().outcome
+    else {
+        panic!()
+    };
+    assert_eq!(
+        reversal.postings,
+        vec![
+            posting("b", "a", 60, "USD"),
+            posting("a", "world", 100, "USD")
+        ]
+    );
+    assert_eq!(
+        reversal
+            .metadata
+            .get("com.formance.spec/state/reverts")
+            .map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        reversal.metadata.get("why").map(String::as_str),
+        Some("test")
+    );
+    assert!(ledgers
+        .get_transaction("main", tx.id, None)
+        .unwrap()
+        .reverted_at
+        .is_some());
+    assert_eq!(
+        ledgers.write_blocking(revert(tx.id, true)).unwrap_err(),
+        LedgerError::AlreadyReverted(tx.id)
+    );
+    assert!(matches!(
+        ledgers.write_blocking(revert(999, true)),
+        Err(LedgerError::NotFound(_))
+    ));
+    assert_eq!(balance(&ledgers, "main", "b", "USD"), -60);
+
+    let set = |target, pairs: &[(&str, &str)]| {
+        Request::new(
+            "main",
+            Command::SaveMetadata {
+                target,
+                metadata: meta(pairs),
+            },
+        )
+    };
+    ledgers
+        .write_blocking(set(Target::Transaction(tx.id), &[("a", "1"), ("b", "2")]))
+        .unwrap();
+    ledgers
+        .write_blocking(Request::new(
+            "main",
+            Command::DeleteMetadata {
+                target: Target::Transaction(tx.id),
+                key: "a".into(),
+            },
+        ))
+        .unwrap();
+    assert_eq!(
+        ledgers
+            .get_transaction("main", tx.id, None)
+            .unwrap()
+            .metadata,
+        meta(&[("b", "2")])
+    );
+    assert!(matches!(
+        ledgers.write_blocking(set(Target::Transaction(404), &[("a", "1")])),
+        Err(LedgerError::NotFound(_))
+    ));
+    // Metadata on an unknown account creates it.
+    ledgers
+        .write_blocking(set(
+            Target::Account("merchants:42".into()),
+            &[("name", "Bob's")],
+        ))
+        .unwrap();
+    let account = ledgers.get_account("main", "merchants:42", None).unwrap();
+    assert_eq!(account.metadata, meta(&[("name", "Bob's")]));
+    assert!(account.volumes.is_empty());
+    ledgers
+        .write_blocking(Request::new(
+            "main",
+            Command::DeleteMetadata {
+                target: Target::Account("merchants:42".into()),
+                key: "name".into(),
+            },
+        ))
+        .unwrap();
+    assert!(ledgers
+        .get_account("main", "merchants:42", None)
+        .unwrap()
+        .metadata
+        .is_empty());
+    let missing = Request::new(
+        "main",
+        Command::DeleteMetadata {
+            target: Target::Account("nobody".into()),
+            key: "k".into(),
+        },
+    );
+    assert!(matches!(
+        ledgers.write_blocking(missing),
+        Err(LedgerError::NotFound(_))
+    ));
+
+    // Dry runs report without keeping anything.
+    let mut dry = Request::new(
+        "main",
+        Command::CreateTransaction(new_tx(vec![posting("world", "dry", 5, "USD")])),
+    );
+    dry.dry_run = true;
+    let Outcome::Transaction(preview) = ledgers.write_blocking(dry).unwrap().outcome else {
+        panic!()
+    };
+    assert_eq!(preview.post_commit_volumes["dry"]["USD"].input, 5);
+    assert!(matches!(
+        ledgers.get_account("main", "dry", None),
+        Err(LedgerError::NotFound(_))
+    ));
+    assert!(matches!(
+        ledgers.get_transaction("main", preview.id, None),
+        Err(LedgerError::NotFound(_))
+    ));
+
+    // Every write left one log; the chain verifies.
+    let logs = all_pages(
+        |page| {
+            ledgers
+                .list_logs("main", LogsQuery::default(), &page)
+                .unwrap()
+        },
+        3,
+    );
+    let kinds: Vec<&str> = logs.iter().rev().map(|l| l.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "NEW_TRANSACTION",
+            "NEW_TRANSACTION",
+            "REVERTED_TRANSACTION",
+            "SET_METADATA",
+            "DELETE_METADATA",
+            "SET_METADATA",
+            "DELETE_METADATA"
+        ]
+    );
+    let verified = coffer_ledger::verify::verify(ledgers.reader()).unwrap();
+    assert!(verified.is_ok(), "{verified}");
+}
+
+pub fn lists_and_filters(backend: &dyn Backend) {
+    let ledgers = service(backend);
+    create_ledger(&ledgers, "main");
+    let base = Timestamp::parse("2024-01-01T00:00:00Z").unwrap();
+    for i in 1..=12i64 {
+        let user = format!("users:{}:main", i % 4);
+        let tx = NewTransaction {
+            timestamp: Some(Timestamp(base.micros() + i * 1_000_000)),
+            metadata: meta(&[("parity", if i % 2 == 0 { "even" } else { "odd" })]),
+            reference: Some(format!("ref-{i}")),
+            ..new_tx(vec![
+                posting("world", &user, i as i128 * 10, "USD"),
+                posting(&user, "fees", 1, "USD"),
+            ])
+        };
+        commit(&ledgers, "main", tx).unwrap();
+    }
+    let account_meta = Command::SaveMetadata {
+        target: Target::Account("users:1:main".into()),
+        metadata: meta(&[("vip", "yes")]),
+    };
+    ledgers
+        .write_blocking(Request::new("main", account_meta))
+        .unwrap();
+    let revert = Command::RevertTransaction {
+        id: 12,
+        force: true,
+        at_effective_date: true,
+        metadata: Metadata::new(),
+    };
+    ledgers
+        .write_blocking(Request::new("main", revert))
+        .unwrap();
+
+    let ids = |filter: &str, page_size: u32| -> Vec<u64> {
+        let query = TransactionsQuery {
+            filter: Some(filter.to_string()),
+            ..TransactionsQuery::default()
+        };
+        all_pages(
+            |page| {
+                ledgers
+                    .list_transactions("main", query.clone(), &page)
+                    .unwrap()
+            },
+            page_size,
+        )
+        .into_iter()
+        .map(|tx| tx.id)
+        .collect()
+    };
+    assert_eq!(ids("{}", 5), (1..=13).rev().collect::<Vec<_>>());
+    assert_eq!(
+        ids(r#"{"$match":{"account":"users:1:main"}}"#, 2),
+        [9, 5, 1]
+    );
+    assert_eq!(
+        ids(r#"{"$match":{"account":"users:0:main"}}"#, 2),
+        [13, 12, 8, 4]
+    );
+    assert_eq!(ids(r#"{"$match":{"destination":"world"}}"#, 2), [13]);
+    assert_eq!(ids(r#"{"$match":{"source":"world"}}"#, 5).len(), 12);
+    assert_eq!(
+        ids(r#"{"$match":{"destination":"users::main"}}"#, 100),
+        (1..=13).rev().collect::<Vec<_>>()
+    );
+    assert_eq!(ids(r#"{"$match":{"account":"users:"}}"#, 100).len(), 13);
+    assert_eq!(
+        ids(r#"{"$match":{"metadata[parity]":"even"}}"#, 4),
+        [12, 10, 8, 6, 4, 2]
+    );
+    assert_eq!(
+        ids(r#"{"$and":[{"$gte":{"id":3}},{"$lt":{"id":6}}]}"#, 1),
+        [5, 4, 3]
+    );
+    assert_eq!(
+        ids(
+            r#"{"$or":[{"$match":{"reference":"ref-2"}},{"$in":{"id":[7,8]}}]}"#,
+            10
+        ),
+        [8, 7, 2]
+    );
+    assert_eq!(ids(r#"{"$match":{"reverted":true}}"#, 10), [12]);
+    assert_eq!(
+        ids(r#"{"$not":{"$exists":{"metadata":"parity"}}}"#, 10),
+        [13]
+    );
+    assert_eq!(
+        ids(r#"{"$lte":{"timestamp":"2024-01-01T00:00:03Z"}}"#, 10),
+        [3, 2, 1]
+    );
+    assert_eq!(
+        ledgers
+            .count_transactions(
+                "main",
+                Some(r#"{"$match":{"metadata[parity]":"odd"}}"#),
+                None
+            )
+            .unwrap(),
+        6
+    );
+
+    // Cursors walk back as well as forward.
+    let query = TransactionsQuery::default();
+    let first = ledgers
+        .list_transactions(
+            "main",
+            query.clone(),
+            &PageRequest {
+                page_size: Some(5),
+                cursor: None,
+            },
+        )
+        .unwrap();
+    let second = ledgers
+        .list_transactions(
+            "main",
+            query.clone(),
+            &PageRequest {
+                page_size: None,
+                cursor: first.next.clone(),
+            },
+        )
+        .unwrap();
+    let back = ledgers
+        .list_transactions(
+            "main",
+            query.clone(),
+            &PageRequest {
+                page_size: None,
+                cursor: second.previous.clone(),
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        back.data.iter().map(|t| t.id).collect::<Vec<_>>(),
+        first.data.iter().map(|t| t.id).collect::<Vec<_>>()
+    );
+    let oldest = TransactionsQuery {
+        effective_order: true,
+        ascending: true,
+        ..TransactionsQuery::default()
+    };
+    let by_time = ledgers
+        .list_transactions(
+            "main",
+            oldest,
+            &PageRequest {
+                page_size: Some(3),
+                cursor: None,
+            },
+        )
+        .unwrap();
+    // The reversal of 12 is dated like 12, so effective order puts it after 12.
+    assert_eq!(
+        by_time.data.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let bad = ledgers.list_transactions(
+        "main",
+        TransactionsQuery::default(),
+        &PageRequest {
+            page_size: None,
+            cursor: Some("garbage".into()),
+        },
+    );
+    assert!(matches!(bad, Err(LedgerError::Validation(_))));
+
+    let addresses = |filter: &str| -> Vec<String> {
+        let query = AccountsQuery {
+            filter: Some(filter.to_string()),
+            ..AccountsQuery::default()
+        };
+        all_pages(
+            |page| ledgers.list_accounts("main", query.clone(), &page).unwrap(),
+            2,
+        )
+        .into_iter()
+        .map(|a| a.address)
+        .collect()
+    };
+    assert_eq!(
+        addresses("{}"),
+        [
+            "fees",
+            "users:0:main",
+            "users:1:main",
+            "users:2:main",
+            "users:3:main",
+            "world"
+        ]
+    );
+    assert_eq!(
+        addresses(r#"{"$match":{"address":"users::main"}}"#).len(),
+        4
+    );
+    assert_eq!(
+        addresses(r#"{"$match":{"metadata[vip]":"yes"}}"#),
+        ["users:1:main"]
+    );
+    // users:k receives 10*i for each i ≡ k (mod 4) and pays 1 each time; 12 was reverted.
+    assert_eq!(
+        addresses(r#"{"$gt":{"balance[USD]":200}}"#),
+        ["users:3:main"]
+    );
+    assert_eq!(addresses(r#"{"$gte":{"balance[USD]":118}}"#).len(), 4);
+    assert_eq!(addresses(r#"{"$lt":{"balance":0}}"#), ["world"]);
+    assert_eq!(addresses(r#"{"$match":{"balance[USD]":11}}"#), ["fees"]);
+    assert_eq!(
+        ledgers
+            .count_accounts("main", Some(r#"{"$match":{"address":"users:"}}"#), None)
+            .unwrap(),
+        4
+    );
+    let with_volumes = AccountsQuery {
+        with_volumes: true,
+        ..AccountsQuery::default()
+    };
+    let accounts = ledgers
+        .list_accounts("main", with_volumes, &PageRequest::default())
+        .unwrap();
+    let fees = accounts.data.iter().find(|a| a.address == "fees").unwrap();
+    assert_eq!(fees.volumes["USD"].input, 12);
+
+    let all = ledgers.aggregate_balances("main", None, None).unwrap();
+    assert_eq!(all.get("USD"), Some(&0));
+    let users = ledgers
+        .aggregate_balances("main", Some(r#"{"$match":{"address":"users:"}}"#), None)
+        .unwrap();
+    let world = balance(&ledgers, "main", "world", "USD");
+    assert_eq!(users["USD"] + 11, -world);
+
+    let volumes = all_pages(
+        |page| {
+            ledgers
+                .list_volumes("main", VolumesQuery::default(), &page)
+                .unwrap()
+        },
+        4,
+    );
+    assert_eq!(volumes.len(), 6);
+    assert_eq!(
+        volumes
+            .iter()
+            .map(|v| v.volumes.balance().unwrap())
+            .sum::<i128>(),
+        0
+    );
+    let filtered = VolumesQuery {
+        filter: Some(r#"{"$match":{"address":"fees"}}"#.into()),
+        ..VolumesQuery::default()
+    };
+    assert_eq!(
+        ledgers
+            .list_volumes("main", filtered, &PageRequest::default())
+            .unwrap()
+            .data
+            .len(),
+        1
+    );
+}
+
+pub fn point_in_time(backend: &dyn Backend) {
+    let ledgers = service(backend);
+    create_ledger(&ledgers, "main");
+    let at = |text: &str| Timestamp::parse(text).unwrap();
+    let dated = |ts: &str, amount: i128| NewTransaction {
+        timestamp: Some(at(ts)),
+        ..new_tx(vec![posting("world", "a", amount, "USD")])
+    };
+    commit(&ledgers, "main", dated("2024-03-01T00:00:00Z", 5)).unwrap();
+    commit(&ledgers, "main", dated("2024-01-01T00:00:00Z", 7)).unwrap();
+    commit(&ledgers, "main", dated("2024-05-01T00:00:00Z", 11)).unwrap();
+    let pit = Some(at("2024-04-01T00:00:00Z"));
+    let account = ledgers.get_account("main", "a", pit).unwrap();
+    assert_eq!(account.volumes["USD"].input, 12);
+    assert_eq!(account.first_usage, at("2024-01-01T00:00:00Z"));
+    assert_eq!(
+        ledgers.get_account("main", "a", None).unwrap().volumes["USD"].input,
+        23
+    );
+    assert!(matches!(
+        ledgers.get_account("main", "a", Some(at("2023-01-01T00:00:00Z"))),
+        Err(LedgerError::NotFound(_))
+    ));
+    let query = TransactionsQuery {
+        pit: pit.map(|p| p.micros()),
+        ..TransactionsQuery::default()
+    };
+    let ids: Vec<u64> = ledgers
+        .list_transactions("main", query, &PageRequest::default())
+        .unwrap()
+        .data
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, [2, 1]);
+    assert_eq!(
+        ledgers
+            .aggregate_balances("main", Some(r#"{"$match":{"address":"a"}}"#), pit)
+            .unwrap()["USD"],
+        12
+    );
+    let rich = ledgers
+        .count_accounts("main", Some(r#"{"$gte":{"balance[USD]":12}}"#), pit)
+        .unwrap();
+    assert_eq!(rich, 1);
+    let richer = ledgers
+        .count_accounts("main", Some(r#"{"$gt":{"balance[USD]":12}}"#), pit)
+        .unwrap();
+    assert_eq!(richer, 0);
+    let window = VolumesQuery {
+        start_time: Some(at("2024-02-01T00:00:00Z").micros()),
+        end_time: Some(at("2024-06-01T00:00:00Z").micros()),
+        filter: Some(r#"{"$match":{"address":"a"}}"#.into()),
+        ..VolumesQuery::default()
+    };
+    let rows = ledgers
+        .list_volumes("main", window, &PageRequest::default())
+        .unwrap()
+        .data;
+    assert_eq!(rows[0].volumes.input, 16);
+}
+
+pub fn export_import(backend: &dyn Backend) {
+    let ledgers = service(backend);
+    create_ledger(&ledgers, "source");
+    create_ledger(&ledgers, "copy");
+    commit(
+        &ledgers,
+        "source",
+        new_tx(vec![posting("world", "a", 50, "USD")]),
+    )
+    .unwrap();
+    let with_key = Request::new(
+        "source",
+        Command::CreateTransaction(new_tx(vec![posting("a", "b", 20, "USD")])),
+    )
+    .with_idempotency_key("ik");
+    ledgers.write_blocking(with_key).unwrap();
+    let set = Command::SaveMetadata {
+        target: Target::Account("b".into()),
+        metadata: meta(&[("k", "v")]),
+    };
+    ledgers.write_blocking(Request::new("source", set)).unwrap();
+    let revert = Command::RevertTransaction {
+        id: 2,
+        force: false,
+        at_effective_date: false,
+        metadata: Metadata::new(),
+    };
+    ledgers
+        .write_blocking(Request::new("source", revert))
+        .unwrap();
+    let logs = ledgers.scan_logs("source", 0, 1000).unwrap();
+    assert_eq!(logs.len(), 4);
+    let imported = ledgers
+        .write_blocking(Request::new(
+            "copy",
+            Command::ImportLogs { logs: logs.clone() },
+        ))
+        .unwrap();
+    assert_eq!(imported.outcome, Outcome::Imported(4));
+    let copied = ledgers.scan_logs("copy", 0, 1000).unwrap();
+    assert_eq!(
+        copied.iter().map(|l| l.hash).collect::<Vec<_>>(),
+        logs.iter().map(|l| l.hash).collect::<Vec<_>>()
+    );
+    assert_eq!(balance(&ledgers, "copy", "a", "USD"), 50);
+    assert_eq!(
+        ledgers.get_account("copy", "b", None).unwrap().metadata,
+        meta(&[("k", "v")])
+    );
+    assert!(ledgers
+        .get_transaction("copy", 2, None)
+        .unwrap()
+        .reverted_at
+        .is_some());
+    // The idempotency key came along.
+    let replay = Request::new(
+        "copy",
+        Command::CreateTransaction(new_tx(vec![posting("a", "b", 20, "USD")])),
+    )
+    .with_idempotency_key("ik");
+    assert!(ledgers.write_blocking(replay).unwrap().idempotency_hit);
+    // Importing again conflicts (ids must continue the ledger) and changes nothing.
+    let again = ledgers
+        .write_blocking(Request::new(
+            "copy",
+            Command::ImportLogs { logs: logs.clone() },
+        ))
+        .unwrap_err();
+    assert!(matches!(again, LedgerError::Import(_)), "{again:?}");
+    // A tampered log breaks the chain.
+    create_ledger(&ledgers, "tampered");
+    let mut bad = logs.clone();
+    bad[1].data = bad[1].data.replace("20", "21");
+    let err = ledgers
+        .write_blocking(Request::new("tampered", Command::ImportLogs { logs: bad }))
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Import(ref m) if m.contains("hash")),
+        "{err:?}"
+    );
+    assert!(
+        ledgers.scan_logs("tampered", 0, 10).unwrap().is_empty(),
+        "a failed import leaves nothing"
+    );
+    let verified = coffer_ledger::verify::verify(ledgers.reader()).unwrap();
+    assert!(verified.is_ok(), "{verified}");
+}
+
+/// Acknowledged writes survive a restart, and the caches do not outlive it.
+pub fn restart(backend: &dyn Backend) {
+    let ledgers = service(backend);
+    create_ledger(&ledgers, "main");
+    let mut acknowledged = Vec::new();
+    for i in 0..50 {
+        acknowledged.push(
+            commit(
+                &ledgers,
+                "main",
+                new_tx(vec![posting("world", &format!("u:{}", i % 7), 3, "USD")]),
+            )
+            .unwrap(),
+        );
+    }
+    ledgers.shutdown();
+    drop(ledgers);
+    let ledgers = service(backend);
+    for tx in &acknowledged {
+        assert_eq!(&ledgers.get_transaction("main", tx.id, None).unwrap(), tx);
+    }
+    let next = commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("u:0", "u:1", 3, "USD")]),
+    )
+    .unwrap();
+    assert_eq!(next.id, 51);
+    assert_eq!(balance(&ledgers, "main", "u:0", "USD"), 8 * 3 - 3);
+    let verified = coffer_ledger::verify::verify(ledgers.reader()).unwrap();
+    assert!(verified.is_ok(), "{verified}");
+}
+
+/// Runs every scenario as its own test. `$open` builds a fresh [`Backend`].
+#[macro_export]
+macro_rules! store_suite {
+    ($open:expr) => {
+        $crate::store_suite!(@tests $open;
+            ledger_lifecycle, postings_and_volumes, scripts, idempotency_and_references,
+            revert_and_metadata, lists_and_filters, point_in_time, export_import, restart,
+            concurrent_transfers, random_workload);
+    };
+    (@tests $open:expr; $($name:ident),*) => {
+        $(
+            #[test]
+            fn $name() {
+                let backend = $open;
+                $crate::run(stringify!($name), &backend);
+            }
+        )*
+    };
+}
+
+pub fn run(name: &str, backend: &dyn Backend) {
+    match name {
+        "ledger_lifecycle" => ledger_lifecycle(backend),
+        "postings_and_volumes" => postings_and_volumes(backend),
+        "scripts" => scripts(backend),
+        "idempotency_and_references" => idempotency_and_references(backend),
+        "revert_and_metadata" => revert_and_metadata(backend),
+        "lists_and_filters" => lists_and_filters(backend),
+        "point_in_time" => point_in_time(backend),
+        "export_import" => export_import(backend),
+        "restart" => restart(backend),
+        "concurrent_transfers" => workload::concurrent_transfers(backend),
+        "random_workload" => workload::random_workload(backend),
+        other => panic!("unknown scenario {other}"),
+    }
+}
