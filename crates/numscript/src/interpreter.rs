@@ -10,7 +10,8 @@
 //!    chunks of funds on a FIFO queue (debiting balances at once); destinations pull them,
 //!    emitting one posting per pulled run of chunks from the same account and color.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap as StdHashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::syntax::*;
 use crate::value::{
@@ -21,6 +22,47 @@ use crate::{
     Amount, BalanceRequest, Execution, FeatureFlags, Posting, ProgramInner, RuntimeError, Store,
     ACCOUNT_NAME_BYTES_MAX, BALANCE_REQUESTS_MAX, POSTINGS_MAX,
 };
+
+/// A small, fast, non-cryptographic hasher (FxHash's mixing): the keys are account and asset
+/// names from one run, so there is no adversarial-collision concern worth SipHash's cost.
+#[derive(Default)]
+struct FxHasher {
+    hash: u64,
+}
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.add(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut buffer = [0u8; 8];
+            buffer[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(buffer));
+        }
+    }
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte));
+    }
+    fn write_usize(&mut self, value: usize) {
+        self.add(value as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+type HashMap<K, V> = StdHashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 const OVERDRAFT_FUNCTION: u16 = 1 << 0;
 const GET_ASSET_FUNCTION: u16 = 1 << 1;
@@ -42,11 +84,39 @@ type Key<'a> = (Text<'a>, Text<'a>, Text<'a>);
 
 const UNCOLORED: Text<'static> = Text::Borrowed("");
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct Entry {
+    /// The stored balance (once fetched) plus every change made by the run.
     amount: Amount,
     /// A store row has been added to `amount` (guards against duplicate rows).
     loaded: bool,
+    fetch: Fetch,
+}
+
+/// Where a balance stands with the store. `world` is never fetched: it counts as `Loaded`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fetch {
+    No,
+    Pending,
+    Loaded,
+}
+
+/// Whether a `BASE/*` request for `account` covers `key`.
+fn covers(account: &Text<'_>, base: &Text<'_>, key: &Key<'_>) -> bool {
+    key.2.is_empty() && *account == key.0 && **base == *asset_base_and_scale(&key.1).0
+}
+
+fn initial_fetch(wildcards: &HashMap<(Text<'_>, Text<'_>), Fetch>, key: &Key<'_>) -> Fetch {
+    if &*key.0 == "world" {
+        return Fetch::Loaded;
+    }
+    if key.2.is_empty() && !wildcards.is_empty() {
+        let base = asset_base_and_scale(&key.1).0;
+        if let Some(fetch) = wildcards.get(&(key.0.clone(), Text::Borrowed(base))) {
+            return *fetch;
+        }
+    }
+    Fetch::No
 }
 
 /// Funds taken from a source, waiting for a destination.
@@ -83,15 +153,16 @@ pub(crate) fn run(
         store,
         vars: vec![None; program.ast.var_slots as usize],
         collecting: false,
+        collect_failed: false,
+        placeholders_read: false,
         var_origin: false,
         asset: UNCOLORED,
-        balances: HashMap::new(),
-        requested: HashSet::new(),
-        wildcards: HashSet::new(),
+        balances: HashMap::default(),
+        wildcards: HashMap::default(),
         pending: Vec::new(),
         pending_wildcards: Vec::new(),
         requests_total: 0,
-        metadata: HashMap::new(),
+        metadata: HashMap::default(),
         queue: Vec::new(),
         head: 0,
         postings: Vec::new(),
@@ -111,15 +182,17 @@ struct Interpreter<'a, 's> {
     vars: Vec<Option<Value<'a>>>,
     /// Phase 1: record balance needs, never fail.
     collecting: bool,
+    /// Phase 1 ignored an error.
+    collect_failed: bool,
+    /// Phase 1 read a balance as a placeholder 0.
+    placeholders_read: bool,
     /// Evaluating a variable origin (function calls need no flag there).
     var_origin: bool,
     /// The asset of the statement being run.
     asset: Text<'a>,
     balances: HashMap<Key<'a>, Entry>,
-    /// Every (account, asset, color) asked for (or about to be).
-    requested: HashSet<Key<'a>>,
     /// Every (account, base) asked for with `BASE/*`.
-    wildcards: HashSet<(Text<'a>, Text<'a>)>,
+    wildcards: HashMap<(Text<'a>, Text<'a>), Fetch>,
     pending: Vec<Key<'a>>,
     pending_wildcards: Vec<(Text<'a>, Text<'a>)>,
     requests_total: usize,
@@ -168,21 +241,27 @@ impl<'a> Interpreter<'a, '_> {
 
         // Phase 1: find every balance the script will need, ignoring errors.
         self.collecting = true;
-        if self.eval_vars().is_ok() {
+        let vars = self.eval_vars();
+        self.swallow(vars);
+        if !self.collect_failed {
             for statement in statements {
-                let _ = self.prefetch_statement(statement);
+                let result = self.prefetch_statement(statement);
+                self.swallow(result);
             }
         }
         self.collecting = false;
-        self.vars.iter_mut().for_each(|v| *v = None);
         self.flush()?;
 
-        // Phase 2: as upstream, variables then the pre-fetch pass.
-        self.eval_vars()?;
-        for statement in statements {
-            self.prefetch_statement(statement)?;
+        // Phase 2: as upstream, variables then the pre-fetch pass. When phase 1 read no
+        // placeholder balance and met no error, it computed exactly this: skip it.
+        if self.placeholders_read || self.collect_failed {
+            self.vars.iter_mut().for_each(|v| *v = None);
+            self.eval_vars()?;
+            for statement in statements {
+                self.prefetch_statement(statement)?;
+            }
+            self.flush()?;
         }
-        self.flush()?;
 
         // Phase 3.
         for statement in statements {
@@ -216,42 +295,40 @@ impl<'a> Interpreter<'a, '_> {
 
     // ----- Balances and the store -----
 
-    fn is_requested(&self, key: &Key<'a>) -> bool {
-        if self.requested.contains(key) {
-            return true;
-        }
-        if key.2.is_empty() && !self.wildcards.is_empty() {
-            let base = asset_base_and_scale(&key.1).0;
-            let wildcards: &HashSet<(Text<'_>, Text<'_>)> = &self.wildcards;
-            return wildcards.contains(&(key.0.clone(), Text::Borrowed(base)));
-        }
-        false
+    /// The table entry for `key`, created on first use.
+    fn entry(&mut self, key: &Key<'a>) -> &mut Entry {
+        let wildcards = &self.wildcards;
+        self.balances.entry(key.clone()).or_insert_with(|| Entry {
+            amount: 0,
+            loaded: false,
+            fetch: initial_fetch(wildcards, key),
+        })
     }
 
     fn request(&mut self, key: Key<'a>) {
-        if &*key.0 == "world" || self.is_requested(&key) {
-            return;
+        let entry = self.entry(&key);
+        if entry.fetch == Fetch::No {
+            entry.fetch = Fetch::Pending;
+            self.pending.push(key);
         }
-        self.requested.insert(key.clone());
-        self.pending.push(key);
     }
 
     fn request_wildcard(&mut self, account: Text<'a>, base: Text<'a>) {
-        if &*account == "world" {
+        if &*account == "world"
+            || self
+                .wildcards
+                .contains_key(&(account.clone(), base.clone()))
+        {
             return;
         }
-        let pair = (account, base);
-        if self.wildcards.insert(pair.clone()) {
-            self.pending_wildcards.push(pair);
+        for (key, entry) in self.balances.iter_mut() {
+            if entry.fetch == Fetch::No && covers(&account, &base, key) {
+                entry.fetch = Fetch::Pending;
+            }
         }
-    }
-
-    fn is_pending(&self, key: &Key<'a>) -> bool {
-        self.pending.iter().any(|k| k == key)
-            || (key.2.is_empty()
-                && self.pending_wildcards.iter().any(|(account, base)| {
-                    *account == key.0 && **base == *asset_base_and_scale(&key.1).0
-                }))
+        self.wildcards
+            .insert((account.clone(), base.clone()), Fetch::Pending);
+        self.pending_wildcards.push((account, base));
     }
 
     /// Sends every pending request in one store call and merges the rows.
@@ -262,10 +339,9 @@ impl<'a> Interpreter<'a, '_> {
         let pending = std::mem::take(&mut self.pending);
         let pending_wildcards = std::mem::take(&mut self.pending_wildcards);
         let covered = |key: &Key<'a>| {
-            key.2.is_empty()
-                && pending_wildcards.iter().any(|(account, base)| {
-                    *account == key.0 && **base == *asset_base_and_scale(&key.1).0
-                })
+            pending_wildcards
+                .iter()
+                .any(|(account, base)| covers(account, base, key))
         };
         let mut requests = Vec::with_capacity(pending.len() + pending_wildcards.len());
         for key in pending.iter().filter(|key| !covered(key)) {
@@ -294,24 +370,30 @@ impl<'a> Interpreter<'a, '_> {
             .get_balances(&requests)
             .map_err(RuntimeError::Store)?;
         for row in rows {
-            let exact = pending
-                .iter()
-                .find(|k| *k.0 == *row.account && *k.1 == *row.asset && *k.2 == *row.color);
+            let exact = if pending.len() <= 16 {
+                pending
+                    .iter()
+                    .find(|k| *k.0 == *row.account && *k.1 == *row.asset && *k.2 == *row.color)
+                    .cloned()
+            } else {
+                let key = (
+                    Text::owned(row.account.clone()),
+                    Text::owned(row.asset.clone()),
+                    Text::owned(row.color.clone()),
+                );
+                (self.balances.get(&key).map(|e| e.fetch) == Some(Fetch::Pending)).then_some(key)
+            };
             let key = match exact {
-                Some(key) => key.clone(),
+                Some(key) => key,
                 None => {
-                    let wildcard = row.color.is_empty()
-                        && pending_wildcards.iter().any(|(account, base)| {
-                            **account == *row.account
-                                && **base == *asset_base_and_scale(&row.asset).0
-                        });
-                    if !wildcard {
+                    let key = (Text::owned(row.account), Text::owned(row.asset), UNCOLORED);
+                    if !covered(&key) {
                         continue; // Not asked for: ignored, as documented on `Store`.
                     }
-                    (Text::owned(row.account), Text::owned(row.asset), UNCOLORED)
+                    key
                 }
             };
-            let entry = self.balances.entry(key).or_default();
+            let entry = self.entry(&key);
             if entry.loaded {
                 continue;
             }
@@ -321,24 +403,40 @@ impl<'a> Interpreter<'a, '_> {
                 .checked_add(row.amount)
                 .ok_or_else(|| overflow("balance"))?;
         }
+        for key in &pending {
+            self.entry(key).fetch = Fetch::Loaded;
+        }
+        if !pending_wildcards.is_empty() {
+            for (key, entry) in self.balances.iter_mut() {
+                if entry.fetch == Fetch::Pending && covered(key) {
+                    entry.fetch = Fetch::Loaded;
+                }
+            }
+            for wildcard in pending_wildcards {
+                self.wildcards.insert(wildcard, Fetch::Loaded);
+            }
+        }
         Ok(())
     }
 
     /// The current balance of `key`, fetching it first if it was never asked for.
     fn balance(&mut self, key: &Key<'a>) -> Result<Amount, RuntimeError> {
-        if &*key.0 != "world" {
-            if !self.is_requested(key) {
+        let entry = self.entry(key);
+        match entry.fetch {
+            Fetch::Loaded => return Ok(entry.amount),
+            Fetch::Pending => self.flush()?,
+            Fetch::No => {
                 self.request(key.clone());
-                self.flush()?;
-            } else if self.is_pending(key) {
                 self.flush()?;
             }
         }
-        Ok(self.balances.get(key).map_or(0, |e| e.amount))
+        let entry = self.entry(key);
+        assert!(entry.fetch == Fetch::Loaded);
+        Ok(entry.amount)
     }
 
     fn add_balance(&mut self, key: Key<'a>, delta: Amount) -> Result<(), RuntimeError> {
-        let entry = self.balances.entry(key).or_default();
+        let entry = self.entry(&key);
         entry.amount = entry
             .amount
             .checked_add(delta)
@@ -650,6 +748,7 @@ impl<'a> Interpreter<'a, '_> {
     ) -> Result<Amount, RuntimeError> {
         let key = (account.clone(), asset.clone(), UNCOLORED);
         if self.collecting {
+            self.placeholders_read = true;
             self.request(key);
             return Ok(0);
         }
@@ -684,7 +783,7 @@ impl<'a> Interpreter<'a, '_> {
             Statement::Call(call) => {
                 if self.collecting {
                     for arg in &call.args {
-                        let _ = self.eval(arg);
+                        self.collect_eval(arg);
                     }
                 }
                 Ok(())
@@ -717,11 +816,26 @@ impl<'a> Interpreter<'a, '_> {
         }
     }
 
-    fn lenient(&self, result: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
+    fn lenient(&mut self, result: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
         if self.collecting {
+            self.swallow(result);
             Ok(())
         } else {
             result
+        }
+    }
+
+    /// Evaluates an expression only to find the balances it reads (phase 1).
+    fn collect_eval(&mut self, expr: &'a Expr) {
+        let result = self.eval(expr);
+        self.swallow(result);
+    }
+
+    /// Records that phase 1 ignored an error.
+    fn swallow<T>(&mut self, result: Result<T, RuntimeError>) {
+        assert!(self.collecting);
+        if result.is_err() {
+            self.collect_failed = true;
         }
     }
 
@@ -734,7 +848,7 @@ impl<'a> Interpreter<'a, '_> {
                 bound: Some(bound),
             } => {
                 if self.collecting {
-                    let _ = self.eval(bound);
+                    self.collect_eval(bound);
                 }
                 self.prefetch_account(account, color.as_ref())
             }
@@ -758,7 +872,7 @@ impl<'a> Interpreter<'a, '_> {
             Source::Allotment(items) => {
                 for (allot, source) in items {
                     if let (true, Allot::Portion(portion)) = (self.collecting, allot) {
-                        let _ = self.eval(portion);
+                        self.collect_eval(portion);
                     }
                     let result = self.prefetch_source(source);
                     self.lenient(result)?;
@@ -767,7 +881,7 @@ impl<'a> Interpreter<'a, '_> {
             }
             Source::Capped { cap, from } => {
                 if self.collecting {
-                    let _ = self.eval(cap);
+                    self.collect_eval(cap);
                 }
                 self.prefetch_source(from)
             }
@@ -793,12 +907,12 @@ impl<'a> Interpreter<'a, '_> {
     fn collect_destination(&mut self, destination: &'a Destination) {
         match destination {
             Destination::Account(account) => {
-                let _ = self.eval(account);
+                self.collect_eval(account);
             }
             Destination::Allotment(items) => {
                 for (allot, target) in items {
                     if let Allot::Portion(portion) = allot {
-                        let _ = self.eval(portion);
+                        self.collect_eval(portion);
                     }
                     if let KeptOrDestination::To(destination) = target {
                         self.collect_destination(destination);
@@ -808,7 +922,7 @@ impl<'a> Interpreter<'a, '_> {
             Destination::InOrder { clauses, remaining }
             | Destination::Oneof { clauses, remaining } => {
                 for (cap, target) in clauses {
-                    let _ = self.eval(cap);
+                    self.collect_eval(cap);
                     if let KeptOrDestination::To(destination) = target {
                         self.collect_destination(destination);
                     }
@@ -923,7 +1037,7 @@ impl<'a> Interpreter<'a, '_> {
                 .ok_or_else(|| overflow("save"))?
                 .max(0),
         };
-        self.balances.entry(key).or_default().amount = saved;
+        self.entry(&key).amount = saved;
         Ok(())
     }
 
@@ -1125,7 +1239,9 @@ impl<'a> Interpreter<'a, '_> {
         let base = sub_text(&self.asset, base);
         if &*account != "world" {
             self.request_wildcard(account.clone(), base.clone());
-            self.flush()?;
+            if self.wildcards.get(&(account.clone(), base.clone())) != Some(&Fetch::Loaded) {
+                self.flush()?;
+            }
         }
         let mut has_balances = false;
         let mut scales: BTreeMap<u32, Amount> = BTreeMap::new();

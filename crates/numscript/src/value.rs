@@ -188,7 +188,9 @@ impl Deref for Text<'_> {
 
 impl PartialEq for Text<'_> {
     fn eq(&self, other: &Self) -> bool {
-        **self == **other
+        let (left, right): (&str, &str) = (self, other);
+        // Texts borrowed from the same place are equal without comparing bytes.
+        (left.as_ptr() == right.as_ptr() && left.len() == right.len()) || left == right
     }
 }
 
@@ -241,13 +243,20 @@ impl Value<'_> {
 
 /// `^[a-zA-Z0-9_-]+(:[a-zA-Z0-9_-]+)*$`
 pub(crate) fn is_valid_account(name: &str) -> bool {
-    !name.is_empty()
-        && name.split(':').all(|segment| {
-            !segment.is_empty()
-                && segment
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        })
+    let mut segment_len = 0usize;
+    for b in name.bytes() {
+        if b == b':' {
+            if segment_len == 0 {
+                return false;
+            }
+            segment_len = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            segment_len += 1;
+        } else {
+            return false;
+        }
+    }
+    segment_len > 0
 }
 
 /// `^[A-Z][A-Z0-9]{0,16}(_[A-Z]{1,16})?(\/\d{1,6})?$`
