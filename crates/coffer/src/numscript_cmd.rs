@@ -153,15 +153,16 @@ fn check(file: &Path) -> anyhow::Result<ExitCode> {
     let diagnostics = numscript::check(&source);
     let mut errors = 0;
     for diagnostic in &diagnostics {
-        let severity = match diagnostic.severity {
+        // Errors print as `FILE:line:col: message`; warnings say so.
+        let prefix = match diagnostic.severity {
             Severity::Error => {
                 errors += 1;
-                "error"
+                ""
             }
-            Severity::Warning => "warning",
+            Severity::Warning => "warning: ",
         };
         println!(
-            "{}:{}:{}: {severity}: {}",
+            "{}:{}:{}: {prefix}{}",
             file.display(),
             diagnostic.line,
             diagnostic.column,
