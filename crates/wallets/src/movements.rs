@@ -1,0 +1,299 @@
+//! Credits and debits: one Numscript transaction each.
+
+use std::collections::BTreeMap;
+
+use coffer_ledger::command::{Command, NewTransaction, TxBody};
+use coffer_ledger::{Metadata, Timestamp};
+use serde_json::json;
+
+use crate::balances::{balance_of, is_balance_of};
+use crate::chart::{self, *};
+use crate::model::{Balance, Credit, Debit, DebitSources, Hold, Subject};
+use crate::scripts::{self, Script};
+use crate::{validate, WalletError, Wallets, CREDIT_SOURCES_MAX, DEBIT_SOURCES_MAX};
+use crate::{BALANCES_PER_WALLET_MAX, DESCRIPTION_BYTES_MAX};
+
+pub(crate) fn transaction(
+    script: Script,
+    metadata: Metadata,
+    reference: Option<String>,
+    timestamp: Option<Timestamp>,
+    account_metadata: BTreeMap<String, Metadata>,
+) -> Command {
+    Command::CreateTransaction(NewTransaction {
+        body: TxBody::Script {
+            plain: script.plain,
+            vars: script.vars,
+        },
+        timestamp,
+        reference,
+        metadata,
+        account_metadata,
+        force: false,
+    })
+}
+
+/// Formance orders `*` balances with `sort.Stable` on this relation: main last, expiring
+/// before non-expiring, earliest expiry first, then lower priority first.
+fn wildcard_order(a: &Balance, b: &Balance) -> std::cmp::Ordering {
+    use std::cmp::Ordering::*;
+    match (a.name == MAIN_BALANCE, b.name == MAIN_BALANCE) {
+        (true, true) => return Equal,
+        (true, false) => return Greater,
+        (false, true) => return Less,
+        (false, false) => {}
+    }
+    match (a.expires_at, b.expires_at) {
+        (Some(x), Some(y)) => x.cmp(&y),
+        (Some(_), None) => Less,
+        (None, Some(_)) => Greater,
+        (None, None) => a.priority.cmp(&b.priority),
+    }
+}
+
+impl Wallets {
+    /// Credits a balance of a wallet (main by default) from the sources, in order.
+    pub fn credit(
+        &self,
+        credit: &Credit,
+        idempotency_key: Option<&str>,
+    ) -> Result<(), WalletError> {
+        validate::monetary("amount", &credit.amount)?;
+        validate::custom_metadata("metadata", &credit.metadata)?;
+        if credit.sources.len() > CREDIT_SOURCES_MAX {
+            return Err(WalletError::validation(format!(
+                "sources: at most {CREDIT_SOURCES_MAX} sources"
+            )));
+        }
+        for (index, source) in credit.sources.iter().enumerate() {
+            validate::subject(&format!("sources[{index}]"), source)?;
+        }
+        self.require_wallet("id", &credit.wallet_id)?;
+        let destination = match credit.balance.as_deref() {
+            None | Some("") | Some(MAIN_BALANCE) => chart::main_account(&credit.wallet_id),
+            Some(name) => {
+                validate::balance_name("balance", name)?;
+                let address = chart::balance_account(&credit.wallet_id, name);
+                match self.account(&address)? {
+                    Some(account) if is_balance_of(&account, &credit.wallet_id, name) => address,
+                    _ => {
+                        return Err(WalletError::validation(format!(
+                            "balance: balance {name:?} does not exist"
+                        )))
+                    }
+                }
+            }
+        };
+        let sources: Vec<String> = if credit.sources.is_empty() {
+            vec![validate::resolve(&Subject::world())]
+        } else {
+            credit.sources.iter().map(validate::resolve).collect()
+        };
+        let script = scripts::transfer(&credit.amount, &sources, &destination);
+        let command = transaction(
+            script,
+            chart::transaction_metadata(&credit.metadata),
+            credit.reference.clone(),
+            credit.timestamp,
+            BTreeMap::new(),
+        );
+        self.write(command, idempotency_key)?;
+        Ok(())
+    }
+
+    /// Debits a wallet. Pending debits move the funds into a new hold and return it.
+    pub fn debit(
+        &self,
+        debit: &Debit,
+        idempotency_key: Option<&str>,
+    ) -> Result<Option<Hold>, WalletError> {
+        validate::monetary("amount", &debit.amount)?;
+        validate::custom_metadata("metadata", &debit.metadata)?;
+        validate::text("description", &debit.description, DESCRIPTION_BYTES_MAX)?;
+        let destination = debit.destination.clone().unwrap_or_else(Subject::world);
+        validate::subject("destination", &destination)?;
+        if debit.pending && debit.timestamp.is_some() {
+            return Err(WalletError::validation(
+                "timestamp: cannot be set on a pending debit",
+            ));
+        }
+        if let DebitSources::Named(names) = &debit.sources {
+            if names.len() > DEBIT_SOURCES_MAX {
+                return Err(WalletError::validation(format!(
+                    "balances: at most {DEBIT_SOURCES_MAX} balances"
+                )));
+            }
+            for (index, name) in names.iter().enumerate() {
+                if name == "*" {
+                    return Err(WalletError::validation(
+                        "balances: invalid balance specified (\"*\" must be alone)",
+                    ));
+                }
+                validate::balance_name(&format!("balances[{index}]"), name)?;
+            }
+        }
+        self.require_wallet("id", &debit.wallet_id)?;
+        let sources = self.debit_sources(&debit.wallet_id, &debit.sources)?;
+        let mut account_metadata = BTreeMap::new();
+        let mut hold = None;
+        let target = if debit.pending {
+            let id = match idempotency_key {
+                Some(key) => crate::deterministic_id("hold", key),
+                None => uuid::Uuid::new_v4().to_string(),
+            };
+            let created = Hold {
+                id,
+                wallet_id: debit.wallet_id.clone(),
+                destination: destination.clone(),
+                asset: debit.amount.asset.clone(),
+                metadata: debit.metadata.clone(),
+                description: debit.description.clone(),
+            };
+            let address = chart::hold_account(&created.id);
+            account_metadata.insert(address.clone(), hold_metadata(&created));
+            hold = Some(created);
+            address
+        } else {
+            validate::resolve(&destination)
+        };
+        let script = scripts::transfer(&debit.amount, &sources, &target);
+        let command = transaction(
+            script,
+            chart::transaction_metadata(&debit.metadata),
+            debit.reference.clone(),
+            debit.timestamp,
+            account_metadata,
+        );
+        self.write(command, idempotency_key)?;
+        Ok(hold)
+    }
+
+    /// The accounts a debit draws from, in order, expired balances left out.
+    fn debit_sources(
+        &self,
+        wallet_id: &str,
+        sources: &DebitSources,
+    ) -> Result<Vec<String>, WalletError> {
+        let balances: Vec<Balance> = match sources {
+            DebitSources::Main => return Ok(vec![chart::main_account(wallet_id)]),
+            DebitSources::All => {
+                let mut balances: Vec<Balance> = self
+                    .all_balances(wallet_id)?
+                    .iter()
+                    .map(balance_of)
+                    .collect();
+                assert!(balances.len() <= BALANCES_PER_WALLET_MAX);
+                balances.sort_by(wildcard_order);
+                balances
+            }
+            DebitSources::Named(names) => {
+                let mut balances = Vec::with_capacity(names.len());
+                for (index, name) in names.iter().enumerate() {
+                    if name == MAIN_BALANCE {
+                        balances.push(Balance {
+                            name: name.clone(),
+                            expires_at: None,
+                            priority: 0,
+                        });
+                        continue;
+                    }
+                    let address = chart::balance_account(wallet_id, name);
+                    match self.account(&address)? {
+                        Some(account) if is_balance_of(&account, wallet_id, name) => {
+                            balances.push(balance_of(&account))
+                        }
+                        _ => {
+                            return Err(WalletError::validation(format!(
+                                "balances[{index}]: balance {name:?} does not exist"
+                            )))
+                        }
+                    }
+                }
+                balances
+            }
+        };
+        let now = Timestamp::now();
+        let live: Vec<String> = balances
+            .iter()
+            .filter(|balance| !balance.is_expired(now))
+            .map(|balance| chart::balance_account(wallet_id, &balance.name))
+            .collect();
+        if live.is_empty() {
+            return Err(WalletError::InsufficientFund);
+        }
+        if live.len() > DEBIT_SOURCES_MAX {
+            return Err(WalletError::validation(format!(
+                "balances: a debit draws from at most {DEBIT_SOURCES_MAX} balances, \"*\" selects {}",
+                live.len()
+            )));
+        }
+        Ok(live)
+    }
+}
+
+/// Metadata of a hold account (`DebitHold.LedgerMetadata`). JSON values are written as Go's
+/// `json.Marshal` of a map writes them: keys sorted.
+fn hold_metadata(hold: &Hold) -> Metadata {
+    let (kind, identifier, balance) = match &hold.destination {
+        Subject::Account(address) => ("ACCOUNT", address.as_str(), ""),
+        Subject::Wallet { id, balance } => {
+            ("WALLET", id.as_str(), balance.as_deref().unwrap_or(""))
+        }
+    };
+    let subject = format!(
+        "{{\"balance\":{},\"identifier\":{},\"type\":{}}}",
+        json!(balance),
+        json!(identifier),
+        json!(kind)
+    );
+    let account_json =
+        |address: &str| format!("{{\"type\":\"account\",\"value\":{}}}", json!(address));
+    let mut metadata = chart::encode_custom(&hold.metadata);
+    for (key, value) in [
+        (KEY_SPEC_TYPE, SPEC_HOLD.to_string()),
+        (KEY_HOLD_WALLET_ID, hold.wallet_id.clone()),
+        (KEY_HOLD_ID, hold.id.clone()),
+        (KEY_HOLD_ASSET, hold.asset.clone()),
+        (KEY_HOLD_DESCRIPTION, hold.description.clone()),
+        (KEY_HOLD_SUBJECT, subject),
+        (
+            KEY_HOLD_DESTINATION,
+            account_json(&validate::resolve(&hold.destination)),
+        ),
+        (
+            KEY_HOLD_VOID_DESTINATION,
+            account_json(&chart::main_account(&hold.wallet_id)),
+        ),
+    ] {
+        metadata.insert(key.to_string(), value);
+    }
+    metadata
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn balance(name: &str, expires_at: Option<i64>, priority: i64) -> Balance {
+        Balance {
+            name: name.into(),
+            expires_at: expires_at.map(Timestamp),
+            priority,
+        }
+    }
+
+    #[test]
+    fn wildcard_order_matches_formance() {
+        // The example of wallets:pkg/api/handler_wallets_debit_test.go.
+        let mut balances = vec![
+            balance("main", None, 0),
+            balance("coupon2", None, 10),
+            balance("coupon4", None, 0),
+            balance("coupon1", Some(5), 0),
+            balance("coupon3", Some(9), 99),
+        ];
+        balances.sort_by(wildcard_order);
+        let names: Vec<&str> = balances.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["coupon1", "coupon3", "coupon4", "coupon2", "main"]);
+    }
+}
