@@ -13,6 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use numscript::{run, BalanceRow, FeatureFlags, MemoryStore, Program};
 use proptest::prelude::*;
 
+/// `PROPTEST_CASES` when set (a longer run), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 const ACCOUNTS: [&str; 5] = ["a", "b", "c", "d", "e"];
 
 fn store_with(balances: &[i128]) -> MemoryStore {
@@ -146,7 +151,7 @@ fn balances() -> impl Strategy<Value = Vec<i128>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(512), ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_text_never_panics(source in "\\PC{0,200}", balances in balances()) {
@@ -332,10 +337,8 @@ static SUCCESSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 
 #[test]
 fn successful_runs_conserve_funds() {
-    let config = ProptestConfig {
-        cases: 2048,
-        ..ProptestConfig::default()
-    };
+    let total = cases(2048);
+    let config = ProptestConfig { cases: total, ..ProptestConfig::default() };
     let mut runner = proptest::test_runner::TestRunner::new(config);
     let strategy = (
         prop::collection::vec(send(), 1..4),
@@ -348,8 +351,8 @@ fn successful_runs_conserve_funds() {
         panic!("{error}");
     }
     // The property must actually be exercised: a good share of the generated runs succeed.
-    let successes = SUCCESSES.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(successes > 2048 / 5, "only {successes} successful runs");
+    let successes = SUCCESSES.load(std::sync::atomic::Ordering::Relaxed) as u64;
+    assert!(successes > u64::from(total) / 5, "only {successes} successful runs");
 }
 
 fn conservation(sends: &[Send], balances: &[i128]) -> Result<(), TestCaseError> {
