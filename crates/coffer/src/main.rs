@@ -4,10 +4,20 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod numscript_cmd;
+mod serve;
+mod store_url;
+
+/// Where data lives when nothing else is said: created on first use, nothing to set up.
+pub const DEFAULT_STORE: &str = "sqlite://./coffer-data/coffer.db";
 
 #[derive(Parser)]
-#[command(name = "coffer", version, about = "Stored-value wallets on a double-entry ledger")]
+#[command(
+    name = "coffer",
+    version,
+    about = "Stored-value wallets on a double-entry ledger"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,6 +25,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the Ledger v2 and Wallets v1 HTTP APIs.
+    Serve(serve::ServeArgs),
+    /// Recompute hash chains, volumes and per-asset sums; exit non-zero on any discrepancy.
+    Verify {
+        /// `sqlite://PATH` or `postgres://…`.
+        #[arg(long, env = "COFFER_STORE", default_value = DEFAULT_STORE)]
+        store: String,
+    },
+    /// Measure durable transfers per second through the engine.
+    Bench(bench::BenchArgs),
     /// Numscript tools: run spec tests, check and run scripts.
     Numscript {
         #[command(subcommand)]
@@ -25,6 +45,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Verify { store } => verify(&store),
+        Command::Bench(args) => bench::run(args),
         Command::Numscript { command } => numscript_cmd::run(command),
     };
     match result {
@@ -34,4 +57,16 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn verify(url: &str) -> anyhow::Result<ExitCode> {
+    let store = store_url::open(url, store_url::Access::ReadOnly)?;
+    println!("verifying {}", store.describe());
+    let report = coffer_ledger::verify::verify(store.reader())?;
+    println!("{report}");
+    Ok(if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

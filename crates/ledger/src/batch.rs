@@ -350,7 +350,10 @@ impl<'w> Batch<'w> {
             features: all_features,
             added_at: self.now,
         };
-        let head = self.writer.insert_ledger(&ledger)?;
+        let head = self
+            .writer
+            .insert_ledger(&ledger)?
+            .ok_or_else(|| LedgerError::LedgerAlreadyExists(name.to_string()))?;
         self.caches.validate_ledger(head.id, head.next_log_id);
         self.heads.insert(name.to_string(), head);
         Ok(Response {

@@ -116,7 +116,8 @@ pub trait StoreWriter: Send {
     /// Reads and locks the heads of the named ledgers until commit or rollback. Locks are
     /// taken in name order, so concurrent writers (other processes) cannot deadlock.
     fn lock_ledgers(&mut self, names: &[String]) -> StoreResult<Vec<LedgerHead>>;
-    fn insert_ledger(&mut self, ledger: &NewLedger) -> StoreResult<LedgerHead>;
+    /// `None` when a ledger of that name exists (another process may have just created it).
+    fn insert_ledger(&mut self, ledger: &NewLedger) -> StoreResult<Option<LedgerHead>>;
     fn load_ledger_metadata(&mut self, ledger: LedgerId) -> StoreResult<Metadata>;
 
     /// Current volumes; `None` where the (account, asset) has never moved.

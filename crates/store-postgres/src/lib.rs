@@ -386,12 +386,12 @@ impl StoreWriter for PostgresWriter {
             .collect()
     }
 
-    fn insert_ledger(&mut self, ledger: &NewLedger) -> StoreResult<LedgerHead> {
+    fn insert_ledger(&mut self, ledger: &NewLedger) -> StoreResult<Option<LedgerHead>> {
         let row = self
             .client
-            .query_one(
+            .query_opt(
                 "INSERT INTO ledgers (name, bucket, metadata, features, added_at, next_tx_id, next_log_id) \
-                 VALUES ($1, $2, $3::text::jsonb, $4::text::jsonb, $5, 1, 1) RETURNING id",
+                 VALUES ($1, $2, $3::text::jsonb, $4::text::jsonb, $5, 1, 1) ON CONFLICT (name) DO NOTHING RETURNING id",
                 &[
                     &ledger.name,
                     &ledger.bucket,
@@ -401,13 +401,13 @@ impl StoreWriter for PostgresWriter {
                 ],
             )
             .map_err(pg_err)?;
-        Ok(LedgerHead {
+        Ok(row.map(|row| LedgerHead {
             id: row.get(0),
             name: ledger.name.clone(),
             next_tx_id: 1,
             next_log_id: 1,
             last_hash: None,
-        })
+        }))
     }
 
     fn load_ledger_metadata(&mut self, ledger: LedgerId) -> StoreResult<Metadata> {

@@ -429,12 +429,12 @@ impl StoreWriter for SqliteWriter {
         Ok(heads)
     }
 
-    fn insert_ledger(&mut self, ledger: &NewLedger) -> StoreResult<LedgerHead> {
-        let id: i64 = self
+    fn insert_ledger(&mut self, ledger: &NewLedger) -> StoreResult<Option<LedgerHead>> {
+        let id: Option<i64> = self
             .conn
             .query_row(
                 "INSERT INTO ledgers (name, bucket, metadata, features, added_at, next_tx_id, next_log_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 1, 1) RETURNING id",
+                 VALUES (?1, ?2, ?3, ?4, ?5, 1, 1) ON CONFLICT (name) DO NOTHING RETURNING id",
                 params![
                     ledger.name,
                     ledger.bucket,
@@ -444,14 +444,15 @@ impl StoreWriter for SqliteWriter {
                 ],
                 |row| row.get(0),
             )
+            .optional()
             .map_err(err)?;
-        Ok(LedgerHead {
+        Ok(id.map(|id| LedgerHead {
             id,
             name: ledger.name.clone(),
             next_tx_id: 1,
             next_log_id: 1,
             last_hash: None,
-        })
+        }))
     }
 
     fn load_ledger_metadata(&mut self, ledger: LedgerId) -> StoreResult<Metadata> {

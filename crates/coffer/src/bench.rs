@@ -1,0 +1,305 @@
+//! `coffer bench`: durable transfers per second through the engine, with N concurrent
+//! submitters that each wait for their transfer's commit before sending the next.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use coffer_ledger::command::{Command, NewTransaction, Outcome, Request, TxBody};
+use coffer_ledger::{EngineConfig, LedgerError, Ledgers, Metadata, Posting};
+
+use crate::store_url;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// `sqlite://PATH` or `postgres://…`.
+    #[arg(long, env = "COFFER_STORE", default_value = crate::DEFAULT_STORE)]
+    store: String,
+    /// Ledger the benchmark writes to (created if missing).
+    #[arg(long, default_value = "bench")]
+    ledger: String,
+    /// Concurrent submitters, each with one transfer in flight.
+    #[arg(long, default_value_t = 64)]
+    submitters: usize,
+    /// Accounts transfers are spread over (uniformly at random).
+    #[arg(long, default_value_t = 10_000)]
+    accounts: u64,
+    /// Every transfer leaves one hot account (its balance is checked every time).
+    #[arg(long)]
+    hot: bool,
+    /// Measured duration, after one second of warm-up.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Initial balance of every account.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    initial_balance: i128,
+    /// Amount of each transfer.
+    #[arg(long, default_value_t = 1)]
+    amount: i128,
+    /// Appends the id of every acknowledged transaction to this file (for crash tests).
+    #[arg(long)]
+    ack_log: Option<PathBuf>,
+    /// Transactions written before measuring, to measure on a store with history.
+    #[arg(long, default_value_t = 0)]
+    preload_transactions: u64,
+    /// Distinct accounts the preloaded transactions are spread over.
+    #[arg(long, default_value_t = 1_000_000)]
+    preload_accounts: u64,
+    /// Cached balances kept by the engine between batches.
+    #[arg(long, default_value_t = EngineConfig::default().volume_cache_entries_max)]
+    volume_cache_entries_max: usize,
+    /// Seed of the account choices (runs are repeatable).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// xorshift64*: the benchmark needs speed and repeatability, not quality.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound.max(1)
+    }
+}
+
+fn account(index: u64) -> String {
+    format!("bench:{index}")
+}
+
+const HOT: &str = "bench:hot";
+
+fn transfer(postings: Vec<Posting>) -> Command {
+    Command::CreateTransaction(NewTransaction {
+        body: TxBody::Postings(postings),
+        timestamp: None,
+        reference: None,
+        metadata: Metadata::new(),
+        account_metadata: Default::default(),
+        force: false,
+    })
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn fund(ledgers: &Ledgers, args: &BenchArgs) -> anyhow::Result<()> {
+    let create = Command::CreateLedger {
+        bucket: None,
+        metadata: Metadata::new(),
+        features: Metadata::new(),
+    };
+    match ledgers.write_blocking(Request::new(&args.ledger, create)) {
+        Ok(_) | Err(LedgerError::LedgerAlreadyExists(_)) => {}
+        Err(err) => return Err(err).context("creating the benchmark ledger"),
+    }
+    const PER_TRANSACTION: u64 = 500;
+    let mut pending = Vec::new();
+    let mut start = 0;
+    while start < args.accounts {
+        let end = (start + PER_TRANSACTION).min(args.accounts);
+        let postings = (start..end)
+            .map(|i| Posting {
+                source: "world".into(),
+                destination: account(i),
+                amount: args.initial_balance,
+                asset: "USD".into(),
+            })
+            .collect();
+        pending.push(ledgers.submit(Request::new(&args.ledger, transfer(postings)))?);
+        start = end;
+    }
+    if args.hot {
+        let total = args
+            .initial_balance
+            .saturating_mul(i128::from(args.accounts.max(1)));
+        let postings = vec![Posting {
+            source: "world".into(),
+            destination: HOT.into(),
+            amount: total,
+            asset: "USD".into(),
+        }];
+        pending.push(ledgers.submit(Request::new(&args.ledger, transfer(postings)))?);
+    }
+    for answer in pending {
+        answer.wait_blocking().context("funding accounts")?;
+    }
+    Ok(())
+}
+
+/// Writes history: transfers from the world to many accounts, 64 in flight.
+fn preload(ledgers: &Arc<Ledgers>, args: &BenchArgs) -> anyhow::Result<()> {
+    if args.preload_transactions == 0 {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let total = args.preload_transactions;
+    let spread = args.preload_accounts.max(1);
+    let threads: Vec<_> = (0..64)
+        .map(|_| {
+            let ledgers = ledgers.clone();
+            let next = next.clone();
+            let ledger = args.ledger.clone();
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        return Ok(());
+                    }
+                    let posting = Posting {
+                        source: "world".into(),
+                        destination: format!("history:{}", i % spread),
+                        amount: 1,
+                        asset: "USD".into(),
+                    };
+                    ledgers.write_blocking(Request::new(&ledger, transfer(vec![posting])))?;
+                    if i % 1_000_000 == 0 && i > 0 {
+                        eprintln!("preloaded {i} transactions in {:.0?}", started.elapsed());
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("preload thread")?;
+    }
+    eprintln!(
+        "preloaded {total} transactions over {spread} accounts in {:.1?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.submitters > 0 && args.accounts > 1,
+        "need at least one submitter and two accounts"
+    );
+    let store = store_url::open(&args.store, store_url::Access::ReadWrite)?;
+    let description = store.describe();
+    let config = EngineConfig {
+        volume_cache_entries_max: args.volume_cache_entries_max,
+        ..EngineConfig::default()
+    };
+    let ledgers = Arc::new(Ledgers::open(store, config)?);
+    fund(&ledgers, &args)?;
+    preload(&ledgers, &args)?;
+
+    let ack_log = match &args.ack_log {
+        Some(path) => Some(Arc::new(Mutex::new(
+            File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        ))),
+        None => None,
+    };
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..args.submitters)
+        .map(|thread| {
+            let ledgers = ledgers.clone();
+            let measuring = measuring.clone();
+            let stop = stop.clone();
+            let ack_log = ack_log.clone();
+            let ledger = args.ledger.clone();
+            let (accounts, hot, amount) = (args.accounts, args.hot, args.amount);
+            let mut rng = Rng(args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (thread as u64 + 1));
+            std::thread::spawn(move || -> anyhow::Result<(u64, u64, Vec<u32>)> {
+                let (mut done, mut refused) = (0u64, 0u64);
+                let mut latencies_us = Vec::with_capacity(1 << 16);
+                while !stop.load(Ordering::Relaxed) {
+                    let destination = rng.below(accounts);
+                    let source = if hot {
+                        HOT.to_string()
+                    } else {
+                        let mut source = rng.below(accounts);
+                        if source == destination {
+                            source = (source + 1) % accounts;
+                        }
+                        account(source)
+                    };
+                    let posting = Posting {
+                        source,
+                        destination: account(destination),
+                        amount,
+                        asset: "USD".into(),
+                    };
+                    let sent = Instant::now();
+                    let result =
+                        ledgers.write_blocking(Request::new(&ledger, transfer(vec![posting])));
+                    let elapsed_us = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                    match result {
+                        Ok(response) => {
+                            if let (Some(log), Outcome::Transaction(tx)) =
+                                (&ack_log, &response.outcome)
+                            {
+                                // Written before counting: an id in the file was acknowledged.
+                                writeln!(log.lock().expect("ack log"), "{}", tx.id)?;
+                            }
+                            if measuring.load(Ordering::Relaxed) {
+                                done += 1;
+                                latencies_us.push(elapsed_us);
+                            }
+                        }
+                        Err(LedgerError::InsufficientFunds { .. }) => refused += 1,
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+                Ok((done, refused, latencies_us))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(args.duration_secs));
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (mut done, mut refused, mut latencies) = (0, 0, Vec::new());
+    for thread in threads {
+        let (d, r, mut l) = thread.join().expect("submitter thread")?;
+        done += d;
+        refused += r;
+        latencies.append(&mut l);
+    }
+    latencies.sort_unstable();
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let rate = done as f64 / elapsed.as_secs_f64();
+    println!(
+        "store={description} mode={} submitters={} accounts={} duration={:.1}s transfers={done} refused={refused} \
+         rate={rate:.0}/s p50={}us p99={}us max={}us peak_rss={}MiB",
+        if args.hot { "hot" } else { "uniform" },
+        args.submitters,
+        args.accounts,
+        elapsed.as_secs_f64(),
+        percentile(0.50),
+        percentile(0.99),
+        latencies.last().copied().unwrap_or(0),
+        peak_rss_kib().unwrap_or(0) / 1024,
+    );
+    ledgers.shutdown();
+    Ok(ExitCode::SUCCESS)
+}

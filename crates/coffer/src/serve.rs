@@ -1,0 +1,107 @@
+//! `coffer serve`: the HTTP APIs over one store, with graceful shutdown.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use coffer_ledger::{EngineConfig, Ledgers};
+use coffer_wallets::Wallets;
+use tracing_subscriber::EnvFilter;
+
+use crate::store_url;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "COFFER_BIND", default_value = "127.0.0.1:3068")]
+    bind: String,
+    /// `sqlite://PATH` or `postgres://…`.
+    #[arg(long, env = "COFFER_STORE", default_value = crate::DEFAULT_STORE)]
+    store: String,
+    /// Ledger holding the wallets (created at start).
+    #[arg(long, env = "COFFER_WALLETS_LEDGER", default_value = "wallets")]
+    wallets_ledger: String,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "COFFER_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    /// Most requests committed together.
+    #[arg(long, env = "COFFER_BATCH_REQUESTS_MAX", default_value_t = EngineConfig::default().batch_requests_max)]
+    batch_requests_max: usize,
+    /// Cached (account, asset) balances kept between batches.
+    #[arg(long, env = "COFFER_VOLUME_CACHE_ENTRIES_MAX", default_value_t = EngineConfig::default().volume_cache_entries_max)]
+    volume_cache_entries_max: usize,
+    /// Worker threads of the HTTP server (default: one per core).
+    #[arg(long, env = "COFFER_HTTP_WORKERS")]
+    http_workers: Option<usize>,
+}
+
+pub fn init_logging(format: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => anyhow::bail!("--log-format: expected text or json, got {other:?}"),
+    }
+    Ok(())
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging(&args.log_format)?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.http_workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let store = store_url::open(&args.store, store_url::Access::ReadWrite)?;
+    let description = store.describe();
+    let config = EngineConfig {
+        batch_requests_max: args.batch_requests_max.max(1),
+        volume_cache_entries_max: args.volume_cache_entries_max.max(1),
+        ..EngineConfig::default()
+    };
+    let ledgers = Arc::new(Ledgers::open(store, config)?);
+    let wallets_ledgers = ledgers.clone();
+    let wallets_ledger = args.wallets_ledger.clone();
+    let wallets =
+        tokio::task::spawn_blocking(move || Wallets::open(wallets_ledgers, &wallets_ledger))
+            .await?
+            .with_context(|| format!("preparing the wallets ledger {:?}", args.wallets_ledger))?;
+    let state = Arc::new(coffer_server::AppState {
+        ledgers: ledgers.clone(),
+        wallets: Arc::new(wallets),
+        metrics: coffer_server::metrics_handle(),
+    });
+    let listener = tokio::net::TcpListener::bind(&args.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.bind))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, store = %description, "coffer is serving");
+    // Scripts and tests read this line to learn the port (useful with --bind 127.0.0.1:0).
+    println!("listening on http://{address}");
+    coffer_server::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("stopped accepting; committing what is queued");
+    tokio::task::spawn_blocking(move || ledgers.shutdown()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}

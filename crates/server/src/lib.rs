@@ -1,0 +1,176 @@
+//! Coffer's HTTP server: the Formance Ledger v2 API under `/api/ledger` and the Formance
+//! Wallets v1 API under `/api/wallets`, plus `/openapi.json` and `/metrics`.
+//!
+//! Request and response types live here, at the HTTP boundary; the ledger and wallets crates
+//! know nothing about JSON shapes or status codes. Every error goes through one table
+//! ([`error`]). Reads run on the blocking pool (they are SQL queries); writes wait for the
+//! engine's group commit without holding a thread.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use coffer_ledger::Ledgers;
+use coffer_wallets::Wallets;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+pub mod error;
+pub mod extract;
+mod ledger_api;
+pub mod openapi;
+mod wallets_api;
+
+pub use error::ApiError;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub struct AppState {
+    pub ledgers: Arc<Ledgers>,
+    pub wallets: Arc<Wallets>,
+    pub metrics: PrometheusHandle,
+}
+
+pub type SharedState = Arc<AppState>;
+
+/// Runs blocking work (SQL reads, wallet operations) off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(err) => Err(ApiError::Ledger(coffer_ledger::LedgerError::Store(
+            format!("worker failed: {err}"),
+        ))),
+    }
+}
+
+static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn metrics_handle() -> PrometheusHandle {
+    METRICS
+        .get_or_init(|| {
+            let latency = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ];
+            let batch = [
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("http_request_duration_seconds".into()),
+                    &latency,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full("coffer_batch_seconds".into()), &latency)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full("coffer_batch_requests".into()), &batch)
+                })
+                .expect("valid buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may exist in tests; the handle still renders ours.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// All routes with their OpenAPI description.
+pub fn router(state: SharedState) -> Router {
+    let (api_router, api) = api_parts();
+    let api = Arc::new(api);
+    api_router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || openapi::serve(api.clone())),
+        )
+        .route("/metrics", axum::routing::get(metrics_endpoint))
+        .route(
+            "/_healthcheck",
+            axum::routing::get(|| async { StatusCode::OK }),
+        )
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// The routes and the OpenAPI document generated from their annotations.
+pub fn api_parts() -> (Router<SharedState>, utoipa::openapi::OpenApi) {
+    let router = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi());
+    let router = ledger_api::routes(router);
+    let router = wallets_api::routes(router);
+    let (router, mut api) = router.split_for_parts();
+    openapi::finish(&mut api);
+    (router, api)
+}
+
+async fn metrics_endpoint(State(state): State<SharedState>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
+/// Request ids, structured logs and per-route metrics.
+async fn observe(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut response = next.run(request).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route.clone()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    let labels = [("method", method.to_string()), ("route", route.clone())];
+    metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "coffer::http",
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        status,
+        latency_us = elapsed.as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: SharedState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,62 @@
+//! The OpenAPI document, generated from the handlers' and types' annotations.
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::RefOr;
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Coffer",
+        description = "Stored-value wallets on a double-entry ledger. Wire-compatible with the \
+                       Formance Ledger v2 and Wallets v1 APIs.",
+        license(name = "MIT")
+    ),
+    tags(
+        (name = "ledger.v2", description = "Formance Ledger v2 API"),
+        (name = "wallets.v1", description = "Formance Wallets v1 API")
+    )
+)]
+pub struct ApiDoc;
+
+/// Amounts are JSON integers of any size (at least up to 2^127-1), never strings or floats.
+pub fn amount_schema() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::Integer))
+        .description(Some(
+            "An integer amount in the asset's smallest unit (up to 2^127-1)",
+        ))
+        .into()
+}
+
+/// A free-form JSON object (log payloads).
+pub fn any_object_schema() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::Object))
+        .into()
+}
+
+pub fn finish(api: &mut utoipa::openapi::OpenApi) {
+    api.info.version = crate::VERSION.to_string();
+    // Generated schemas may be referenced before they are registered; make sure they resolve.
+    if let Some(components) = api.components.as_mut() {
+        components
+            .schemas
+            .entry("Amount".to_string())
+            .or_insert_with(|| RefOr::T(amount_schema()));
+    }
+}
+
+pub async fn serve(api: Arc<utoipa::openapi::OpenApi>) -> Response {
+    let body = api.to_json().unwrap_or_else(|_| "{}".to_string());
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
