@@ -171,7 +171,13 @@ impl Wallets {
         };
         let debits = self.ledgers.list_transactions(&self.ledger, query, &page)?;
         let Some(debit) = debits.data.first() else {
-            return Err(WalletError::NotFound("hold".into()));
+            // Only a hold of amount 0 has no funding posting.
+            if hold.is_closed() {
+                return Err(WalletError::HoldClosed);
+            }
+            return Err(WalletError::Ledger(coffer_ledger::LedgerError::Store(
+                format!("hold {id}: no transaction funds it"),
+            )));
         };
         let returns: Vec<(String, coffer_ledger::Amount)> = debit
             .postings

@@ -1006,3 +1006,51 @@ fn list_holds_and_transactions() {
         "walletID",
     );
 }
+
+#[test]
+fn zero_amount_hold_is_closed_from_the_start() {
+    let f = fixture();
+    let wallet = f.wallet("w");
+    let hold = f
+        .wallets
+        .debit(&pending(&wallet, 0, DebitSources::Main), None)
+        .unwrap()
+        .unwrap();
+    let read = f.wallets.get_hold(&hold.id).unwrap();
+    assert_eq!(
+        (read.original_amount, read.remaining, read.is_closed()),
+        (0, 0, true)
+    );
+    assert_eq!(
+        f.wallets.void_hold(&hold.id, None),
+        Err(WalletError::HoldClosed)
+    );
+    let all = ConfirmHold::default();
+    assert_eq!(
+        f.wallets.confirm_hold(&hold.id, &all, None),
+        Err(WalletError::HoldClosed)
+    );
+}
+
+#[test]
+fn wildcard_debit_with_a_key_replays_while_the_sources_are_unchanged() {
+    // Formance v2.2.0 refuses keys on "*" debits; here a retry replays, and only a retry
+    // whose resolved sources changed is refused (never applied twice).
+    let f = fixture();
+    let wallet = f.wallet("w");
+    f.balance(&wallet, "b", None, 0);
+    f.credit(&wallet, Some("b"), 10);
+    f.credit(&wallet, None, 10);
+    let request = debit(&wallet, 15, DebitSources::All);
+    f.wallets.debit(&request, Some("star")).unwrap();
+    f.wallets.debit(&request, Some("star")).unwrap();
+    assert_eq!((f.usd_in(&wallet, "b"), f.usd_in(&wallet, "main")), (0, 5));
+    f.balance(
+        &wallet,
+        "c",
+        Some(Timestamp(Timestamp::now().0 + MINUTE_MICROS)),
+        0,
+    );
+    check_validation(f.wallets.debit(&request, Some("star")), "Idempotency-Key");
+    assert_eq!((f.usd_in(&wallet, "b"), f.usd_in(&wallet, "main")), (0, 5));
+}
