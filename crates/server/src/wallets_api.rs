@@ -801,7 +801,13 @@ async fn debit_wallet(
         Some(destination) => Some(subject_of("destination", destination)?),
         None => None,
     };
-    let balances = body.balances.unwrap_or_default();
+    // Empty names mean "no choice" (the Formance console sends `[""]` for the default).
+    let balances: Vec<String> = body
+        .balances
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|b| !b.is_empty())
+        .collect();
     let sources = match balances.as_slice() {
         [] => DebitSources::Main,
         [only] if only == "*" => DebitSources::All,
@@ -873,9 +879,10 @@ async fn confirm_hold(
     State(state): State<SharedState>,
     Path(id): Path<String>,
     IdempotencyKey(key): IdempotencyKey,
-    OptionalJsonBody(body): OptionalJsonBody<ConfirmHoldRequest>,
+    OptionalJsonBody(body): OptionalJsonBody<Option<ConfirmHoldRequest>>,
 ) -> ApiResult<Response> {
-    let body = body.unwrap_or_default();
+    // No body, or `null`: confirm everything.
+    let body = body.flatten().unwrap_or_default();
     let request = ConfirmHold {
         amount: body.amount,
         final_: body.r#final.unwrap_or(false),

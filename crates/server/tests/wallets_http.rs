@@ -755,3 +755,35 @@ fn openapi_documents_every_wallets_route() {
         .count();
     assert_eq!(wallets_paths, expected.len());
 }
+
+#[test]
+fn nulls_and_empty_names_mean_defaults() {
+    let app = app();
+    let id = app.create_wallet("w", json!(null));
+    app.credit(
+        &id,
+        json!({"amount": usd(10), "sources": null, "metadata": null, "balance": ""}),
+    );
+    let uri = format!("/api/wallets/wallets/{id}/debit");
+    let body = json!({"amount": usd(4), "pending": true, "metadata": {}, "balances": [""],
+        "destination": null, "description": null});
+    let hold = app.ok(app.post(&uri, body), StatusCode::CREATED)["data"].clone();
+    assert_eq!(
+        hold["destination"],
+        json!({"type": "ACCOUNT", "identifier": "world"})
+    );
+    let confirm = format!(
+        "/api/wallets/holds/{}/confirm",
+        hold["id"].as_str().unwrap()
+    );
+    app.ok(app.post(&confirm, Value::Null), StatusCode::NO_CONTENT);
+    let wallet = app.ok(
+        app.get(&format!("/api/wallets/wallets/{id}")),
+        StatusCode::OK,
+    );
+    assert_eq!(
+        wallet["data"]["balances"]["main"]["assets"],
+        json!({"USD": 6})
+    );
+    assert_eq!(wallet["data"]["metadata"], json!({}));
+}

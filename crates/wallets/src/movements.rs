@@ -285,7 +285,7 @@ mod tests {
     #[test]
     fn wildcard_order_matches_formance() {
         // The example of wallets:pkg/api/handler_wallets_debit_test.go.
-        let mut balances = vec![
+        let mut balances = [
             balance("main", None, 0),
             balance("coupon2", None, 10),
             balance("coupon4", None, 0),

@@ -978,7 +978,7 @@ fn list_holds_and_transactions() {
     };
     assert_eq!(
         f.wallets.list_holds(&by_meta, &page(15)).unwrap().data,
-        [h1.clone()]
+        std::slice::from_ref(&h1)
     );
     let all = f
         .wallets
