@@ -186,7 +186,9 @@ impl Wallets {
         let filter = metadata_filter(&conditions);
         let accounts = self.list_accounts(Some(filter), query.expand_balances, page)?;
         map_page(accounts, |account| {
-            self.wallet_of(account, query.expand_balances)
+            // The volumes the ledger read: asked for by this query or, with a cursor, by the
+            // query that started the listing (the cursor carries it).
+            self.wallet_of(account, true)
         })
     }
 

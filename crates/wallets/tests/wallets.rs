@@ -1054,3 +1054,32 @@ fn wildcard_debit_with_a_key_replays_while_the_sources_are_unchanged() {
     check_validation(f.wallets.debit(&request, Some("star")), "Idempotency-Key");
     assert_eq!((f.usd_in(&wallet, "b"), f.usd_in(&wallet, "main")), (0, 5));
 }
+
+#[test]
+fn a_cursor_keeps_expand_balances() {
+    let f = fixture();
+    for name in ["a", "b"] {
+        let wallet = f.wallet(name);
+        f.credit(&wallet, None, 3);
+    }
+    let expanded = ListWallets {
+        expand_balances: true,
+        ..Default::default()
+    };
+    let first = f.wallets.list_wallets(&expanded, &page(1)).unwrap();
+    assert_eq!(first.data[0].main_assets.get("USD"), Some(&3));
+    let next = PageRequest {
+        page_size: None,
+        cursor: first.next,
+    };
+    let second = f
+        .wallets
+        .list_wallets(&ListWallets::default(), &next)
+        .unwrap();
+    assert_eq!(second.data[0].main_assets.get("USD"), Some(&3));
+    let plain = f
+        .wallets
+        .list_wallets(&ListWallets::default(), &page(1))
+        .unwrap();
+    assert!(plain.data[0].main_assets.is_empty());
+}
