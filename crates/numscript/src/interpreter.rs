@@ -101,6 +101,64 @@ enum Fetch {
     Loaded,
 }
 
+/// The balance table: a vector searched linearly while small (keys borrowed from the script
+/// compare by pointer), indexed by a hash map once it grows.
+#[derive(Default)]
+struct Table<'a> {
+    entries: Vec<(Key<'a>, Entry)>,
+    index: Option<HashMap<Key<'a>, usize>>,
+}
+
+const TABLE_LINEAR_ENTRIES_MAX: usize = 16;
+
+impl<'a> Table<'a> {
+    fn find(&self, key: &Key<'a>) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(key).copied(),
+            None => self.entries.iter().position(|(k, _)| k == key),
+        }
+    }
+
+    fn get(&self, key: &Key<'a>) -> Option<&Entry> {
+        self.find(key).map(|i| &self.entries[i].1)
+    }
+
+    fn entry(&mut self, key: &Key<'a>, make: impl FnOnce() -> Entry) -> &mut Entry {
+        let position = match self.find(key) {
+            Some(position) => position,
+            None => {
+                let position = self.entries.len();
+                self.entries.push((key.clone(), make()));
+                match &mut self.index {
+                    Some(index) => {
+                        index.insert(key.clone(), position);
+                    }
+                    None if self.entries.len() > TABLE_LINEAR_ENTRIES_MAX => {
+                        let index = self
+                            .entries
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (k, _))| (k.clone(), i))
+                            .collect();
+                        self.index = Some(index);
+                    }
+                    None => {}
+                }
+                position
+            }
+        };
+        &mut self.entries[position].1
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Key<'a>, &Entry)> {
+        self.entries.iter().map(|(k, e)| (k, e))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&Key<'a>, &mut Entry)> {
+        self.entries.iter_mut().map(|(k, e)| (&*k, e))
+    }
+}
+
 /// Whether a `BASE/*` request for `account` covers `key`.
 fn covers(account: &Text<'_>, base: &Text<'_>, key: &Key<'_>) -> bool {
     key.2.is_empty() && *account == key.0 && **base == *asset_base_and_scale(&key.1).0
@@ -157,7 +215,7 @@ pub(crate) fn run(
         placeholders_read: false,
         var_origin: false,
         asset: UNCOLORED,
-        balances: HashMap::with_capacity_and_hasher(8, Default::default()),
+        balances: Table::default(),
         wildcards: HashMap::default(),
         pending: Vec::with_capacity(8),
         pending_wildcards: Vec::new(),
@@ -190,7 +248,7 @@ struct Interpreter<'a, 's> {
     var_origin: bool,
     /// The asset of the statement being run.
     asset: Text<'a>,
-    balances: HashMap<Key<'a>, Entry>,
+    balances: Table<'a>,
     /// Every (account, base) asked for with `BASE/*`.
     wildcards: HashMap<(Text<'a>, Text<'a>), Fetch>,
     pending: Vec<Key<'a>>,
@@ -298,7 +356,7 @@ impl<'a> Interpreter<'a, '_> {
     /// The table entry for `key`, created on first use.
     fn entry(&mut self, key: &Key<'a>) -> &mut Entry {
         let wildcards = &self.wildcards;
-        self.balances.entry(key.clone()).or_insert_with(|| Entry {
+        self.balances.entry(key, || Entry {
             amount: 0,
             loaded: false,
             fetch: initial_fetch(wildcards, key),
@@ -1245,7 +1303,7 @@ impl<'a> Interpreter<'a, '_> {
         }
         let mut has_balances = false;
         let mut scales: BTreeMap<u32, Amount> = BTreeMap::new();
-        for (key, entry) in &self.balances {
+        for (key, entry) in self.balances.iter() {
             if key.0 != account {
                 continue;
             }

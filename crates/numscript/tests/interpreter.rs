@@ -336,3 +336,20 @@ fn save_makes_funds_unavailable() {
         "a -> b: COIN 7",
     );
 }
+
+#[test]
+fn many_accounts_use_the_indexed_balance_table() {
+    // 24 sources: past the table's linear size, balances are found through its index.
+    let sources: Vec<String> = (1..=24).map(|i| format!("@s:{i}")).collect();
+    let script = format!(
+        "send [COIN 230] (source = {{ {} }} destination = @d)\nsend [COIN *] (source = {{ {} }} destination = @e)",
+        sources.join(" "),
+        sources.join(" ")
+    );
+    let names: Vec<String> = (1..=24).map(|i| format!("s:{i}")).collect();
+    let balances: Vec<(&str, &str, i128)> =
+        names.iter().map(|n| (n.as_str(), "COIN", 10)).collect();
+    let mut expected: Vec<String> = (1..=23).map(|i| format!("s:{i} -> d: COIN 10")).collect();
+    expected.push("s:24 -> e: COIN 10".to_string());
+    check(&script, &[], &balances, &expected.join("\n"));
+}

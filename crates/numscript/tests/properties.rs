@@ -15,7 +15,10 @@ use proptest::prelude::*;
 
 /// `PROPTEST_CASES` when set (a longer run), else `default`.
 fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 const ACCOUNTS: [&str; 5] = ["a", "b", "c", "d", "e"];
@@ -338,7 +341,10 @@ static SUCCESSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 #[test]
 fn successful_runs_conserve_funds() {
     let total = cases(2048);
-    let config = ProptestConfig { cases: total, ..ProptestConfig::default() };
+    let config = ProptestConfig {
+        cases: total,
+        ..ProptestConfig::default()
+    };
     let mut runner = proptest::test_runner::TestRunner::new(config);
     let strategy = (
         prop::collection::vec(send(), 1..4),
@@ -352,7 +358,10 @@ fn successful_runs_conserve_funds() {
     }
     // The property must actually be exercised: a good share of the generated runs succeed.
     let successes = SUCCESSES.load(std::sync::atomic::Ordering::Relaxed) as u64;
-    assert!(successes > u64::from(total) / 5, "only {successes} successful runs");
+    assert!(
+        successes > u64::from(total) / 5,
+        "only {successes} successful runs"
+    );
 }
 
 fn conservation(sends: &[Send], balances: &[i128]) -> Result<(), TestCaseError> {
