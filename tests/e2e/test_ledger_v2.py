@@ -1,0 +1,532 @@
+"""Ledger v2 through the official Python SDK (`sdk.ledger.v2.*`) against `coffer serve`."""
+
+import json
+
+import pytest
+from formance_sdk_python.models import ledger as L
+
+from conftest import unique
+
+
+def header(res, name):
+    """A response header, case-insensitively, from an SDK response or error."""
+    return res.raw_response.headers.get(name)
+
+
+def post(sdk, ledger, body, **extra):
+    body.setdefault("metadata", {})
+    res = sdk.ledger.v2.create_transaction(
+        request={"ledger": ledger, "v2_post_transaction": body, **extra}
+    )
+    assert res.status_code == 200
+    return res, res.v2_create_transaction_response.data
+
+
+def postings(tx):
+    return [(p.source, p.destination, p.amount, p.asset) for p in tx.postings]
+
+
+def fund(sdk, ledger, account, amount, asset="USD/2", **fields):
+    _, tx = post(
+        sdk,
+        ledger,
+        {
+            "postings": [
+                {"source": "world", "destination": account, "amount": amount, "asset": asset}
+            ],
+            **fields,
+        },
+    )
+    return tx
+
+
+def balance(sdk, ledger, address, asset="USD/2"):
+    res = sdk.ledger.v2.get_account(
+        request={"ledger": ledger, "address": address, "expand": "volumes"}
+    )
+    volumes = res.v2_account_response.data.volumes
+    return volumes[asset].balance if asset in volumes else 0
+
+
+def ledger_error(excinfo):
+    return excinfo.value.status_code, excinfo.value.data.error_code.value
+
+
+def test_server_info(sdk):
+    res = sdk.ledger.v2.get_info()
+    assert res.status_code == 200
+    assert res.v2_config_info.server == "coffer"
+    assert res.v2_config_info.version
+
+
+def test_transaction_from_postings(sdk, ledger):
+    _, tx = post(
+        sdk,
+        ledger,
+        {
+            "postings": [
+                {"source": "world", "destination": "users:001", "amount": 1500, "asset": "USD/2"},
+                {"source": "users:001", "destination": "shops:042", "amount": 400, "asset": "USD/2"},
+            ],
+            "metadata": {"order": "A-1"},
+        },
+    )
+    assert tx.id == 1  # per-ledger ids start at 1
+    assert postings(tx) == [
+        ("world", "users:001", 1500, "USD/2"),
+        ("users:001", "shops:042", 400, "USD/2"),
+    ]
+    assert tx.metadata == {"order": "A-1"}
+    assert tx.reverted is False
+    post_volumes = tx.post_commit_volumes
+    assert post_volumes["users:001"]["USD/2"].input == 1500
+    assert post_volumes["users:001"]["USD/2"].output == 400
+    assert post_volumes["users:001"]["USD/2"].balance == 1100
+    assert post_volumes["world"]["USD/2"].balance == -1500
+    assert tx.pre_commit_volumes["users:001"]["USD/2"].balance == 0
+
+    got = sdk.ledger.v2.get_transaction(request={"ledger": ledger, "id": tx.id})
+    assert got.status_code == 200
+    assert postings(got.v2_get_transaction_response.data) == postings(tx)
+    assert got.v2_get_transaction_response.data.metadata == {"order": "A-1"}
+
+    assert balance(sdk, ledger, "users:001") == 1100
+    assert balance(sdk, ledger, "shops:042") == 400
+
+    second = fund(sdk, ledger, "users:002", 1)
+    assert second.id == 2
+
+    with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+        sdk.ledger.v2.get_transaction(request={"ledger": ledger, "id": 999})
+    assert ledger_error(excinfo) == (404, "NOT_FOUND")
+
+
+def test_transaction_from_numscript(sdk, ledger):
+    fund(sdk, ledger, "users:alice", 10000, asset="EUR/2")
+    script = """
+vars {
+  account $user
+  monetary $price
+}
+send $price (
+  source = $user
+  destination = {
+    10% to @platform:fees
+    remaining to @shops:1
+  }
+)
+set_tx_meta("kind", "purchase")
+"""
+    _, tx = post(
+        sdk,
+        ledger,
+        {
+            "script": {
+                "plain": script,
+                "vars": {"user": "users:alice", "price": "EUR/2 2500"},
+            },
+            "reference": "purchase-1",
+        },
+    )
+    assert sorted(postings(tx)) == sorted(
+        [
+            ("users:alice", "platform:fees", 250, "EUR/2"),
+            ("users:alice", "shops:1", 2250, "EUR/2"),
+        ]
+    )
+    assert tx.metadata["kind"] == "purchase"
+    assert tx.reference == "purchase-1"
+    assert balance(sdk, ledger, "users:alice", "EUR/2") == 7500
+    assert balance(sdk, ledger, "platform:fees", "EUR/2") == 250
+    assert balance(sdk, ledger, "shops:1", "EUR/2") == 2250
+
+    # Numscript errors are typed.
+    with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+        sdk.ledger.v2.create_transaction(
+            request={
+                "ledger": ledger,
+                "v2_post_transaction": {"script": {"plain": "send [EUR/2 1] (", "vars": {}}, "metadata": {}},
+            }
+        )
+    assert ledger_error(excinfo) == (400, "INTERPRETER_PARSE")
+
+
+def test_insufficient_funds(sdk, ledger):
+    fund(sdk, ledger, "users:poor", 100)
+    with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+        post(
+            sdk,
+            ledger,
+            {"postings": [{"source": "users:poor", "destination": "shops:1", "amount": 101, "asset": "USD/2"}]},
+        )
+    assert ledger_error(excinfo) == (400, "INSUFFICIENT_FUND")
+    # Nothing moved, and the ledger still only has the funding transaction.
+    assert balance(sdk, ledger, "users:poor") == 100
+    count = sdk.ledger.v2.count_transactions(request={"ledger": ledger, "request_body": {}})
+    assert header(count, "Count") == "1"
+    # Same with a script, and `force` lets the postings overdraft.
+    with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+        post(
+            sdk,
+            ledger,
+            {"script": {"plain": "send [USD/2 500] (source = @users:poor destination = @shops:1)", "vars": {}}},
+        )
+    assert ledger_error(excinfo) == (400, "INSUFFICIENT_FUND")
+    _, tx = post(
+        sdk,
+        ledger,
+        {"postings": [{"source": "users:poor", "destination": "shops:1", "amount": 150, "asset": "USD/2"}]},
+        force=True,
+    )
+    assert tx.post_commit_volumes["users:poor"]["USD/2"].balance == -50
+
+
+def test_idempotency_hit_and_conflicting_reuse(sdk, ledger):
+    body = {
+        "postings": [{"source": "world", "destination": "users:idem", "amount": 700, "asset": "USD/2"}],
+        "metadata": {"try": "1"},
+    }
+    key = unique("ik")
+    first, tx = post(sdk, ledger, dict(body), idempotency_key=key)
+    assert header(first, "Idempotency-Hit") is None
+    again, replay = post(sdk, ledger, dict(body), idempotency_key=key)
+    assert header(again, "Idempotency-Hit") == "true"
+    assert "true" in [v for k, vs in again.headers.items() if k.lower() == "idempotency-hit" for v in vs]
+    assert replay.id == tx.id
+    assert postings(replay) == postings(tx)
+    assert balance(sdk, ledger, "users:idem") == 700  # applied once
+
+    # The same key with another body is refused.
+    other = dict(body, metadata={"try": "2"})
+    with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+        post(sdk, ledger, other, idempotency_key=key)
+    assert ledger_error(excinfo) == (400, "VALIDATION")
+    count = sdk.ledger.v2.count_transactions(request={"ledger": ledger, "request_body": {}})
+    assert header(count, "Count") == "1"
+
+    # Idempotency also covers metadata writes.
+    for expect_hit in (None, "true"):
+        res = sdk.ledger.v2.add_metadata_to_account(
+            request={
+                "ledger": ledger,
+                "address": "users:idem",
+                "request_body": {"tier": "gold"},
+                "idempotency_key": key + "-meta",
+            }
+        )
+        assert res.status_code == 204
+        assert header(res, "Idempotency-Hit") == expect_hit
+
+
+def test_duplicate_reference(sdk, ledger):
+    fund(sdk, ledger, "users:ref", 10, reference="invoice-7")
+    with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+        fund(sdk, ledger, "users:ref", 10, reference="invoice-7")
+    assert ledger_error(excinfo) == (409, "CONFLICT")
+    assert balance(sdk, ledger, "users:ref") == 10
+
+
+def test_list_transactions_with_filters_and_cursors(sdk, ledger):
+    ids = []
+    for i in range(7):
+        tx = fund(sdk, ledger, f"users:{i % 2}", 100 + i, metadata={"batch": "b1" if i < 5 else "b2"})
+        ids.append(tx.id)
+
+    # Pages of 3, newest first, followed with the `next` cursor (the SDK still sends a body {}).
+    seen = []
+    res = sdk.ledger.v2.list_transactions(
+        request={"ledger": ledger, "page_size": 3, "request_body": {}}
+    )
+    pages = 0
+    while True:
+        cursor = res.v2_transactions_cursor_response.cursor
+        assert cursor.page_size == 3
+        assert len(cursor.data) <= 3
+        seen.extend(tx.id for tx in cursor.data)
+        pages += 1
+        if not cursor.has_more:
+            assert cursor.next is None
+            break
+        assert cursor.next
+        res = sdk.ledger.v2.list_transactions(
+            request={"ledger": ledger, "cursor": cursor.next, "request_body": {}}
+        )
+    assert pages == 3
+    assert seen == sorted(ids, reverse=True)
+
+    # And back with `previous`.
+    assert cursor.previous
+    back = sdk.ledger.v2.list_transactions(
+        request={"ledger": ledger, "cursor": cursor.previous, "request_body": {}}
+    )
+    assert [tx.id for tx in back.v2_transactions_cursor_response.cursor.data] == seen[3:6]
+
+    # Filters in the body (as the Python SDK sends them).
+    res = sdk.ledger.v2.list_transactions(
+        request={"ledger": ledger, "request_body": {"$match": {"metadata[batch]": "b2"}}}
+    )
+    assert [tx.id for tx in res.v2_transactions_cursor_response.cursor.data] == [ids[6], ids[5]]
+    res = sdk.ledger.v2.list_transactions(
+        request={
+            "ledger": ledger,
+            "request_body": {
+                "$and": [{"$match": {"destination": "users:1"}}, {"$gte": {"id": ids[3]}}]
+            },
+        }
+    )
+    assert [tx.id for tx in res.v2_transactions_cursor_response.cursor.data] == [ids[5], ids[3]]
+
+    # Ascending order, and volumes on request.
+    res = sdk.ledger.v2.list_transactions(
+        request={"ledger": ledger, "sort": "id:asc", "page_size": 2, "expand": "volumes", "request_body": {}}
+    )
+    data = res.v2_transactions_cursor_response.cursor.data
+    assert [tx.id for tx in data] == ids[:2]
+    assert data[0].post_commit_volumes["users:0"]["USD/2"].balance == 100
+
+    with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+        sdk.ledger.v2.list_transactions(
+            request={"ledger": ledger, "request_body": {"$nope": {"id": 1}}}
+        )
+    assert ledger_error(excinfo) == (400, "VALIDATION")
+
+
+def test_accounts_with_volumes(sdk, ledger):
+    fund(sdk, ledger, "users:a:main", 300)
+    fund(sdk, ledger, "users:b:main", 200)
+    fund(sdk, ledger, "users:b:main", 50, asset="EUR")
+    post(
+        sdk,
+        ledger,
+        {"postings": [{"source": "users:a:main", "destination": "users:b:main", "amount": 120, "asset": "USD/2"}]},
+    )
+    res = sdk.ledger.v2.get_account(
+        request={"ledger": ledger, "address": "users:b:main", "expand": "volumes"}
+    )
+    account = res.v2_account_response.data
+    assert account.address == "users:b:main"
+    assert account.volumes["USD/2"].input == 320
+    assert account.volumes["USD/2"].output == 0
+    assert account.volumes["USD/2"].balance == 320
+    assert account.volumes["EUR"].balance == 50
+    assert account.first_usage is not None
+
+    res = sdk.ledger.v2.list_accounts(
+        request={
+            "ledger": ledger,
+            "expand": "volumes",
+            "request_body": {"$match": {"address": "users::main"}},
+        }
+    )
+    accounts = res.v2_accounts_cursor_response.cursor.data
+    assert [a.address for a in accounts] == ["users:a:main", "users:b:main"]
+    assert accounts[0].volumes["USD/2"].balance == 180
+    assert accounts[0].volumes["USD/2"].output == 120
+
+    # Every account, address ascending, paginated.
+    res = sdk.ledger.v2.list_accounts(request={"ledger": ledger, "page_size": 2, "request_body": {}})
+    cursor = res.v2_accounts_cursor_response.cursor
+    assert [a.address for a in cursor.data] == ["users:a:main", "users:b:main"]
+    assert cursor.has_more
+    res = sdk.ledger.v2.list_accounts(request={"ledger": ledger, "cursor": cursor.next, "request_body": {}})
+    assert [a.address for a in res.v2_accounts_cursor_response.cursor.data] == ["world"]
+
+    # Filter on a balance.
+    res = sdk.ledger.v2.list_accounts(
+        request={"ledger": ledger, "request_body": {"$gte": {"balance[USD/2]": 200}}}
+    )
+    assert [a.address for a in res.v2_accounts_cursor_response.cursor.data] == ["users:b:main"]
+
+    with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+        sdk.ledger.v2.get_account(request={"ledger": ledger, "address": "nobody:here"})
+    assert ledger_error(excinfo) == (404, "NOT_FOUND")
+
+
+def test_aggregated_balances(sdk, ledger):
+    fund(sdk, ledger, "users:1", 100)
+    fund(sdk, ledger, "users:2", 250)
+    fund(sdk, ledger, "users:2", 7, asset="EUR")
+    fund(sdk, ledger, "shops:1", 1000)
+    res = sdk.ledger.v2.get_balances_aggregated(
+        request={"ledger": ledger, "request_body": {"$match": {"address": "users:"}}}
+    )
+    assert res.status_code == 200
+    assert res.v2_aggregate_balances_response.data == {"USD/2": 350, "EUR": 7}
+    res = sdk.ledger.v2.get_balances_aggregated(request={"ledger": ledger, "request_body": {}})
+    # Everything sums to zero in double-entry.
+    assert res.v2_aggregate_balances_response.data == {"USD/2": 0, "EUR": 0}
+
+
+def test_metadata_add_and_delete(sdk, ledger):
+    tx = fund(sdk, ledger, "users:meta", 10)
+    # Account metadata (the account need not exist yet).
+    res = sdk.ledger.v2.add_metadata_to_account(
+        request={"ledger": ledger, "address": "users:new", "request_body": {"a": "1", "b": "2"}}
+    )
+    assert res.status_code == 204
+    account = sdk.ledger.v2.get_account(request={"ledger": ledger, "address": "users:new"})
+    assert account.v2_account_response.data.metadata == {"a": "1", "b": "2"}
+    res = sdk.ledger.v2.delete_account_metadata(
+        request={"ledger": ledger, "address": "users:new", "key": "a"}
+    )
+    assert res.status_code == 204
+    account = sdk.ledger.v2.get_account(request={"ledger": ledger, "address": "users:new"})
+    assert account.v2_account_response.data.metadata == {"b": "2"}
+
+    # Transaction metadata.
+    res = sdk.ledger.v2.add_metadata_on_transaction(
+        request={"ledger": ledger, "id": tx.id, "request_body": {"status": "settled", "x": "y"}}
+    )
+    assert res.status_code == 204
+    got = sdk.ledger.v2.get_transaction(request={"ledger": ledger, "id": tx.id})
+    assert got.v2_get_transaction_response.data.metadata == {"status": "settled", "x": "y"}
+    res = sdk.ledger.v2.delete_transaction_metadata(
+        request={"ledger": ledger, "id": tx.id, "key": "x"}
+    )
+    assert res.status_code == 204
+    got = sdk.ledger.v2.get_transaction(request={"ledger": ledger, "id": tx.id})
+    assert got.v2_get_transaction_response.data.metadata == {"status": "settled"}
+
+    # Listing by the new metadata finds it.
+    res = sdk.ledger.v2.list_transactions(
+        request={"ledger": ledger, "request_body": {"$match": {"metadata[status]": "settled"}}}
+    )
+    assert [t.id for t in res.v2_transactions_cursor_response.cursor.data] == [tx.id]
+
+    with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+        sdk.ledger.v2.add_metadata_on_transaction(
+            request={"ledger": ledger, "id": 424242, "request_body": {"k": "v"}}
+        )
+    assert ledger_error(excinfo) == (404, "NOT_FOUND")
+
+
+def test_revert(sdk, ledger):
+    fund(sdk, ledger, "users:r", 1000)
+    _, tx = post(
+        sdk,
+        ledger,
+        {"postings": [{"source": "users:r", "destination": "shops:r", "amount": 300, "asset": "USD/2"}]},
+    )
+    res = sdk.ledger.v2.revert_transaction(
+        request={"ledger": ledger, "id": tx.id, "v2_revert_transaction_request": {"metadata": {"why": "refund"}}}
+    )
+    assert res.status_code == 201
+    reverse = res.v2_create_transaction_response.data
+    assert reverse.id == tx.id + 1
+    assert postings(reverse) == [("shops:r", "users:r", 300, "USD/2")]
+    assert reverse.metadata.get("why") == "refund"
+    original = sdk.ledger.v2.get_transaction(request={"ledger": ledger, "id": tx.id})
+    original = original.v2_get_transaction_response.data
+    assert original.reverted is True
+    assert original.reverted_at is not None
+    assert balance(sdk, ledger, "users:r") == 1000
+    assert balance(sdk, ledger, "shops:r") == 0
+
+    with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+        sdk.ledger.v2.revert_transaction(request={"ledger": ledger, "id": tx.id})
+    assert ledger_error(excinfo) == (400, "ALREADY_REVERT")
+
+    # Reverting needs the funds back unless forced.
+    _, spent = post(
+        sdk,
+        ledger,
+        {"postings": [{"source": "users:r", "destination": "shops:s", "amount": 100, "asset": "USD/2"}]},
+    )
+    post(
+        sdk,
+        ledger,
+        {"postings": [{"source": "shops:s", "destination": "banks:1", "amount": 100, "asset": "USD/2"}]},
+    )
+    with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+        sdk.ledger.v2.revert_transaction(request={"ledger": ledger, "id": spent.id})
+    assert ledger_error(excinfo) == (400, "INSUFFICIENT_FUND")
+    res = sdk.ledger.v2.revert_transaction(request={"ledger": ledger, "id": spent.id, "force": True})
+    assert res.status_code == 201
+    assert balance(sdk, ledger, "shops:s") == -100
+
+
+def test_counts(sdk, ledger, http):
+    for i in range(5):
+        fund(sdk, ledger, f"users:{i}", 10, metadata={"even": str(i % 2 == 0).lower()})
+    res = sdk.ledger.v2.count_transactions(request={"ledger": ledger, "request_body": {}})
+    assert res.status_code == 204
+    assert header(res, "Count") == "5"
+    assert res.headers.get("count") == ["5"] or res.headers.get("Count") == ["5"]
+    res = sdk.ledger.v2.count_transactions(
+        request={"ledger": ledger, "request_body": {"$match": {"metadata[even]": "true"}}}
+    )
+    assert header(res, "Count") == "3"
+    res = sdk.ledger.v2.count_accounts(request={"ledger": ledger, "request_body": {}})
+    assert header(res, "Count") == "6"  # five users and world
+    res = sdk.ledger.v2.count_accounts(
+        request={"ledger": ledger, "request_body": {"$match": {"address": "users:"}}}
+    )
+    assert header(res, "Count") == "5"
+    # The same count with the filter in ?query= (as the TypeScript and Go SDKs send it).
+    raw = http.head(
+        f"/api/ledger/v2/{ledger}/accounts",
+        params={"query": json.dumps({"$match": {"address": "users:"}})},
+    )
+    assert raw.status_code == 204
+    assert raw.headers["Count"] == "5"
+
+
+def test_logs(sdk, ledger):
+    tx = fund(sdk, ledger, "users:log", 10)
+    sdk.ledger.v2.add_metadata_on_transaction(
+        request={"ledger": ledger, "id": tx.id, "request_body": {"k": "v"}}
+    )
+    sdk.ledger.v2.revert_transaction(request={"ledger": ledger, "id": tx.id})
+    sdk.ledger.v2.delete_transaction_metadata(request={"ledger": ledger, "id": tx.id, "key": "k"})
+    res = sdk.ledger.v2.list_logs(request={"ledger": ledger, "request_body": {}})
+    assert res.status_code == 200
+    logs = res.v2_logs_cursor_response.cursor.data
+    assert [log.type.value for log in logs] == [
+        "DELETE_METADATA",
+        "REVERTED_TRANSACTION",
+        "SET_METADATA",
+        "NEW_TRANSACTION",
+    ]
+    assert [log.id for log in logs] == sorted((log.id for log in logs), reverse=True)
+    assert all(log.hash for log in logs)
+    assert len({log.hash for log in logs}) == 4
+    created, set_meta, reverted, deleted = logs[3], logs[2], logs[1], logs[0]
+    assert created.data.transaction.id == tx.id
+    assert created.data.transaction.postings[0].destination == "users:log"
+    assert set_meta.data.target_type.value == "TRANSACTION"
+    assert set_meta.data.target_id == tx.id
+    assert set_meta.data.metadata == {"k": "v"}
+    assert reverted.data.reverted_transaction.id == tx.id
+    assert reverted.data.transaction.id == tx.id + 1
+    assert reverted.data.transaction.postings[0].source == "users:log"
+    assert deleted.data.key == "k"
+
+    # Paginated ascending.
+    res = sdk.ledger.v2.list_logs(
+        request={"ledger": ledger, "page_size": 3, "sort": "id:asc", "request_body": {}}
+    )
+    cursor = res.v2_logs_cursor_response.cursor
+    assert [log.type.value for log in cursor.data] == ["NEW_TRANSACTION", "SET_METADATA", "REVERTED_TRANSACTION"]
+    assert cursor.has_more
+    res = sdk.ledger.v2.list_logs(request={"ledger": ledger, "cursor": cursor.next, "request_body": {}})
+    assert [log.type.value for log in res.v2_logs_cursor_response.cursor.data] == ["DELETE_METADATA"]
+
+
+def test_ledgers(sdk):
+    name = unique("e2e-ledger")
+    sdk.ledger.v2.create_ledger(
+        request={"ledger": name, "v2_create_ledger_request": {"metadata": {"team": "e2e"}}}
+    )
+    res = sdk.ledger.v2.get_ledger(request={"ledger": name})
+    assert res.v2_get_ledger_response.data.name == name
+    assert res.v2_get_ledger_response.data.metadata == {"team": "e2e"}
+    with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+        sdk.ledger.v2.create_ledger(request={"ledger": name, "v2_create_ledger_request": {}})
+    assert ledger_error(excinfo) == (400, "LEDGER_ALREADY_EXISTS")
+    with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+        sdk.ledger.v2.list_transactions(request={"ledger": unique("missing"), "request_body": {}})
+    assert ledger_error(excinfo) == (404, "LEDGER_NOT_FOUND")
+    res = sdk.ledger.v2.list_ledgers(request={"page_size": 100, "request_body": {}})
+    assert res.status_code == 200
+    stats = sdk.ledger.v2.read_stats(request={"ledger": name})
+    assert stats.v2_stats_response.data.transactions == 0
