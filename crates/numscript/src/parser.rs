@@ -32,7 +32,10 @@ struct Parser<'s> {
     pos: usize,
     diagnostics: Vec<RawDiagnostic>,
     depth: u32,
-    slots: HashMap<&'s str, u32>,
+    /// Distinct variable names in order of first appearance; a name's slot is its index.
+    slots: Vec<&'s str>,
+    /// Built once there are many names, so that lookups stay cheap in huge scripts.
+    slot_index: Option<HashMap<&'s str, u32>>,
 }
 
 /// Parses a whole script. The tree is meaningful only when no error diagnostic is returned.
@@ -44,7 +47,8 @@ pub(crate) fn parse(source: &str) -> (Ast, Vec<RawDiagnostic>) {
         pos: 0,
         diagnostics: Vec::new(),
         depth: 0,
-        slots: HashMap::new(),
+        slots: Vec::new(),
+        slot_index: None,
     };
     for error in lex_errors {
         parser.push(error.span, error.message);
@@ -151,8 +155,32 @@ impl<'s> Parser<'s> {
     }
 
     fn slot(&mut self, name: &'s str) -> u32 {
-        let next = self.slots.len() as u32;
-        *self.slots.entry(name).or_insert(next)
+        // Scripts have few variables: a linear search beats hashing until there are many.
+        let found = match &self.slot_index {
+            Some(index) => index.get(name).copied(),
+            None => self.slots.iter().position(|n| *n == name).map(|i| i as u32),
+        };
+        if let Some(slot) = found {
+            return slot;
+        }
+        let slot = self.slots.len() as u32;
+        self.slots.push(name);
+        match &mut self.slot_index {
+            Some(index) => {
+                index.insert(name, slot);
+            }
+            None if self.slots.len() > 32 => {
+                let index = self
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (*n, i as u32))
+                    .collect();
+                self.slot_index = Some(index);
+            }
+            None => {}
+        }
+        slot
     }
 
     fn is_statement_start(&self) -> bool {
