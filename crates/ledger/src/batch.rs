@@ -14,13 +14,12 @@ use crate::log::{
     TARGET_ACCOUNT, TARGET_TRANSACTION,
 };
 use crate::store::{
-    AccountWrite, BatchWrites, LedgerHead, MoveRow, NewLedger, StoreWriter, TransactionUpdate,
-    VolumeKey, ROLE_DESTINATION, ROLE_SOURCE,
+    AccountWrite, BatchWrites, LedgerHead, NewLedger, StoreWriter, TransactionUpdate, VolumeKey,
 };
 use crate::time::Timestamp;
 use crate::types::{
-    default_features, Amount, LedgerId, Metadata, Posting, Transaction, TxId, Volumes,
-    VolumesByAccount, WORLD,
+    default_features, LedgerId, Metadata, Posting, Transaction, TxId, Volumes, VolumesByAccount,
+    WORLD,
 };
 
 /// Metadata key Formance sets on the transaction that reverts another.
@@ -69,7 +68,6 @@ pub struct Batch<'w> {
     references: HashSet<(LedgerId, String)>,
     idempotency: HashMap<(LedgerId, String), IdempotencyEntry>,
     ledger_metadata: HashMap<LedgerId, Metadata>,
-    moves: Vec<MoveRow>,
     logs: Vec<(LedgerId, Log)>,
 }
 
@@ -77,7 +75,6 @@ pub struct Batch<'w> {
 #[derive(Default)]
 struct Overlay {
     volumes: BTreeMap<(String, String), Volumes>,
-    deltas: BTreeMap<(String, String), (Amount, Amount, i64)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -109,7 +106,6 @@ impl<'w> Batch<'w> {
             references: HashSet::new(),
             idempotency: HashMap::new(),
             ledger_metadata: HashMap::new(),
-            moves: Vec::new(),
             logs: Vec::new(),
         }
     }
@@ -546,13 +542,7 @@ impl<'w> Batch<'w> {
                 }
             }
             source.send(posting.amount)?;
-            overlay.volumes.insert(source_key.clone(), source);
-            let delta = overlay.deltas.entry(source_key).or_default();
-            delta.1 = delta
-                .1
-                .checked_add(posting.amount)
-                .ok_or(LedgerError::Overflow)?;
-            delta.2 |= ROLE_SOURCE;
+            overlay.volumes.insert(source_key, source);
 
             let destination_key = (posting.destination.clone(), posting.asset.clone());
             let mut destination = match overlay.volumes.get(&destination_key) {
@@ -560,13 +550,7 @@ impl<'w> Batch<'w> {
                 None => self.volumes_of(ledger, &posting.destination, &posting.asset)?,
             };
             destination.receive(posting.amount)?;
-            overlay.volumes.insert(destination_key.clone(), destination);
-            let delta = overlay.deltas.entry(destination_key).or_default();
-            delta.0 = delta
-                .0
-                .checked_add(posting.amount)
-                .ok_or(LedgerError::Overflow)?;
-            delta.2 |= ROLE_DESTINATION;
+            overlay.volumes.insert(destination_key, destination);
         }
         Ok(overlay)
     }
@@ -583,18 +567,6 @@ impl<'w> Batch<'w> {
 
     /// Folds a successful command's overlay into the batch state.
     fn apply(&mut self, ledger: LedgerId, tx: &Transaction, overlay: Overlay) {
-        for ((address, asset), (input_delta, output_delta, roles)) in overlay.deltas {
-            self.moves.push(MoveRow {
-                ledger,
-                address: address.clone(),
-                asset: asset.clone(),
-                tx_id: tx.id,
-                timestamp: tx.timestamp,
-                input_delta,
-                output_delta,
-                roles,
-            });
-        }
         for ((address, asset), volumes) in overlay.volumes {
             self.touch_account(ledger, &address, tx.timestamp);
             let key = VolumeKey {
@@ -1183,7 +1155,6 @@ impl<'w> Batch<'w> {
                 });
             }
         }
-        writes.moves = self.moves.clone();
         for key in &self.dirty_volumes {
             writes.volumes.push((key.clone(), self.volumes[key]));
         }

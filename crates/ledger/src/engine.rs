@@ -8,9 +8,9 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -33,6 +33,10 @@ pub struct EngineConfig {
     pub account_cache_entries_max: usize,
     /// Parsed Numscript programs kept, keyed by source text.
     pub script_cache_entries_max: usize,
+    /// Projection rows (volumes, moves) a store may hold back before they are written.
+    pub projection_rows_max: usize,
+    /// Longest a store may hold projections back, in milliseconds.
+    pub projection_delay_ms_max: u64,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +47,8 @@ impl Default for EngineConfig {
             volume_cache_entries_max: 500_000,
             account_cache_entries_max: 500_000,
             script_cache_entries_max: 1024,
+            projection_rows_max: 200_000,
+            projection_delay_ms_max: 200,
         }
     }
 }
@@ -62,8 +68,15 @@ impl Job {
     }
 }
 
+/// What the writer thread receives.
+enum Message {
+    Write(Job),
+    /// Answered once every projection of committed transactions is stored.
+    Sync(oneshot::Sender<Result<(), LedgerError>>),
+}
+
 pub struct Engine {
-    sender: Mutex<Option<Sender<Job>>>,
+    sender: Mutex<Option<Sender<Message>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     scripts: numscript::ProgramCache,
 }
@@ -132,7 +145,7 @@ impl Engine {
         };
         let guard = self.sender.lock();
         let sender = guard.as_ref().ok_or(LedgerError::Unavailable)?;
-        match sender.try_send(job) {
+        match sender.try_send(Message::Write(job)) {
             Ok(()) => Ok(Pending(receiver)),
             Err(TrySendError::Full(_)) => {
                 metrics::counter!("coffer_queue_rejections_total").increment(1);
@@ -150,6 +163,22 @@ impl Engine {
         self.submit(request)?.wait_blocking()
     }
 
+    /// Waits until the projections of every transaction committed so far are stored, so that
+    /// a read of volumes or moves that follows sees all acknowledged writes.
+    pub fn sync_blocking(&self) -> Result<(), LedgerError> {
+        let (reply, receiver) = oneshot::channel();
+        {
+            let guard = self.sender.lock();
+            let sender = guard.as_ref().ok_or(LedgerError::Unavailable)?;
+            sender
+                .try_send(Message::Sync(reply))
+                .map_err(|_| LedgerError::Unavailable)?;
+        }
+        receiver
+            .blocking_recv()
+            .map_err(|_| LedgerError::Unavailable)?
+    }
+
     /// Stops accepting requests, lets the writer finish what is queued, and waits for it.
     pub fn shutdown(&self) {
         drop(self.sender.lock().take());
@@ -165,36 +194,94 @@ impl Drop for Engine {
     }
 }
 
-fn writer_loop(mut writer: Box<dyn StoreWriter>, receiver: Receiver<Job>, config: EngineConfig) {
+fn writer_loop(
+    mut writer: Box<dyn StoreWriter>,
+    receiver: Receiver<Message>,
+    config: EngineConfig,
+) {
     let mut caches = Caches::new(
         config.volume_cache_entries_max,
         config.account_cache_entries_max,
     );
     // Ledger scripts may opt into experimental features with `#![feature(...)]`.
     let flags = numscript::FeatureFlags::default();
+    let projection_delay = Duration::from_millis(config.projection_delay_ms_max);
+    let mut held_back_since: Option<Instant> = None;
     let mut pending: Option<Job> = None;
     loop {
         let first = match pending.take() {
-            Some(job) => job,
-            None => match receiver.recv() {
-                Ok(job) => job,
-                Err(_) => return,
+            Some(job) => Message::Write(job),
+            None => match receiver.recv_timeout(projection_delay) {
+                Ok(message) => message,
+                Err(RecvTimeoutError::Timeout) => {
+                    flush_projections(writer.as_mut(), Vec::new(), &mut held_back_since);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    flush_projections(writer.as_mut(), Vec::new(), &mut held_back_since);
+                    return;
+                }
             },
         };
-        let mut jobs = vec![first];
-        if !jobs[0].exclusive() {
-            while jobs.len() < config.batch_requests_max {
-                match receiver.try_recv() {
-                    Ok(job) if job.exclusive() => {
-                        pending = Some(job);
-                        break;
-                    }
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
+        let mut jobs = Vec::new();
+        let mut syncs = Vec::new();
+        match first {
+            Message::Write(job) => jobs.push(job),
+            Message::Sync(reply) => syncs.push(reply),
+        }
+        let exclusive = jobs.first().is_some_and(Job::exclusive);
+        while !exclusive && jobs.len() < config.batch_requests_max {
+            match receiver.try_recv() {
+                Ok(Message::Write(job)) if job.exclusive() => {
+                    pending = Some(job);
+                    break;
                 }
+                Ok(Message::Write(job)) => jobs.push(job),
+                Ok(Message::Sync(reply)) => syncs.push(reply),
+                Err(_) => break,
             }
         }
-        run_batch(writer.as_mut(), &mut caches, &flags, jobs);
+        if !jobs.is_empty() {
+            run_batch(writer.as_mut(), &mut caches, &flags, jobs);
+        }
+        if writer.pending_projections() > 0 && held_back_since.is_none() {
+            held_back_since = Some(Instant::now());
+        }
+        let overdue = held_back_since.is_some_and(|since| since.elapsed() >= projection_delay);
+        if !syncs.is_empty()
+            || overdue
+            || writer.pending_projections() >= config.projection_rows_max
+        {
+            flush_projections(writer.as_mut(), syncs, &mut held_back_since);
+        }
+    }
+}
+
+/// Writes held-back projections and answers the readers waiting for them.
+fn flush_projections(
+    writer: &mut dyn StoreWriter,
+    syncs: Vec<oneshot::Sender<Result<(), LedgerError>>>,
+    held_back_since: &mut Option<Instant>,
+) {
+    let result = if writer.pending_projections() > 0 {
+        let started = Instant::now();
+        let rows = writer.pending_projections();
+        let result = writer.flush_projections().map_err(LedgerError::from);
+        metrics::histogram!("coffer_projection_flush_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("coffer_projection_flush_rows").record(rows as f64);
+        if let Err(err) = &result {
+            tracing::error!(error = %err, "writing projections failed; will retry");
+        }
+        result
+    } else {
+        Ok(())
+    };
+    if writer.pending_projections() == 0 {
+        *held_back_since = None;
+    }
+    for reply in syncs {
+        let _ = reply.send(result.clone());
     }
 }
 

@@ -225,6 +225,16 @@ fn parse_filter(resource: Resource, text: &Option<String>) -> Result<Option<Filt
     }
 }
 
+/// Filters on the accounts of transactions read the moves projection.
+fn mentions_accounts(filter: &Option<String>) -> Result<bool, LedgerError> {
+    let filter = parse_filter(Resource::Transactions, filter)?;
+    Ok(filter.is_some_and(|f| {
+        f.conditions()
+            .iter()
+            .any(|c| matches!(c, crate::query::Condition::Account(..)))
+    }))
+}
+
 fn key_int(value: Option<&Value>) -> Result<Option<i64>, LedgerError> {
     value.map(|v| v.as_i64().ok_or_else(bad_cursor)).transpose()
 }
@@ -267,6 +277,12 @@ impl Ledgers {
 
     pub fn shutdown(&self) {
         self.engine.shutdown();
+    }
+
+    /// Reads of volumes and moves first make sure the store holds every projection of what was
+    /// acknowledged (stores may write them lazily).
+    fn sync_projections(&self) -> Result<(), LedgerError> {
+        self.engine.sync_blocking()
     }
 
     /// The ledger named `name`, or `LedgerNotFound`.
@@ -352,6 +368,9 @@ impl Ledgers {
         page: &PageRequest,
     ) -> Result<Page<Transaction>, LedgerError> {
         let info = self.ledger(ledger)?;
+        if mentions_accounts(&query.filter)? {
+            self.sync_projections()?;
+        }
         parse_filter(Resource::Transactions, &query.filter)?;
         let effective = query.effective_order;
         paginate(
@@ -414,6 +433,9 @@ impl Ledgers {
         pit: Option<Timestamp>,
     ) -> Result<u64, LedgerError> {
         let info = self.ledger(ledger)?;
+        if mentions_accounts(&filter.map(str::to_string))? {
+            self.sync_projections()?;
+        }
         let filter = parse_filter(Resource::Transactions, &filter.map(str::to_string))?;
         Ok(self
             .reader()
@@ -427,6 +449,7 @@ impl Ledgers {
         pit: Option<Timestamp>,
     ) -> Result<Account, LedgerError> {
         let info = self.ledger(ledger)?;
+        self.sync_projections()?;
         self.reader()
             .get_account(info.id, address, pit)?
             .ok_or_else(|| LedgerError::NotFound(format!("account {address}")))
@@ -439,6 +462,7 @@ impl Ledgers {
         page: &PageRequest,
     ) -> Result<Page<Account>, LedgerError> {
         let info = self.ledger(ledger)?;
+        self.sync_projections()?;
         parse_filter(Resource::Accounts, &query.filter)?;
         paginate(
             "accounts",
@@ -474,6 +498,7 @@ impl Ledgers {
         pit: Option<Timestamp>,
     ) -> Result<u64, LedgerError> {
         let info = self.ledger(ledger)?;
+        self.sync_projections()?;
         let filter = parse_filter(Resource::Accounts, &filter.map(str::to_string))?;
         Ok(self
             .reader()
@@ -487,6 +512,7 @@ impl Ledgers {
         pit: Option<Timestamp>,
     ) -> Result<BTreeMap<String, Amount>, LedgerError> {
         let info = self.ledger(ledger)?;
+        self.sync_projections()?;
         let filter = parse_filter(Resource::Accounts, &filter.map(str::to_string))?;
         Ok(self
             .reader()
@@ -500,6 +526,7 @@ impl Ledgers {
         page: &PageRequest,
     ) -> Result<Page<VolumeRow>, LedgerError> {
         let info = self.ledger(ledger)?;
+        self.sync_projections()?;
         parse_filter(Resource::Volumes, &query.filter)?;
         paginate(
             "volumes",

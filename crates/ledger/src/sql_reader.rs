@@ -20,6 +20,11 @@ pub type Row = Vec<SqlValue>;
 pub trait SqlBackend: Send + Sync {
     fn dialect(&self) -> &dyn Dialect;
     fn query(&self, sql: &str, params: &[SqlValue]) -> StoreResult<Vec<Row>>;
+    /// True when volumes and moves are written after their transactions, tracked in the
+    /// `projection_state` table.
+    fn lazy_projections(&self) -> bool {
+        false
+    }
 }
 
 pub struct SqlReader<B> {
@@ -592,6 +597,22 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
             .iter()
             .map(Self::decode_tx)
             .collect()
+    }
+
+    fn projected_tx_id(&self, ledger: LedgerId) -> StoreResult<Option<TxId>> {
+        if !self.backend.lazy_projections() {
+            return Ok(None);
+        }
+        let rows = self.backend.query(
+            "SELECT applied_tx_id FROM projection_state WHERE ledger_id = $1",
+            &[SqlValue::Int(ledger)],
+        )?;
+        Ok(Some(
+            rows.first()
+                .map(|row| int(row, 0))
+                .transpose()?
+                .unwrap_or(0) as TxId,
+        ))
     }
 
     fn scan_volumes(

@@ -89,7 +89,7 @@ pub struct BatchWrites {
     pub ledger_metadata: Vec<(LedgerId, Metadata)>,
     pub transactions: Vec<(LedgerId, Transaction)>,
     pub transaction_updates: Vec<TransactionUpdate>,
-    pub moves: Vec<MoveRow>,
+    /// Final volumes of every (account, asset) the batch moved.
     pub volumes: Vec<(VolumeKey, Volumes)>,
     pub accounts: Vec<AccountWrite>,
     pub logs: Vec<(LedgerId, Log)>,
@@ -141,6 +141,54 @@ pub trait StoreWriter: Send {
     ) -> StoreResult<Vec<String>>;
 
     fn write(&mut self, writes: &BatchWrites) -> StoreResult<()>;
+
+    /// Stores may keep projections (volumes, moves) of committed transactions in memory and
+    /// write them later, since they can be rebuilt from the transactions. This writes them now,
+    /// outside any batch; readers that depend on projections call it first (through the engine).
+    fn flush_projections(&mut self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Projection rows waiting for [`StoreWriter::flush_projections`].
+    fn pending_projections(&self) -> usize {
+        0
+    }
+}
+
+/// The moves of a transaction: per (account, asset), what it received and sent.
+pub fn moves_of(ledger: LedgerId, tx: &Transaction) -> Vec<MoveRow> {
+    let mut moves: BTreeMap<(&str, &str), (Amount, Amount, i64)> = BTreeMap::new();
+    for posting in &tx.postings {
+        let source = moves.entry((&posting.source, &posting.asset)).or_default();
+        source.1 = source
+            .1
+            .checked_add(posting.amount)
+            .expect("volumes were checked for overflow");
+        source.2 |= ROLE_SOURCE;
+        let destination = moves
+            .entry((&posting.destination, &posting.asset))
+            .or_default();
+        destination.0 = destination
+            .0
+            .checked_add(posting.amount)
+            .expect("volumes were checked for overflow");
+        destination.2 |= ROLE_DESTINATION;
+    }
+    moves
+        .into_iter()
+        .map(
+            |((address, asset), (input_delta, output_delta, roles))| MoveRow {
+                ledger,
+                address: address.to_string(),
+                asset: asset.to_string(),
+                tx_id: tx.id,
+                timestamp: tx.timestamp,
+                input_delta,
+                output_delta,
+                roles,
+            },
+        )
+        .collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -276,6 +324,12 @@ pub trait StoreReader: Send + Sync {
         limit: u32,
     ) -> StoreResult<Vec<VolumeRow>>;
     fn all_ledgers(&self) -> StoreResult<Vec<LedgerInfo>>;
+    /// The last transaction whose volumes and moves are stored (`None`: all of them are).
+    /// Stores that write projections lazily may lag behind their transactions.
+    fn projected_tx_id(&self, ledger: LedgerId) -> StoreResult<Option<TxId>> {
+        let _ = ledger;
+        Ok(None)
+    }
 }
 
 /// A storage backend: readers plus the one writer the engine owns.

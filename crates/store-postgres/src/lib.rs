@@ -15,8 +15,8 @@ use coffer_ledger::query::{AddressPattern, Op};
 use coffer_ledger::sql::{Dialect, SqlValue};
 use coffer_ledger::sql_reader::{Row, SqlBackend, SqlReader};
 use coffer_ledger::store::{
-    BatchWrites, LedgerHead, NewLedger, Store, StoreReader, StoreResult, StoreWriter,
-    StoredAccount, VolumeKey,
+    moves_of, BatchWrites, LedgerHead, MoveRow, NewLedger, Store, StoreReader, StoreResult,
+    StoreWriter, StoredAccount, VolumeKey,
 };
 use coffer_ledger::types::{Amount, LedgerId, Metadata, Transaction, TxId, Volumes};
 use coffer_ledger::Timestamp;
@@ -582,8 +582,12 @@ impl StoreWriter for PostgresWriter {
                 "updated transactions missing"
             );
         }
-        if !writes.moves.is_empty() {
-            let moves = &writes.moves;
+        let moves: Vec<MoveRow> = writes
+            .transactions
+            .iter()
+            .flat_map(|(ledger, tx)| moves_of(*ledger, tx))
+            .collect();
+        if !moves.is_empty() {
             let l: Vec<i64> = moves.iter().map(|m| m.ledger).collect();
             let a: Vec<&str> = moves.iter().map(|m| m.address.as_str()).collect();
             let s: Vec<&str> = moves.iter().map(|m| m.asset.as_str()).collect();

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::{Condvar, Mutex};
+
 use coffer_ledger::codec;
 use coffer_ledger::error::StoreError;
 use coffer_ledger::log::{Hash, Log};
@@ -15,16 +17,24 @@ use coffer_ledger::pool::Pool;
 use coffer_ledger::query::{AddressPattern, Op};
 use coffer_ledger::sql::{Dialect, SqlValue};
 use coffer_ledger::sql_reader::{self, Row, SqlBackend, SqlReader};
+use std::collections::HashMap;
+
 use coffer_ledger::store::{
-    BatchWrites, LedgerHead, NewLedger, Store, StoreReader, StoreResult, StoreWriter,
-    StoredAccount, VolumeKey,
+    moves_of, BatchWrites, LedgerHead, MoveRow, NewLedger, Store, StoreReader, StoreResult,
+    StoreWriter, StoredAccount, VolumeKey,
 };
 use coffer_ledger::types::{Amount, LedgerId, Metadata, Transaction, TxId, Volumes};
 use rusqlite::functions::{Aggregate, Context, FunctionFlags};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, ToSql};
 
-const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../migrations/0001_init.sql")),
+    (
+        "0002_lazy_projections",
+        include_str!("../migrations/0002_lazy_projections.sql"),
+    ),
+];
 
 /// Read connections kept open; readers beyond this wait for one to be free.
 pub const READ_CONNECTIONS_MAX: usize = 8;
@@ -42,6 +52,54 @@ pub struct SqliteStore {
     reader: SqlReader<Readers>,
     /// Held for the store's lifetime: a second process cannot open the store for writing.
     _lock: Option<File>,
+    /// Held for its thread, stopped when the store is dropped.
+    _checkpointer: Option<Checkpointer>,
+}
+
+/// How often the WAL is copied back into the database file.
+pub const CHECKPOINT_INTERVAL_MS: u64 = 250;
+
+/// Copies the WAL back into the database on its own thread, so commits never wait for it.
+struct Checkpointer {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> StoreResult<Checkpointer> {
+        let conn = open_connection(path, false, READ_CACHE_KIB)?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864")
+            .map_err(err)?;
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let signal = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("coffer-checkpoint".into())
+            .spawn(move || {
+                let (lock, condvar) = &*signal;
+                let mut stopped = lock.lock();
+                while !*stopped {
+                    condvar.wait_for(&mut stopped, Duration::from_millis(CHECKPOINT_INTERVAL_MS));
+                    // PASSIVE never blocks the writer; what it cannot copy now, a later round does.
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .map_err(|e| err(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        let (lock, condvar) = &*self.stop;
+        *lock.lock() = true;
+        condvar.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl SqliteStore {
@@ -56,13 +114,16 @@ impl SqliteStore {
         let lock = lock_file(path)?;
         let conn = open_connection(path, false, WRITE_CACHE_KIB)?;
         migrate(&conn)?;
+        recover_projections(&conn)?;
         drop(conn);
+        let checkpointer = Some(Checkpointer::start(path)?);
         Ok(Arc::new(SqliteStore {
             path: path.to_path_buf(),
             reader: SqlReader {
                 backend: Readers::new(path, false),
             },
             _lock: Some(lock),
+            _checkpointer: checkpointer,
         }))
     }
 
@@ -86,6 +147,7 @@ impl SqliteStore {
                 backend: Readers::new(path, false),
             },
             _lock: None,
+            _checkpointer: None,
         }))
     }
 }
@@ -101,9 +163,14 @@ impl Store for SqliteStore {
         }
         let conn = open_connection(&self.path, false, WRITE_CACHE_KIB)?;
         conn.set_prepared_statement_cache_capacity(64);
+        // Checkpoints run on their own thread (see `Checkpointer`), not inside commits.
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0")
+            .map_err(err)?;
         Ok(Box::new(SqliteWriter {
             conn,
             in_transaction: false,
+            pending: Projections::default(),
+            staged: Projections::default(),
         }))
     }
 
@@ -358,6 +425,148 @@ impl SqlBackend for Readers {
     fn query(&self, sql: &str, params: &[SqlValue]) -> StoreResult<Vec<Row>> {
         self.pool.with(|conn| run_query(conn, sql, params))
     }
+
+    fn lazy_projections(&self) -> bool {
+        true
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Projections: volumes and moves, written in bulk.
+
+fn write_projections(conn: &Connection, projections: &mut Projections) -> StoreResult<()> {
+    // Key order keeps consecutive inserts on the same B-tree pages.
+    projections.moves.sort_unstable_by(|a, b| {
+        (a.ledger, &a.address, a.tx_id, &a.asset).cmp(&(b.ledger, &b.address, b.tx_id, &b.asset))
+    });
+    {
+        let mut statement = conn
+            .prepare_cached(
+                "INSERT INTO moves (ledger_id, address, asset, tx_id, timestamp, input_delta, output_delta, roles) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .map_err(err)?;
+        for row in &projections.moves {
+            statement
+                .execute(params![
+                    row.ledger,
+                    row.address,
+                    row.asset,
+                    row.tx_id as i64,
+                    row.timestamp.micros(),
+                    amount_value(row.input_delta),
+                    amount_value(row.output_delta),
+                    row.roles
+                ])
+                .map_err(err)?;
+        }
+    }
+    let mut volumes: Vec<(&VolumeKey, &Volumes)> = projections.volumes.iter().collect();
+    volumes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    {
+        let mut statement = conn
+            .prepare_cached(
+                "INSERT INTO volumes (ledger_id, address, asset, input, output) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (ledger_id, address, asset) DO UPDATE SET input = excluded.input, output = excluded.output",
+            )
+            .map_err(err)?;
+        for (key, volumes) in volumes {
+            statement
+                .execute(params![
+                    key.ledger,
+                    key.address,
+                    key.asset,
+                    amount_value(volumes.input),
+                    amount_value(volumes.output)
+                ])
+                .map_err(err)?;
+        }
+    }
+    let mut statement = conn
+        .prepare_cached(
+            "INSERT INTO projection_state (ledger_id, applied_tx_id) VALUES (?1, ?2) \
+             ON CONFLICT (ledger_id) DO UPDATE SET applied_tx_id = MAX(applied_tx_id, excluded.applied_tx_id)",
+        )
+        .map_err(err)?;
+    for (ledger, applied) in &projections.applied {
+        statement
+            .execute(params![ledger, *applied as i64])
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Rebuilds the projections of transactions committed after the last flush (after a crash).
+fn recover_projections(conn: &Connection) -> StoreResult<u64> {
+    const PAGE: i64 = 10_000;
+    let ledgers: Vec<(i64, i64)> = {
+        let mut statement = conn
+            .prepare(
+                "SELECT g.id, COALESCE((SELECT applied_tx_id FROM projection_state p WHERE p.ledger_id = g.id), 0) \
+                 FROM ledgers g",
+            )
+            .map_err(err)?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(err)?;
+        rows.collect::<Result<_, _>>().map_err(err)?
+    };
+    let mut replayed = 0;
+    for (ledger, mut applied) in ledgers {
+        loop {
+            let rows = run_query(
+                conn,
+                "SELECT t.id, t.timestamp, t.reference, t.postings, t.metadata, t.post_commit_volumes, \
+                 t.inserted_at, t.updated_at, t.reverted_at FROM transactions t \
+                 WHERE t.ledger_id = $1 AND t.id > $2 ORDER BY t.id LIMIT $3",
+                &[SqlValue::Int(ledger), SqlValue::Int(applied), SqlValue::Int(PAGE)],
+            )?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut projections = Projections::default();
+            for row in &rows {
+                let tx = transaction_from_row(row)?;
+                projections.moves.extend(moves_of(ledger, &tx));
+                for (address, assets) in &tx.post_commit_volumes {
+                    for (asset, volumes) in assets {
+                        let key = VolumeKey {
+                            ledger,
+                            address: address.clone(),
+                            asset: asset.clone(),
+                        };
+                        projections.volumes.insert(key, *volumes);
+                    }
+                }
+                applied = tx.id as i64;
+                replayed += 1;
+            }
+            projections.applied.insert(ledger, applied as TxId);
+            conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+            match write_projections(conn, &mut projections) {
+                Ok(()) => conn.execute_batch("COMMIT").map_err(err)?,
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(replayed)
+}
+
+fn transaction_from_row(row: &Row) -> StoreResult<Transaction> {
+    Ok(Transaction {
+        id: sql_reader::int(row, 0)? as TxId,
+        timestamp: coffer_ledger::Timestamp(sql_reader::int(row, 1)?),
+        reference: sql_reader::opt_text(row, 2)?,
+        postings: codec::decode_postings(&sql_reader::text(row, 3)?)?,
+        metadata: codec::decode_metadata(&sql_reader::text(row, 4)?)?,
+        post_commit_volumes: codec::decode_volumes(&sql_reader::text(row, 5)?)?,
+        inserted_at: coffer_ledger::Timestamp(sql_reader::int(row, 6)?),
+        updated_at: coffer_ledger::Timestamp(sql_reader::int(row, 7)?),
+        reverted_at: sql_reader::opt_int(row, 8)?.map(coffer_ledger::Timestamp),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,6 +575,37 @@ impl SqlBackend for Readers {
 pub struct SqliteWriter {
     conn: Connection,
     in_transaction: bool,
+    /// Projections of committed batches, not written yet.
+    pending: Projections,
+    /// Projections of the open batch; they join `pending` when it commits.
+    staged: Projections,
+}
+
+/// Volumes and moves are not written with each batch: they are derived from the transactions,
+/// and writing their randomly placed rows every batch would dominate the cost of a commit.
+/// They are written in bulk by [`StoreWriter::flush_projections`]; until then the writer
+/// answers balance reads from here, and after a crash [`recover_projections`] rebuilds them.
+#[derive(Default)]
+struct Projections {
+    volumes: HashMap<VolumeKey, Volumes>,
+    moves: Vec<MoveRow>,
+    /// Per ledger, the last transaction these projections cover.
+    applied: HashMap<LedgerId, TxId>,
+}
+
+impl Projections {
+    fn rows(&self) -> usize {
+        self.volumes.len() + self.moves.len()
+    }
+
+    fn absorb(&mut self, other: Projections) {
+        self.volumes.extend(other.volumes);
+        self.moves.extend(other.moves);
+        for (ledger, id) in other.applied {
+            let applied = self.applied.entry(ledger).or_default();
+            *applied = (*applied).max(id);
+        }
+    }
 }
 
 fn hash_param(hash: &Option<Hash>) -> Option<&[u8]> {
@@ -397,10 +637,13 @@ impl StoreWriter for SqliteWriter {
         assert!(self.in_transaction, "commit outside a transaction");
         self.conn.execute_batch("COMMIT").map_err(err)?;
         self.in_transaction = false;
+        let staged = std::mem::take(&mut self.staged);
+        self.pending.absorb(staged);
         Ok(())
     }
 
     fn rollback(&mut self) -> StoreResult<()> {
+        self.staged = Projections::default();
         if self.in_transaction {
             self.in_transaction = false;
             self.conn.execute_batch("ROLLBACK").map_err(err)?;
@@ -472,6 +715,10 @@ impl StoreWriter for SqliteWriter {
             .map_err(err)?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
+            if let Some(volumes) = self.pending.volumes.get(key) {
+                out.push(Some(*volumes));
+                continue;
+            }
             let row = statement
                 .query_row(params![key.ledger, key.address, key.asset], |row| {
                     Ok((amount_of(row.get_ref(0)?)?, amount_of(row.get_ref(1)?)?))
@@ -523,20 +770,7 @@ impl StoreWriter for SqliteWriter {
              t.updated_at, t.reverted_at FROM transactions t WHERE t.ledger_id = $1 AND t.id = $2",
             &[SqlValue::Int(ledger), SqlValue::Int(id as i64)],
         )?;
-        let Some(row) = rows.first() else {
-            return Ok(None);
-        };
-        Ok(Some(Transaction {
-            id: sql_reader::int(row, 0)? as TxId,
-            timestamp: coffer_ledger::Timestamp(sql_reader::int(row, 1)?),
-            reference: sql_reader::opt_text(row, 2)?,
-            postings: codec::decode_postings(&sql_reader::text(row, 3)?)?,
-            metadata: codec::decode_metadata(&sql_reader::text(row, 4)?)?,
-            post_commit_volumes: codec::decode_volumes(&sql_reader::text(row, 5)?)?,
-            inserted_at: coffer_ledger::Timestamp(sql_reader::int(row, 6)?),
-            updated_at: coffer_ledger::Timestamp(sql_reader::int(row, 7)?),
-            reverted_at: sql_reader::opt_int(row, 8)?.map(coffer_ledger::Timestamp),
-        }))
+        rows.first().map(transaction_from_row).transpose()
     }
 
     fn find_logs_by_idempotency_keys(
@@ -649,47 +883,6 @@ impl StoreWriter for SqliteWriter {
             }
         }
         {
-            let mut statement = conn
-                .prepare_cached(
-                    "INSERT INTO moves (ledger_id, address, asset, tx_id, timestamp, input_delta, output_delta, roles) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .map_err(err)?;
-            for row in &writes.moves {
-                statement
-                    .execute(params![
-                        row.ledger,
-                        row.address,
-                        row.asset,
-                        row.tx_id as i64,
-                        row.timestamp.micros(),
-                        amount_value(row.input_delta),
-                        amount_value(row.output_delta),
-                        row.roles
-                    ])
-                    .map_err(err)?;
-            }
-        }
-        {
-            let mut statement = conn
-                .prepare_cached(
-                    "INSERT INTO volumes (ledger_id, address, asset, input, output) VALUES (?1, ?2, ?3, ?4, ?5) \
-                     ON CONFLICT (ledger_id, address, asset) DO UPDATE SET input = excluded.input, output = excluded.output",
-                )
-                .map_err(err)?;
-            for (key, volumes) in &writes.volumes {
-                statement
-                    .execute(params![
-                        key.ledger,
-                        key.address,
-                        key.asset,
-                        amount_value(volumes.input),
-                        amount_value(volumes.output)
-                    ])
-                    .map_err(err)?;
-            }
-        }
-        {
             let mut plain = conn
                 .prepare_cached(
                     "INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) \
@@ -751,6 +944,46 @@ impl StoreWriter for SqliteWriter {
                     .map_err(err)?;
             }
         }
+        for (key, volumes) in &writes.volumes {
+            self.staged.volumes.insert(key.clone(), *volumes);
+        }
+        for (ledger, tx) in &writes.transactions {
+            self.staged.moves.extend(moves_of(*ledger, tx));
+            let applied = self.staged.applied.entry(*ledger).or_default();
+            *applied = (*applied).max(tx.id);
+        }
         Ok(())
+    }
+
+    fn flush_projections(&mut self) -> StoreResult<()> {
+        assert!(
+            !self.in_transaction,
+            "projections are flushed between batches"
+        );
+        if self.pending.rows() == 0 && self.pending.applied.is_empty() {
+            return Ok(());
+        }
+        // Losing this commit in a crash loses nothing: recovery rebuilds it from transactions.
+        self.conn
+            .execute_batch("PRAGMA synchronous=OFF; BEGIN IMMEDIATE")
+            .map_err(err)?;
+        let result = write_projections(&self.conn, &mut self.pending);
+        let result = match result {
+            Ok(()) => self.conn.execute_batch("COMMIT").map_err(err),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        };
+        self.conn
+            .execute_batch("PRAGMA synchronous=FULL")
+            .map_err(err)?;
+        result?;
+        self.pending = Projections::default();
+        Ok(())
+    }
+
+    fn pending_projections(&self) -> usize {
+        self.pending.rows()
     }
 }
