@@ -483,6 +483,7 @@ fn monetary(json: MonetaryJson) -> Monetary {
 #[into_params(parameter_in = Query)]
 pub struct ListWalletsParams {
     /// Page size, 1 to 100 (default 15; larger values are capped).
+    #[param(value_type = Option<u32>, minimum = 1)]
     pub page_size: Option<String>,
     /// Cursor from a previous page; every other parameter is then ignored.
     pub cursor: Option<String>,
@@ -490,12 +491,6 @@ pub struct ListWalletsParams {
     pub name: Option<String>,
     /// `balances` to fill `balances.main.assets`.
     pub expand: Option<String>,
-    /// Custom metadata filter, as `metadata[key]=value` (deepObject).
-    /// (Documents the parameter; the pairs are read with [`QueryPairs`].)
-    #[serde(skip)]
-    #[param(value_type = Option<Object>, style = DeepObject, explode)]
-    #[allow(dead_code)]
-    pub metadata: Option<Metadata>,
 }
 
 #[derive(Deserialize, IntoParams, Debug, Default)]
@@ -503,15 +498,10 @@ pub struct ListWalletsParams {
 #[into_params(parameter_in = Query)]
 pub struct ListBalancesParams {
     /// Page size, 1 to 100 (default 15; larger values are capped).
+    #[param(value_type = Option<u32>, minimum = 1)]
     pub page_size: Option<String>,
     /// Cursor from a previous page; every other parameter is then ignored.
     pub cursor: Option<String>,
-    /// Custom metadata filter, as `metadata[key]=value` (deepObject).
-    /// (Documents the parameter; the pairs are read with [`QueryPairs`].)
-    #[serde(skip)]
-    #[param(value_type = Option<Object>, style = DeepObject, explode)]
-    #[allow(dead_code)]
-    pub metadata: Option<Metadata>,
 }
 
 #[derive(Deserialize, IntoParams, Debug, Default)]
@@ -519,6 +509,7 @@ pub struct ListBalancesParams {
 #[into_params(parameter_in = Query)]
 pub struct ListHoldsParams {
     /// Page size, 1 to 100 (default 15; larger values are capped).
+    #[param(value_type = Option<u32>, minimum = 1)]
     pub page_size: Option<String>,
     /// Cursor from a previous page; every other parameter is then ignored.
     pub cursor: Option<String>,
@@ -526,12 +517,6 @@ pub struct ListHoldsParams {
     #[serde(rename = "walletID")]
     #[param(rename = "walletID")]
     pub wallet_id: Option<String>,
-    /// Custom metadata filter, as `metadata[key]=value` (deepObject).
-    /// (Documents the parameter; the pairs are read with [`QueryPairs`].)
-    #[serde(skip)]
-    #[param(value_type = Option<Object>, style = DeepObject, explode)]
-    #[allow(dead_code)]
-    pub metadata: Option<Metadata>,
 }
 
 #[derive(Deserialize, IntoParams, Debug, Default)]
@@ -539,6 +524,7 @@ pub struct ListHoldsParams {
 #[into_params(parameter_in = Query)]
 pub struct ListTransactionsParams {
     /// Page size, 1 to 100 (default 15; larger values are capped).
+    #[param(value_type = Option<u32>, minimum = 1)]
     pub page_size: Option<String>,
     /// Cursor from a previous page; every other parameter is then ignored.
     pub cursor: Option<String>,
@@ -600,7 +586,10 @@ async fn get_info() -> Json<WalletsServerInfo> {
 }
 
 /// List wallets, filtered by name and custom metadata.
-#[utoipa::path(get, path = "/api/wallets/wallets", tag = "wallets.v1", params(ListWalletsParams),
+#[utoipa::path(get, path = "/api/wallets/wallets", tag = "wallets.v1",
+    params(ListWalletsParams,
+        ("metadata" = Option<Object>, Query, style = DeepObject, explode,
+            description = "Custom metadata filter, as `metadata[key]=value`")),
     responses((status = 200, body = WalletsCursorResponse<WalletJson>),
         (status = "default", body = ErrorResponse)))]
 async fn list_wallets(
@@ -625,7 +614,8 @@ async fn list_wallets(
 #[utoipa::path(post, path = "/api/wallets/wallets", tag = "wallets.v1",
     params(("Idempotency-Key" = Option<String>, Header)),
     request_body = CreateWalletRequest,
-    responses((status = 201, body = WalletsData<WalletJson>), (status = "default", body = ErrorResponse)))]
+    responses((status = 201, body = WalletsData<WalletJson>),
+        (status = "default", body = ErrorResponse)))]
 async fn create_wallet(
     State(state): State<SharedState>,
     IdempotencyKey(key): IdempotencyKey,
@@ -648,7 +638,8 @@ async fn create_wallet(
 /// Get a wallet with the assets of its main balance; 404 (empty body) if unknown.
 #[utoipa::path(get, path = "/api/wallets/wallets/{id}", tag = "wallets.v1",
     params(("id" = String, Path)),
-    responses((status = 200, body = WalletsData<WalletJson>), (status = 404, description = "No such wallet (empty body)"),
+    responses((status = 200, body = WalletsData<WalletJson>),
+        (status = 404, description = "No such wallet (empty body)"),
         (status = "default", body = ErrorResponse)))]
 async fn get_wallet(
     State(state): State<SharedState>,
@@ -685,7 +676,8 @@ async fn update_wallet(
 /// Balances and funds of a wallet; an unknown wallet has an empty summary.
 #[utoipa::path(get, path = "/api/wallets/wallets/{id}/summary", tag = "wallets.v1",
     params(("id" = String, Path)),
-    responses((status = 200, body = WalletsData<WalletSummaryJson>), (status = "default", body = ErrorResponse)))]
+    responses((status = 200, body = WalletsData<WalletSummaryJson>),
+        (status = "default", body = ErrorResponse)))]
 async fn get_wallet_summary(
     State(state): State<SharedState>,
     Path(id): Path<String>,
@@ -698,8 +690,11 @@ async fn get_wallet_summary(
 
 /// List the balances of a wallet (main included).
 #[utoipa::path(get, path = "/api/wallets/wallets/{id}/balances", tag = "wallets.v1",
-    params(("id" = String, Path), ListBalancesParams),
-    responses((status = 200, body = WalletsCursorResponse<BalanceJson>), (status = "default", body = ErrorResponse)))]
+    params(("id" = String, Path), ListBalancesParams,
+        ("metadata" = Option<Object>, Query, style = DeepObject, explode,
+            description = "Custom metadata filter, as `metadata[key]=value`")),
+    responses((status = 200, body = WalletsCursorResponse<BalanceJson>),
+        (status = "default", body = ErrorResponse)))]
 async fn list_balances(
     State(state): State<SharedState>,
     Path(id): Path<String>,
@@ -716,7 +711,8 @@ async fn list_balances(
 #[utoipa::path(post, path = "/api/wallets/wallets/{id}/balances", tag = "wallets.v1",
     params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     request_body = CreateBalanceRequest,
-    responses((status = 201, body = WalletsData<BalanceJson>), (status = "default", body = ErrorResponse)))]
+    responses((status = 201, body = WalletsData<BalanceJson>),
+        (status = "default", body = ErrorResponse)))]
 async fn create_balance(
     State(state): State<SharedState>,
     Path(id): Path<String>,
@@ -746,7 +742,8 @@ async fn create_balance(
 #[utoipa::path(get, path = "/api/wallets/wallets/{id}/balances/{balanceName}", tag = "wallets.v1",
     params(("id" = String, Path), ("balanceName" = String, Path)),
     responses((status = 200, body = WalletsData<BalanceWithAssetsJson>),
-        (status = 404, description = "No such balance (empty body)"), (status = "default", body = ErrorResponse)))]
+        (status = 404, description = "No such balance (empty body)"),
+            (status = "default", body = ErrorResponse)))]
 async fn get_balance(
     State(state): State<SharedState>,
     Path((id, name)): Path<(String, String)>,
@@ -838,8 +835,12 @@ async fn debit_wallet(
 }
 
 /// List holds, of one wallet with `walletID`, filtered by custom metadata.
-#[utoipa::path(get, path = "/api/wallets/holds", tag = "wallets.v1", params(ListHoldsParams),
-    responses((status = 200, body = WalletsCursorResponse<HoldJson>), (status = "default", body = ErrorResponse)))]
+#[utoipa::path(get, path = "/api/wallets/holds", tag = "wallets.v1",
+    params(ListHoldsParams,
+        ("metadata" = Option<Object>, Query, style = DeepObject, explode,
+            description = "Custom metadata filter, as `metadata[key]=value`")),
+    responses((status = 200, body = WalletsCursorResponse<HoldJson>),
+        (status = "default", body = ErrorResponse)))]
 async fn get_holds(
     State(state): State<SharedState>,
     Query(params): Query<ListHoldsParams>,
@@ -858,7 +859,8 @@ async fn get_holds(
 #[utoipa::path(get, path = "/api/wallets/holds/{holdID}", tag = "wallets.v1",
     params(("holdID" = String, Path)),
     responses((status = 200, body = WalletsData<ExpandedDebitHoldJson>),
-        (status = 404, description = "No such hold (empty body)"), (status = "default", body = ErrorResponse)))]
+        (status = 404, description = "No such hold (empty body)"),
+            (status = "default", body = ErrorResponse)))]
 async fn get_hold(
     State(state): State<SharedState>,
     Path(id): Path<String>,

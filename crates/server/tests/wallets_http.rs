@@ -541,7 +541,8 @@ fn holds_lifecycle() {
     let hold_id = hold["id"].as_str().unwrap().to_string();
     assert_eq!(
         hold,
-        json!({"id": hold_id, "walletID": id, "destination": {"type": "ACCOUNT", "identifier": "shop"},
+        json!({"id": hold_id, "walletID": id,
+            "destination": {"type": "ACCOUNT", "identifier": "shop"},
             "asset": "USD", "metadata": {"order": "7"}, "description": "d"})
     );
     let other = app.ok(
@@ -672,7 +673,8 @@ fn summary_of_an_unknown_wallet_is_empty() {
     let body = app.ok(reply, StatusCode::OK);
     assert_eq!(
         body["data"],
-        json!({"balances": [], "availableFunds": {}, "expiredFunds": {}, "expirableFunds": {}, "holdFunds": {}})
+        json!({"balances": [], "availableFunds": {}, "expiredFunds": {}, "expirableFunds": {},
+            "holdFunds": {}})
     );
 }
 
@@ -748,6 +750,20 @@ fn openapi_documents_every_wallets_route() {
                 "{method} {path} is not documented"
             );
         }
+    }
+    for path in [
+        "/api/wallets/wallets",
+        "/api/wallets/wallets/{id}/balances",
+        "/api/wallets/holds",
+    ] {
+        let parameters = paths[path]["get"]["parameters"].as_array().unwrap();
+        let metadata = parameters
+            .iter()
+            .find(|p| p["name"] == "metadata")
+            .expect(path);
+        assert_eq!(metadata["style"], "deepObject", "{path}");
+        assert_eq!(metadata["in"], "query", "{path}");
+        assert!(parameters.iter().any(|p| p["name"] == "pageSize"), "{path}");
     }
     let wallets_paths = paths
         .keys()

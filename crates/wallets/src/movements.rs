@@ -223,7 +223,8 @@ impl Wallets {
         }
         if live.len() > DEBIT_SOURCES_MAX {
             return Err(WalletError::validation(format!(
-                "balances: a debit draws from at most {DEBIT_SOURCES_MAX} balances, \"*\" selects {}",
+                "balances: a debit draws from at most {DEBIT_SOURCES_MAX} balances, \
+                 \"*\" selects {}",
                 live.len()
             )));
         }

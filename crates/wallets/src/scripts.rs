@@ -106,7 +106,8 @@ pub fn void_hold(hold: &str, asset: &str, returns: &[(String, Amount)]) -> Scrip
     plain.push_str("}\n");
     write!(
         plain,
-        "send [$asset *] (\n  source = $hold\n  destination = {{\n{block}    remaining kept\n  }}\n)\n"
+        "send [$asset *] (\n  source = $hold\n  destination = {{\n{block}    remaining kept\n  \
+         }}\n)\n"
     )
     .expect("write to string");
     vars.insert("hold".to_string(), hold.to_string());
