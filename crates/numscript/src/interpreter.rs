@@ -16,7 +16,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use crate::syntax::*;
 use crate::value::{
     asset_base_and_scale, is_valid_account, is_valid_asset, is_valid_color, parse_integer,
-    percentage_ratio, Ratio, Text, Value,
+    percentage_ratio, same_text, Ratio, Text, Value,
 };
 use crate::{
     Amount, BalanceRequest, Execution, FeatureFlags, Posting, ProgramInner, RuntimeError, Store,
@@ -431,7 +431,11 @@ impl<'a> Interpreter<'a, '_> {
             let exact = if pending.len() <= 16 {
                 pending
                     .iter()
-                    .find(|k| *k.0 == *row.account && *k.1 == *row.asset && *k.2 == *row.color)
+                    .find(|k| {
+                        same_text(&k.0, &row.account)
+                            && same_text(&k.1, &row.asset)
+                            && same_text(&k.2, &row.color)
+                    })
                     .cloned()
             } else {
                 let key = (

@@ -190,8 +190,29 @@ impl PartialEq for Text<'_> {
     fn eq(&self, other: &Self) -> bool {
         let (left, right): (&str, &str) = (self, other);
         // Texts borrowed from the same place are equal without comparing bytes.
-        (left.as_ptr() == right.as_ptr() && left.len() == right.len()) || left == right
+        (left.as_ptr() == right.as_ptr() && left.len() == right.len()) || same_text(left, right)
     }
+}
+
+/// String equality without a `memcmp` call: names are short, and the call costs more than the
+/// comparison.
+#[inline]
+pub(crate) fn same_text(left: &str, right: &str) -> bool {
+    let (left, right) = (left.as_bytes(), right.as_bytes());
+    if left.len() != right.len() {
+        return false;
+    }
+    let mut left_words = left.chunks_exact(8);
+    let mut right_words = right.chunks_exact(8);
+    for (l, r) in (&mut left_words).zip(&mut right_words) {
+        let l = u64::from_ne_bytes(l.try_into().expect("8 bytes"));
+        let r = u64::from_ne_bytes(r.try_into().expect("8 bytes"));
+        if l != r {
+            return false;
+        }
+    }
+    let (left_rest, right_rest) = (left_words.remainder(), right_words.remainder());
+    (0..left_rest.len()).all(|i| left_rest[i] == right_rest[i])
 }
 
 impl Eq for Text<'_> {}
