@@ -62,7 +62,7 @@ fn main() -> ExitCode {
 fn verify(url: &str) -> anyhow::Result<ExitCode> {
     let store = store_url::open(url, store_url::Access::ReadOnly)?;
     println!("verifying {}", store.describe());
-    let report = coffer_ledger::verify::verify(store.reader())?;
+    let report = coffer_ledger::verify::verify(store.as_ref())?;
     println!("{report}");
     Ok(if report.is_ok() {
         ExitCode::SUCCESS

@@ -250,10 +250,11 @@ impl<'w> Batch<'w> {
             return self.create_ledger(&request.ledger, bucket.as_deref(), metadata, features);
         }
         let head = self.head(&request.ledger)?.clone();
-        let fingerprint = request.fingerprint();
+        // Only requests with an idempotency key need their input hashed.
+        let fingerprint = request.idempotency_key.as_ref().map(|_| request.fingerprint());
         if let Some(key) = &request.idempotency_key {
             if let Some(entry) = self.idempotency.get(&(head.id, key.clone())).cloned() {
-                if entry.fingerprint != Some(fingerprint) {
+                if entry.fingerprint != fingerprint {
                     return Err(LedgerError::IdempotencyKeyConflict(key.clone()));
                 }
                 let outcome = self.replay(head.id, &entry)?;
@@ -585,7 +586,7 @@ impl<'w> Batch<'w> {
         kind: LogType,
         data: String,
         request: &Request,
-        fingerprint: Hash,
+        fingerprint: Option<Hash>,
     ) -> Result<(), LedgerError> {
         let head = self.heads.get_mut(head_name).expect("locked ledger");
         let id = head.next_log_id;
@@ -603,7 +604,7 @@ impl<'w> Batch<'w> {
         self.touched_heads.insert(head_name.to_string());
         if let Some(key) = &request.idempotency_key {
             let entry = IdempotencyEntry {
-                fingerprint: Some(fingerprint),
+                fingerprint,
                 kind,
                 data: data.clone(),
             };
@@ -615,7 +616,7 @@ impl<'w> Batch<'w> {
             date: self.now,
             data,
             idempotency_key: request.idempotency_key.clone(),
-            idempotency_hash: request.idempotency_key.as_ref().map(|_| fingerprint),
+            idempotency_hash: fingerprint,
             hash,
         };
         self.logs.push((ledger, log));
@@ -647,7 +648,7 @@ impl<'w> Batch<'w> {
         request: &Request,
         input: &NewTransaction,
         script: &PreparedScript,
-        fingerprint: Hash,
+        fingerprint: Option<Hash>,
     ) -> Result<Outcome, LedgerError> {
         let ledger = head.id;
         if let Some(reference) = &input.reference {
@@ -758,7 +759,7 @@ impl<'w> Batch<'w> {
         force: bool,
         at_effective_date: bool,
         metadata: &Metadata,
-        fingerprint: Hash,
+        fingerprint: Option<Hash>,
     ) -> Result<Outcome, LedgerError> {
         let ledger = head.id;
         let original = self
@@ -844,7 +845,7 @@ impl<'w> Batch<'w> {
         request: &Request,
         target: &Target,
         metadata: &Metadata,
-        fingerprint: Hash,
+        fingerprint: Option<Hash>,
     ) -> Result<Outcome, LedgerError> {
         let ledger = head.id;
         let target_id = match target {
@@ -895,7 +896,7 @@ impl<'w> Batch<'w> {
         request: &Request,
         target: &Target,
         key: &str,
-        fingerprint: Hash,
+        fingerprint: Option<Hash>,
     ) -> Result<Outcome, LedgerError> {
         let ledger = head.id;
         let target_id = match target {

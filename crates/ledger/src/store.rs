@@ -335,6 +335,8 @@ pub trait StoreReader: Send + Sync {
 /// A storage backend: readers plus the one writer the engine owns.
 pub trait Store: Send + Sync {
     fn reader(&self) -> &dyn StoreReader;
+    /// A reader whose every query sees one consistent snapshot of the store (for `verify`).
+    fn snapshot(&self) -> StoreResult<Box<dyn StoreReader + '_>>;
     fn writer(&self) -> StoreResult<Box<dyn StoreWriter>>;
     /// For logs and `coffer verify` output; never contains a password.
     fn describe(&self) -> String;

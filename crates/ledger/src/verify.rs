@@ -5,7 +5,7 @@ use std::fmt;
 
 use crate::error::StoreError;
 use crate::log::chain_hash;
-use crate::store::StoreReader;
+use crate::store::{Store, StoreReader};
 use crate::types::{Amount, LedgerInfo, Volumes};
 
 const SCAN_PAGE: u32 = 10_000;
@@ -63,7 +63,11 @@ impl fmt::Display for Report {
     }
 }
 
-pub fn verify(reader: &dyn StoreReader) -> Result<Report, StoreError> {
+/// Verifies every ledger of a store, reading from one consistent snapshot (the store may be in
+/// use by a running server).
+pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
+    let snapshot = store.snapshot()?;
+    let reader = snapshot.as_ref();
     let mut report = Report::default();
     for ledger in reader.all_ledgers()? {
         report.ledgers.push(verify_ledger(reader, &ledger)?);

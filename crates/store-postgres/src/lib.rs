@@ -87,6 +87,14 @@ impl Store for PostgresStore {
         &self.reader
     }
 
+    fn snapshot(&self) -> StoreResult<Box<dyn StoreReader + '_>> {
+        let mut client = connect(&self.url)?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .map_err(pg_err)?;
+        Ok(Box::new(SqlReader { backend: Snapshot { client: std::sync::Mutex::new(client) } }))
+    }
+
     fn writer(&self) -> StoreResult<Box<dyn StoreWriter>> {
         let client = connect(&self.url)?;
         Ok(Box::new(PostgresWriter {
@@ -234,6 +242,22 @@ fn run_query(client: &mut Client, sql: &str, values: &[SqlValue]) -> StoreResult
         .query(sql, &refs)
         .map_err(|e| err(format!("{} in {sql}", pg_err(e))))?;
     rows.iter().map(row_values).collect()
+}
+
+/// One connection inside one repeatable-read transaction: every query sees the same state.
+pub struct Snapshot {
+    client: std::sync::Mutex<Client>,
+}
+
+impl SqlBackend for Snapshot {
+    fn dialect(&self) -> &dyn Dialect {
+        &PostgresDialect
+    }
+
+    fn query(&self, sql: &str, params: &[SqlValue]) -> StoreResult<Vec<Row>> {
+        let mut client = self.client.lock().map_err(|_| err("snapshot connection poisoned"))?;
+        run_query(&mut client, sql, params)
+    }
 }
 
 pub struct Readers {

@@ -157,6 +157,13 @@ impl Store for SqliteStore {
         &self.reader
     }
 
+    fn snapshot(&self) -> StoreResult<Box<dyn StoreReader + '_>> {
+        let conn = open_connection(&self.path, false, READ_CACHE_KIB)?;
+        // The read transaction starts at the first read and holds its snapshot until dropped.
+        conn.execute_batch("BEGIN; SELECT COUNT(*) FROM ledgers;").map_err(err)?;
+        Ok(Box::new(SqlReader { backend: Snapshot { conn: Mutex::new(conn) } }))
+    }
+
     fn writer(&self) -> StoreResult<Box<dyn StoreWriter>> {
         if self._lock.is_none() {
             return Err(err("the store was opened read-only"));
@@ -372,6 +379,25 @@ impl Readers {
                 open_connection(&path, read_only, READ_CACHE_KIB)
             }),
         }
+    }
+}
+
+/// One connection inside one read transaction: every query sees the same state.
+pub struct Snapshot {
+    conn: Mutex<Connection>,
+}
+
+impl SqlBackend for Snapshot {
+    fn dialect(&self) -> &dyn Dialect {
+        &SqliteDialect
+    }
+
+    fn query(&self, sql: &str, params: &[SqlValue]) -> StoreResult<Vec<Row>> {
+        run_query(&self.conn.lock(), sql, params)
+    }
+
+    fn lazy_projections(&self) -> bool {
+        true
     }
 }
 

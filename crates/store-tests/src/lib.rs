@@ -309,7 +309,7 @@ pub fn postings_and_volumes(backend: &dyn Backend) {
         commit(&ledgers, "main", new_tx(vec![])).unwrap_err(),
         LedgerError::NoPostings
     );
-    let verified = coffer_ledger::verify::verify(ledgers.reader()).unwrap();
+    let verified = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(verified.is_ok(), "{verified}");
 }
 
@@ -404,7 +404,7 @@ pub fn scripts(backend: &dyn Backend) {
         fee.postings,
         vec![posting("users:1:main", "fees", 5, "USD/2")]
     );
-    let verified = coffer_ledger::verify::verify(ledgers.reader()).unwrap();
+    let verified = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(verified.is_ok(), "{verified}");
 }
 
@@ -665,7 +665,7 @@ pub fn revert_and_metadata(backend: &dyn Backend) {
             "DELETE_METADATA"
         ]
     );
-    let verified = coffer_ledger::verify::verify(ledgers.reader()).unwrap();
+    let verified = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(verified.is_ok(), "{verified}");
 }
 
@@ -1077,7 +1077,7 @@ pub fn export_import(backend: &dyn Backend) {
         ledgers.scan_logs("tampered", 0, 10).unwrap().is_empty(),
         "a failed import leaves nothing"
     );
-    let verified = coffer_ledger::verify::verify(ledgers.reader()).unwrap();
+    let verified = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(verified.is_ok(), "{verified}");
 }
 
@@ -1110,7 +1110,7 @@ pub fn restart(backend: &dyn Backend) {
     .unwrap();
     assert_eq!(next.id, 51);
     assert_eq!(balance(&ledgers, "main", "u:0", "USD"), 8 * 3 - 3);
-    let verified = coffer_ledger::verify::verify(ledgers.reader()).unwrap();
+    let verified = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(verified.is_ok(), "{verified}");
 }
 

@@ -74,7 +74,7 @@ fn check_invariants(ledgers: &Ledgers, ledger: &str, overdraft_allowed: &[&str])
         sums.values().all(|sum| *sum == 0),
         "assets do not sum to zero: {sums:?}"
     );
-    let verified = coffer_ledger::verify::verify(ledgers.reader()).unwrap();
+    let verified = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(verified.is_ok(), "{verified}");
 }
 
@@ -276,6 +276,6 @@ pub fn random_workload(backend: &dyn Backend) {
     ledgers.shutdown();
     drop(ledgers);
     let ledgers = service(backend);
-    let verified = coffer_ledger::verify::verify(ledgers.reader()).unwrap();
+    let verified = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(verified.is_ok(), "{verified}");
 }
