@@ -251,7 +251,10 @@ impl<'w> Batch<'w> {
         }
         let head = self.head(&request.ledger)?.clone();
         // Only requests with an idempotency key need their input hashed.
-        let fingerprint = request.idempotency_key.as_ref().map(|_| request.fingerprint());
+        let fingerprint = request
+            .idempotency_key
+            .as_ref()
+            .map(|_| request.fingerprint());
         if let Some(key) = &request.idempotency_key {
             if let Some(entry) = self.idempotency.get(&(head.id, key.clone())).cloned() {
                 if entry.fingerprint != fingerprint {

@@ -442,6 +442,38 @@ impl Ledgers {
             .count_transactions(info.id, filter.as_ref(), pit)?)
     }
 
+    /// An account, without the projection sync (and its cost) when volumes are not needed:
+    /// account rows and metadata are always current.
+    pub fn find_account(
+        &self,
+        ledger: &str,
+        address: &str,
+        with_volumes: bool,
+    ) -> Result<Option<Account>, LedgerError> {
+        if with_volumes {
+            return match self.get_account(ledger, address, None) {
+                Ok(account) => Ok(Some(account)),
+                Err(LedgerError::NotFound(_)) => Ok(None),
+                Err(err) => Err(err),
+            };
+        }
+        let info = self.ledger(ledger)?;
+        let filter =
+            Filter::Condition(crate::query::Condition::AddressIn(
+                vec![address.to_string()],
+            ));
+        let list = ListAccounts {
+            ledger: info.id,
+            filter: Some(&filter),
+            pit: None,
+            direction: Direction::Ascending,
+            after: None,
+            limit: 1,
+            with_volumes: false,
+        };
+        Ok(self.reader().list_accounts(&list)?.pop())
+    }
+
     pub fn get_account(
         &self,
         ledger: &str,

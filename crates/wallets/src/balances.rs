@@ -116,7 +116,7 @@ impl Wallets {
         balance: &Balance,
         key: Option<&str>,
     ) -> Result<Option<Balance>, WalletError> {
-        let Some(account) = self.account(address)? else {
+        let Some(account) = self.account_row(address)? else {
             return Ok(None);
         };
         if !chart::is_balance(&account.metadata) {

@@ -116,12 +116,14 @@ impl Wallets {
         }
     }
 
+    /// An account with its volumes (balances are read after every acknowledged write).
     fn account(&self, address: &str) -> Result<Option<Account>, WalletError> {
-        match self.ledgers.get_account(&self.ledger, address, None) {
-            Ok(account) => Ok(Some(account)),
-            Err(LedgerError::NotFound(_)) => Ok(None),
-            Err(err) => Err(err.into()),
-        }
+        Ok(self.ledgers.find_account(&self.ledger, address, true)?)
+    }
+
+    /// An account's row and metadata only: cheaper, for existence and metadata checks.
+    fn account_row(&self, address: &str) -> Result<Option<Account>, WalletError> {
+        Ok(self.ledgers.find_account(&self.ledger, address, false)?)
     }
 
     fn list_accounts(

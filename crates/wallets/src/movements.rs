@@ -74,7 +74,7 @@ impl Wallets {
             Some(name) => {
                 validate::balance_name("balance", name)?;
                 let address = chart::balance_account(&credit.wallet_id, name);
-                match self.account(&address)? {
+                match self.account_row(&address)? {
                     Some(account) if is_balance_of(&account, &credit.wallet_id, name) => address,
                     _ => {
                         return Err(WalletError::validation(format!(
@@ -198,7 +198,7 @@ impl Wallets {
                         continue;
                     }
                     let address = chart::balance_account(wallet_id, name);
-                    match self.account(&address)? {
+                    match self.account_row(&address)? {
                         Some(account) if is_balance_of(&account, wallet_id, name) => {
                             balances.push(balance_of(&account))
                         }

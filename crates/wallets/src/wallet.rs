@@ -85,7 +85,7 @@ impl Wallets {
 
     /// The wallet an earlier request with the same key created, if any.
     fn replay_create(&self, id: &str, hash: &str) -> Result<Option<Wallet>, WalletError> {
-        let Some(account) = self.account(&chart::main_account(id))? else {
+        let Some(account) = self.account_row(&chart::main_account(id))? else {
             return Ok(None);
         };
         if !chart::is_primary(&account.metadata) {
@@ -134,17 +134,30 @@ impl Wallets {
 
     /// The main account of wallet `id` if it is a wallet.
     pub(crate) fn wallet_account(&self, id: &str) -> Result<Option<Account>, WalletError> {
+        self.wallet_account_with(id, true)
+    }
+
+    fn wallet_account_with(
+        &self,
+        id: &str,
+        with_volumes: bool,
+    ) -> Result<Option<Account>, WalletError> {
         if !chart::is_segment(id) {
             return Ok(None);
         }
-        let account = self.account(&chart::main_account(id))?;
+        let address = chart::main_account(id);
+        let account = if with_volumes {
+            self.account(&address)?
+        } else {
+            self.account_row(&address)?
+        };
         Ok(account.filter(|account| chart::is_primary(&account.metadata)))
     }
 
     /// Wallet `field` must exist (for operations where an unknown wallet is a client mistake).
     pub(crate) fn require_wallet(&self, field: &str, id: &str) -> Result<Account, WalletError> {
         validate::wallet_id(field, id)?;
-        self.wallet_account(id)?
+        self.wallet_account_with(id, false)?
             .ok_or_else(|| WalletError::validation(format!("{field}: wallet {id:?} not found")))
     }
 
