@@ -1,0 +1,18 @@
+//! Starts a throwaway PostgreSQL cluster (durable: fsync on), prints the URL of a fresh
+//! database, and keeps the cluster until stdin closes or a line is entered. For benchmarks:
+//!
+//! ```sh
+//! cargo run --release -p coffer-pg-harness --example cluster
+//! ```
+
+use std::io::BufRead;
+
+fn main() {
+    let cluster = coffer_pg_harness::Cluster::start(coffer_pg_harness::Options { durable: true })
+        .unwrap_or_else(|err| panic!("{err}"));
+    let url = cluster.create_database("coffer").unwrap_or_else(|err| panic!("{err}"));
+    println!("{url}");
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    cluster.stop();
+}
