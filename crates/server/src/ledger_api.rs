@@ -100,8 +100,10 @@ pub struct V2Transaction {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reverted_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::openapi::volumes_by_account_schema)]
     pub post_commit_volumes: Option<VolumesJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::openapi::volumes_by_account_schema)]
     pub pre_commit_volumes: Option<VolumesJson>,
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
-use utoipa::openapi::RefOr;
+use utoipa::openapi::{Ref, RefOr};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -30,6 +30,19 @@ pub fn amount_schema() -> Schema {
         .description(Some(
             "An integer amount in the asset's smallest unit (up to 2^127-1)",
         ))
+        .into()
+}
+
+/// Volumes by account then asset: `{"users:1": {"USD/2": V2Volume}}`. Spelled out because the
+/// generated name of `BTreeMap<String, BTreeMap<String, V2Volume>>` would be `BTreeMap`, the
+/// component that already describes string maps (metadata).
+pub fn volumes_by_account_schema() -> Schema {
+    let by_asset = ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::Object))
+        .additional_properties(Some(RefOr::Ref(Ref::from_schema_name("V2Volume"))));
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::Object))
+        .additional_properties(Some(by_asset))
         .into()
 }
 
