@@ -63,20 +63,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let store = store_url::open(&args.store, store_url::Access::ReadWrite)?;
-    let description = store.describe();
     let config = EngineConfig {
         batch_requests_max: args.batch_requests_max.max(1),
         volume_cache_entries_max: args.volume_cache_entries_max.max(1),
         ..EngineConfig::default()
     };
-    let ledgers = Arc::new(Ledgers::open(store, config)?);
-    let wallets_ledgers = ledgers.clone();
+    // Off the async workers: the PostgreSQL client blocks on a runtime of its own, which
+    // panics inside this one ("Cannot start a runtime from within a runtime").
+    let url = args.store.clone();
     let wallets_ledger = args.wallets_ledger.clone();
-    let wallets =
-        tokio::task::spawn_blocking(move || Wallets::open(wallets_ledgers, &wallets_ledger))
-            .await?
-            .with_context(|| format!("preparing the wallets ledger {:?}", args.wallets_ledger))?;
+    let (description, ledgers, wallets) = tokio::task::spawn_blocking(move || {
+        let store = store_url::open(&url, store_url::Access::ReadWrite)?;
+        let description = store.describe();
+        let ledgers = Arc::new(Ledgers::open(store, config)?);
+        let wallets = Wallets::open(ledgers.clone(), &wallets_ledger)
+            .with_context(|| format!("preparing the wallets ledger {wallets_ledger:?}"))?;
+        anyhow::Ok((description, ledgers, wallets))
+    })
+    .await??;
     let state = Arc::new(coffer_server::AppState {
         ledgers: ledgers.clone(),
         wallets: Arc::new(wallets),
