@@ -1,0 +1,407 @@
+//! End-to-end: the real `coffer serve` driven over HTTP by the official Formance Python SDK
+//! (`formance-sdk-python`, pinned in tests/e2e/requirements.txt), on SQLite and on PostgreSQL;
+//! durability through the API (SIGKILL under concurrent writes, restart, every acknowledged
+//! transaction present and replayable by its Idempotency-Key); and a bounded schemathesis run
+//! against `/openapi.json`.
+//!
+//! The Python side lives in tests/e2e/. Its virtual environment is created once, under the
+//! target directory (`target/e2e-venv`), and reused while requirements.txt is unchanged.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const COFFER: &str = env!("CARGO_BIN_EXE_coffer");
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+fn e2e_dir() -> PathBuf {
+    repo_root().join("tests/e2e")
+}
+
+/// The target directory (`CARGO_TARGET_TMPDIR` is `<target>/tmp`).
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target directory")
+        .to_path_buf()
+}
+
+fn run_quiet(command: &mut Command, what: &str) -> Result<(), String> {
+    let output = command
+        .output()
+        .map_err(|e| format!("{what}: cannot run {command:?}: {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    ))
+}
+
+fn create_venv(venv: &Path, requirements: &str) -> Result<(), String> {
+    let python = std::env::var("COFFER_E2E_PYTHON").unwrap_or_else(|_| "python3".into());
+    match Command::new(&python).arg("--version").output() {
+        Ok(output) if output.status.success() => {}
+        _ => {
+            return Err(format!(
+                "the end-to-end tests need Python 3 with venv and pip: `{python}` was not found \
+                 (install python3 and python3-venv, or set COFFER_E2E_PYTHON)"
+            ))
+        }
+    }
+    let _ = std::fs::remove_dir_all(venv);
+    run_quiet(
+        Command::new(&python).args(["-m", "venv"]).arg(venv),
+        "creating the Python virtual environment (is python3-venv installed?)",
+    )?;
+    let pip = venv.join("bin/python");
+    run_quiet(
+        Command::new(&pip)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(e2e_dir().join("requirements.txt")),
+        "pip install -r tests/e2e/requirements.txt (needs access to PyPI)",
+    )?;
+    std::fs::write(venv.join("coffer-requirements.txt"), requirements)
+        .map_err(|e| format!("writing the venv stamp: {e}"))
+}
+
+/// The venv's python, creating the venv once per requirements.txt content.
+fn python() -> &'static Path {
+    static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let venv = VENV.get_or_init(|| {
+        let venv = target_dir().join("e2e-venv");
+        let requirements = std::fs::read_to_string(e2e_dir().join("requirements.txt"))
+            .map_err(|e| format!("tests/e2e/requirements.txt: {e}"))?;
+        std::fs::create_dir_all(target_dir()).map_err(|e| e.to_string())?;
+        // Another test process may be creating it: serialise on a lock file.
+        let lock = std::fs::File::create(target_dir().join("e2e-venv.lock"))
+            .map_err(|e| format!("e2e-venv.lock: {e}"))?;
+        // SAFETY: flock on a file descriptor we own; released when `lock` is closed.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+        let stamp = std::fs::read_to_string(venv.join("coffer-requirements.txt")).ok();
+        if stamp.as_deref() != Some(requirements.as_str()) || !venv.join("bin/python").exists() {
+            let started = Instant::now();
+            create_venv(&venv, &requirements)?;
+            eprintln!("created {} in {:.0?}", venv.display(), started.elapsed());
+        }
+        Ok(venv.join("bin/python"))
+    });
+    match venv {
+        Ok(python) => python,
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// A running `coffer serve`.
+struct Server {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(store: &str, log: &Path) -> Server {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(COFFER)
+            .args(["serve", "--bind", "127.0.0.1:0", "--store", store])
+            .env("COFFER_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("spawn coffer serve");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = sender.send(line);
+            }
+            // Keep draining so the server never writes into a closed pipe.
+            for _ in lines {}
+        });
+        let line = match receiver.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "coffer serve did not start on {store}:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        };
+        let url = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from coffer serve: {line:?}"))
+            .trim()
+            .to_string();
+        Server {
+            child,
+            url,
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("coffer serve did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM: graceful stop, exit 0.
+    fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.wait(Duration::from_secs(30));
+        assert!(
+            status.success(),
+            "coffer serve exited with {status} after SIGTERM:\n{}",
+            self.log_text()
+        );
+    }
+
+    fn crash(mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait(Duration::from_secs(30));
+    }
+
+    fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut start = text.len().saturating_sub(20_000);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        text[start..].to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs a Python command of the e2e directory; panics with its output if it fails.
+fn python_run(args: &[&str], envs: &[(&str, &str)], server: Option<&Server>) -> String {
+    let started = Instant::now();
+    let output = Command::new(python())
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(e2e_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!(
+        "python {} ({:.1?}):\n{stdout}",
+        args.join(" "),
+        started.elapsed()
+    );
+    if !output.status.success() {
+        panic!(
+            "python {} failed ({}):\n{stdout}{stderr}{}",
+            args.join(" "),
+            output.status,
+            server
+                .map(|s| format!("\n--- coffer serve log ---\n{}", s.log_text()))
+                .unwrap_or_default()
+        );
+    }
+    stdout
+}
+
+fn sqlite_store(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("coffer.db").display())
+}
+
+fn postgres_store() -> String {
+    coffer_pg_harness::shared().fresh_database().unwrap()
+}
+
+/// Every SDK scenario of tests/e2e/test_*.py against one server, then a graceful stop.
+fn sdk_scenarios(store: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(store, &dir.path().join("serve.log"));
+    let stdout = python_run(
+        &["-m", "pytest", "-q", "-p", "no:cacheprovider", "."],
+        &[("COFFER_URL", &server.url)],
+        Some(&server),
+    );
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert!(
+        summary.contains(" passed") && !summary.contains("failed") && !summary.contains("error"),
+        "unexpected pytest summary: {summary}"
+    );
+    server.stop();
+}
+
+#[test]
+fn sdk_scenarios_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    sdk_scenarios(&sqlite_store(dir.path()));
+}
+
+#[test]
+fn sdk_scenarios_postgres() {
+    sdk_scenarios(&postgres_store());
+}
+
+/// Complete lines of the acknowledgement file (the last one may be cut while it is written).
+fn acknowledged(path: &Path) -> usize {
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let _ = file.read_to_string(&mut text);
+    }
+    text.matches('\n').count()
+}
+
+/// SIGKILL `coffer serve` while 16 threads post transactions, restart it on the same store,
+/// and check every acknowledged transaction and its idempotent replay; `rounds` times.
+fn durability(store: &str, rounds: usize, acks_per_round: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let acks = dir.path().join("acks.jsonl");
+    let acks_arg = acks.to_str().unwrap().to_string();
+    let log = dir.path().join("serve.log");
+    let mut server = Server::start(store, &log);
+    for round in 0..rounds {
+        let before = acknowledged(&acks);
+        let mut load = Command::new(python())
+            .args([
+                "durability.py",
+                "load",
+                "--url",
+                &server.url,
+                "--ledger",
+                "durability",
+                "--acks",
+                &acks_arg,
+                "--threads",
+                "16",
+                "--max-seconds",
+                "120",
+            ])
+            .current_dir(e2e_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the load");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while acknowledged(&acks) < before + acks_per_round {
+            if let Some(status) = load.try_wait().unwrap() {
+                let mut out = String::new();
+                let _ = load.stdout.take().unwrap().read_to_string(&mut out);
+                let _ = load.stderr.take().unwrap().read_to_string(&mut out);
+                panic!(
+                    "the load stopped early ({status}):\n{out}\n--- coffer serve log ---\n{}",
+                    server.log_text()
+                );
+            }
+            assert!(Instant::now() < deadline, "the load made no progress");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Kill under load: requests are in flight now.
+        server.crash();
+        let output = load.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "load failed: {text}");
+        eprintln!("round {round}: {text}");
+        assert!(acknowledged(&acks) >= before + acks_per_round);
+
+        server = Server::start(store, &log);
+        let stdout = python_run(
+            &[
+                "durability.py",
+                "check",
+                "--url",
+                &server.url,
+                "--ledger",
+                "durability",
+                "--acks",
+                &acks_arg,
+            ],
+            &[],
+            Some(&server),
+        );
+        assert!(stdout.contains("replays hit"), "{stdout}");
+    }
+    server.stop();
+}
+
+#[test]
+fn sigkill_under_http_load_keeps_acknowledged_transactions_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    durability(&sqlite_store(dir.path()), 2, 800);
+}
+
+#[test]
+fn sigkill_under_http_load_keeps_acknowledged_transactions_postgres() {
+    durability(&postgres_store(), 1, 800);
+}
+
+/// schemathesis against /openapi.json: no 5xx, no response that breaks the documented schema.
+/// The same command as in the README, with a bounded number of examples and a fixed seed.
+#[test]
+fn schemathesis_finds_no_server_error_nor_schema_violation() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&sqlite_store(dir.path()), &dir.path().join("serve.log"));
+    let stdout = python_run(
+        &[
+            "schemathesis_run.py",
+            "--url",
+            &server.url,
+            "--max-examples",
+            "30",
+            "--seed",
+            "1",
+        ],
+        &[],
+        Some(&server),
+    );
+    assert!(stdout.contains("schemathesis: passed"), "{stdout}");
+    server.stop();
+}
