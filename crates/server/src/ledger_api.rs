@@ -41,10 +41,13 @@ fn invalid(message: impl Into<String>) -> ApiError {
 
 #[derive(Serialize, Deserialize, ToSchema, Clone, Debug)]
 pub struct V2Posting {
+    #[schema(schema_with = crate::openapi::address_schema)]
     pub source: String,
+    #[schema(schema_with = crate::openapi::address_schema)]
     pub destination: String,
-    #[schema(schema_with = crate::openapi::amount_schema)]
+    #[schema(schema_with = crate::openapi::posting_amount_schema)]
     pub amount: i128,
+    #[schema(schema_with = crate::openapi::asset_schema)]
     pub asset: String,
 }
 
@@ -309,6 +312,7 @@ pub struct V2PostTransaction {
     #[serde(default)]
     pub script: Option<V2PostTransactionScript>,
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub timestamp: Option<String>,
     #[serde(default)]
     pub reference: Option<String>,
@@ -1074,16 +1078,23 @@ async fn revert_transaction(
     ))
 }
 
+/// `{"data": {"USD/2": 123}}`: sums are integers of any size, possibly negative.
+#[derive(Serialize, ToSchema, Debug)]
+pub struct V2AggregateBalancesResponse {
+    #[schema(schema_with = crate::openapi::amounts_by_asset_schema)]
+    pub data: BTreeMap<String, i128>,
+}
+
 /// Sum of balances per asset over the accounts matching the filter.
 #[utoipa::path(get, path = "/api/ledger/v2/{ledger}/aggregate/balances", tag = "ledger.v2",
     params(("ledger" = String, Path), AggregateParams),
-    responses((status = 200, body = DataResponse<BTreeMap<String, i64>>), (status = "default", body = ErrorResponse)))]
+    responses((status = 200, body = V2AggregateBalancesResponse), (status = "default", body = ErrorResponse)))]
 async fn get_balances_aggregated(
     State(state): State<SharedState>,
     Path(ledger): Path<String>,
     Query(params): Query<AggregateParams>,
     OptionalJsonBody(body): OptionalJsonBody<Value>,
-) -> ApiResult<Json<DataResponse<BTreeMap<String, i128>>>> {
+) -> ApiResult<Json<V2AggregateBalancesResponse>> {
     let filter = filter_text(&params.query, body);
     let pit = parse_time("pit", &params.pit)?;
     let balances = blocking(move || {
@@ -1092,7 +1103,7 @@ async fn get_balances_aggregated(
             .aggregate_balances(&ledger, filter.as_deref(), pit)?)
     })
     .await?;
-    Ok(Json(DataResponse { data: balances }))
+    Ok(Json(V2AggregateBalancesResponse { data: balances }))
 }
 
 /// Volumes and balances per account and asset, optionally over a time window.

@@ -46,6 +46,43 @@ pub fn volumes_by_account_schema() -> Schema {
         .into()
 }
 
+/// A posting's amount: a non-negative integer.
+pub fn posting_amount_schema() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::Integer))
+        .minimum(Some(0))
+        .description(Some(
+            "A non-negative integer amount in the asset's smallest unit (up to 2^127-1)",
+        ))
+        .into()
+}
+
+/// Formance's asset grammar (as `coffer_ledger::types::is_valid_asset` checks it).
+pub fn asset_schema() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::String))
+        .pattern(Some("^[A-Z][A-Z0-9]{0,16}(_[A-Z]{1,16})?(/[0-9]{1,6})?$"))
+        .examples(["USD/2"])
+        .into()
+}
+
+/// An account address: segments of `[a-zA-Z0-9_-]` separated by `:`.
+pub fn address_schema() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::String))
+        .pattern(Some("^[a-zA-Z0-9_-]+(:[a-zA-Z0-9_-]+)*$"))
+        .examples(["users:001"])
+        .into()
+}
+
+/// Amounts per asset: `{"USD/2": 100}` (integers of any size, possibly negative).
+pub fn amounts_by_asset_schema() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::Object))
+        .additional_properties(Some(amount_schema()))
+        .into()
+}
+
 /// A free-form JSON object (log payloads).
 pub fn any_object_schema() -> Schema {
     ObjectBuilder::new()
