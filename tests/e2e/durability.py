@@ -53,7 +53,7 @@ def load(args) -> int:
     lock = threading.Lock()
     out = open(args.acks, "a", encoding="utf-8")
     deadline = time.monotonic() + args.max_seconds
-    stats = {"acked": 0, "refused": 0, "lost": 0}
+    stats = {"acked": 0, "refused": 0, "unavailable": 0, "lost": 0}
     run = uuid.uuid4().hex[:8]
 
     def worker(thread: int) -> None:
@@ -88,6 +88,10 @@ def load(args) -> int:
                 elif res.status_code == 400 and res.json().get("errorCode") == "INSUFFICIENT_FUND":
                     with lock:
                         stats["refused"] += 1
+                elif res.status_code == 503:
+                    # Overloaded: not committed, not acknowledged; go on.
+                    with lock:
+                        stats["unavailable"] += 1
                 else:
                     print(f"unexpected answer {res.status_code}: {res.text}", file=sys.stderr)
                     os_exit_code[0] = 1
@@ -100,7 +104,10 @@ def load(args) -> int:
     for thread in threads:
         thread.join()
     out.close()
-    print(f"load: {stats['acked']} acknowledged, {stats['refused']} refused, {stats['lost']} cut by the kill")
+    print(
+        f"load: {stats['acked']} acknowledged, {stats['refused']} refused for funds, "
+        f"{stats['unavailable']} answered 503, {stats['lost']} cut by the kill"
+    )
     return os_exit_code[0]
 
 
