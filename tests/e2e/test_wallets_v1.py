@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from formance_sdk_python.models import wallets as W
+from formance_sdk_python.models.errors import SDKBaseError
 
 from conftest import unique
 
@@ -110,16 +111,16 @@ def test_create_and_get_wallet(sdk):
     got = sdk.wallets.v1.get_wallet(request={"id": wallet.id}).get_wallet_response.data
     assert got.metadata == {"team": "e2e", "tier": "platinum", "new": "1"}
 
-    # An unknown wallet is an empty-bodied 404.
+    # An unknown wallet is an empty-bodied 404, which the SDK returns as a nil result.
     missing = "00000000-0000-4000-8000-000000000000"
-    try:
-        res = sdk.wallets.v1.get_wallet(request={"id": missing})
-        status = res.status_code
-    except W.ErrorResponse as err:  # pragma: no cover - depends on SDK handling of empty 404s
-        status = err.status_code
-    except Exception as err:  # the SDK reports an empty-bodied 404 as an API error
-        status = err.raw_response.status_code
-    assert status == 404
+    res = sdk.wallets.v1.get_wallet(request={"id": missing})
+    assert res.status_code == 404
+    assert res.get_wallet_response is None
+    assert res.raw_response.content == b""
+    # Other operations surface it as an error carrying the 404.
+    with pytest.raises(SDKBaseError) as excinfo:
+        sdk.wallets.v1.get_hold(request={"hold_id": missing})
+    assert excinfo.value.status_code == 404
 
 
 def test_credit_and_balances_with_priority_and_expiry(sdk):
