@@ -38,6 +38,8 @@ struct AccountEntry {
     /// The account row must be written (new, earlier first usage, or metadata).
     dirty: bool,
     updated_at: Option<Timestamp>,
+    /// Came from the engine's cache unchanged: no need to put it back.
+    from_cache: bool,
 }
 
 struct TxEntry {
@@ -63,6 +65,8 @@ pub struct Batch<'w> {
     touched_heads: BTreeSet<String>,
     volumes: HashMap<VolumeKey, Volumes>,
     dirty_volumes: BTreeSet<VolumeKey>,
+    /// Keys read from the store in this batch (not from the cache).
+    loaded_volumes: Vec<VolumeKey>,
     accounts: HashMap<(LedgerId, String), AccountEntry>,
     transactions: HashMap<(LedgerId, TxId), TxEntry>,
     references: HashSet<(LedgerId, String)>,
@@ -101,6 +105,7 @@ impl<'w> Batch<'w> {
             touched_heads: BTreeSet::new(),
             volumes: HashMap::new(),
             dirty_volumes: BTreeSet::new(),
+            loaded_volumes: Vec::new(),
             accounts: HashMap::new(),
             transactions: HashMap::new(),
             references: HashSet::new(),
@@ -204,8 +209,10 @@ impl<'w> Batch<'w> {
                         metadata_dirty: false,
                         dirty: false,
                         updated_at: None,
+                        from_cache: false,
                     });
             }
+            self.loaded_volumes.push(key.clone());
             self.volumes.insert(key, volumes.unwrap_or_default());
         }
         Ok(())
@@ -434,6 +441,7 @@ impl<'w> Batch<'w> {
             metadata_dirty: false,
             dirty: false,
             updated_at: None,
+            from_cache: false,
         });
         match stored {
             Some(stored) => {
@@ -472,6 +480,7 @@ impl<'w> Batch<'w> {
             metadata_dirty: false,
             dirty: false,
             updated_at: None,
+            from_cache: cached.is_some(),
         });
         match entry.first_usage {
             Some(first_usage) if entry.exists && first_usage <= timestamp => {}
@@ -1129,7 +1138,8 @@ impl<'w> Batch<'w> {
     }
 
     /// Everything the batch changed, as rows for the store.
-    pub fn writes(&self) -> BatchWrites {
+    /// Everything the batch changed, as rows for the store; new transactions and logs are moved.
+    fn take_writes(&mut self) -> BatchWrites {
         let mut writes = BatchWrites::default();
         for name in &self.touched_heads {
             writes.heads.push(self.heads[name].clone());
@@ -1139,16 +1149,15 @@ impl<'w> Batch<'w> {
             .iter()
             .map(|(id, m)| (*id, m.clone()))
             .collect();
-        let mut transactions: Vec<(&(LedgerId, TxId), &TxEntry)> = self
-            .transactions
-            .iter()
-            .filter(|(_, entry)| entry.dirty)
-            .collect();
-        transactions.sort_by_key(|(key, _)| **key);
+        let mut transactions: Vec<((LedgerId, TxId), TxEntry)> =
+            std::mem::take(&mut self.transactions)
+                .into_iter()
+                .filter(|(_, entry)| entry.dirty)
+                .collect();
+        transactions.sort_by_key(|(key, _)| *key);
         for ((ledger, _), entry) in transactions {
-            let ledger = *ledger;
             if entry.new {
-                writes.transactions.push((ledger, entry.tx.clone()));
+                writes.transactions.push((ledger, entry.tx));
             } else {
                 writes.transaction_updates.push(TransactionUpdate {
                     ledger,
@@ -1182,13 +1191,13 @@ impl<'w> Batch<'w> {
         writes
             .accounts
             .sort_by(|a, b| (a.ledger, &a.address).cmp(&(b.ledger, &b.address)));
-        writes.logs = self.logs.clone();
+        writes.logs = std::mem::take(&mut self.logs);
         writes
     }
 
     /// Writes and commits the batch; then remembers what it learnt for the next batches.
-    pub fn commit(self) -> Result<(), LedgerError> {
-        let writes = self.writes();
+    pub fn commit(mut self) -> Result<(), LedgerError> {
+        let writes = self.take_writes();
         if !writes.is_empty() {
             self.writer.write(&writes)?;
         }
@@ -1201,10 +1210,16 @@ impl<'w> Batch<'w> {
         for head in self.heads.values() {
             self.caches.advance_ledger(head.id, head.next_log_id);
         }
-        for (key, volumes) in self.volumes {
-            self.caches.put_volumes(key, volumes);
+        // Entries read from the cache are there already; only new values and store reads go in.
+        for key in self.dirty_volumes.iter().chain(&self.loaded_volumes) {
+            if let Some(volumes) = self.volumes.get(key) {
+                self.caches.put_volumes(key.clone(), *volumes);
+            }
         }
         for ((ledger, address), entry) in self.accounts {
+            if entry.from_cache && !entry.dirty {
+                continue;
+            }
             if let (true, Some(first_usage)) = (entry.exists, entry.first_usage) {
                 self.caches.put_account(ledger, address, first_usage);
             }

@@ -18,7 +18,7 @@ use crate::batch::{Batch, PreparedScript};
 use crate::cache::Caches;
 use crate::command::{Command, Request, Response, TxBody};
 use crate::error::LedgerError;
-use crate::store::{Store, StoreWriter};
+use crate::store::{ProjectionTicket, Store, StoreWriter};
 use crate::time::Timestamp;
 
 #[derive(Clone, Debug)]
@@ -71,8 +71,9 @@ impl Job {
 /// What the writer thread receives.
 enum Message {
     Write(Job),
-    /// Answered once every projection of committed transactions is stored.
-    Sync(oneshot::Sender<Result<(), LedgerError>>),
+    /// Answered with a ticket that resolves once every projection of committed transactions
+    /// is stored.
+    Sync(oneshot::Sender<Result<ProjectionTicket, LedgerError>>),
 }
 
 pub struct Engine {
@@ -174,9 +175,10 @@ impl Engine {
                 .try_send(Message::Sync(reply))
                 .map_err(|_| LedgerError::Unavailable)?;
         }
-        receiver
+        let ticket = receiver
             .blocking_recv()
-            .map_err(|_| LedgerError::Unavailable)?
+            .map_err(|_| LedgerError::Unavailable)??;
+        Ok(ticket.wait()?)
     }
 
     /// Stops accepting requests, lets the writer finish what is queued, and waits for it.
@@ -257,26 +259,23 @@ fn writer_loop(
     }
 }
 
-/// Writes held-back projections and answers the readers waiting for them.
+/// Starts writing held-back projections and hands the readers waiting for them their ticket.
 fn flush_projections(
     writer: &mut dyn StoreWriter,
-    syncs: Vec<oneshot::Sender<Result<(), LedgerError>>>,
+    syncs: Vec<oneshot::Sender<Result<ProjectionTicket, LedgerError>>>,
     held_back_since: &mut Option<Instant>,
 ) {
-    let result = if writer.pending_projections() > 0 {
-        let started = Instant::now();
-        let rows = writer.pending_projections();
-        let result = writer.flush_projections().map_err(LedgerError::from);
+    let started = Instant::now();
+    let rows = writer.pending_projections();
+    let result = writer.flush_projections().map_err(LedgerError::from);
+    if rows > 0 {
         metrics::histogram!("coffer_projection_flush_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("coffer_projection_flush_rows").record(rows as f64);
-        if let Err(err) = &result {
-            tracing::error!(error = %err, "writing projections failed; will retry");
-        }
-        result
-    } else {
-        Ok(())
-    };
+    }
+    if let Err(err) = &result {
+        tracing::error!(error = %err, "writing projections failed; will retry");
+    }
     if writer.pending_projections() == 0 {
         *held_back_since = None;
     }

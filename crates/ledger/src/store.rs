@@ -142,16 +142,38 @@ pub trait StoreWriter: Send {
 
     fn write(&mut self, writes: &BatchWrites) -> StoreResult<()>;
 
-    /// Stores may keep projections (volumes, moves) of committed transactions in memory and
-    /// write them later, since they can be rebuilt from the transactions. This writes them now,
-    /// outside any batch; readers that depend on projections call it first (through the engine).
-    fn flush_projections(&mut self) -> StoreResult<()> {
-        Ok(())
+    /// Stores may write projections (volumes, moves) of committed transactions after the
+    /// commit, since they can be rebuilt from the transactions. This starts writing whatever is
+    /// held back and returns a ticket that resolves once every projection of the transactions
+    /// committed so far is stored. The engine calls it for readers of volumes and moves.
+    fn flush_projections(&mut self) -> StoreResult<ProjectionTicket> {
+        Ok(ProjectionTicket::ready())
     }
 
-    /// Projection rows waiting for [`StoreWriter::flush_projections`].
+    /// Projection rows held back in the writer itself (flushed by the engine on a timer).
     fn pending_projections(&self) -> usize {
         0
+    }
+}
+
+/// Waits until projections are stored (see [`StoreWriter::flush_projections`]).
+#[derive(Clone)]
+pub struct ProjectionTicket(Option<std::sync::Arc<dyn Fn() -> StoreResult<()> + Send + Sync>>);
+
+impl ProjectionTicket {
+    pub fn ready() -> ProjectionTicket {
+        ProjectionTicket(None)
+    }
+
+    pub fn new(wait: impl Fn() -> StoreResult<()> + Send + Sync + 'static) -> ProjectionTicket {
+        ProjectionTicket(Some(std::sync::Arc::new(wait)))
+    }
+
+    pub fn wait(self) -> StoreResult<()> {
+        match self.0 {
+            Some(wait) => wait(),
+            None => Ok(()),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
--- Coffer embedded store, schema version 1.
--- Amounts are INTEGER when they fit 64 bits and decimal TEXT otherwise; timestamps are
--- microseconds since the Unix epoch (UTC); JSON columns hold objects of strings.
+-- Coffer embedded store, main database (PATH): what a commit makes durable.
+-- Timestamps are microseconds since the Unix epoch (UTC); JSON columns hold objects of strings.
+-- Volumes and moves live in the projections database (PATH-projections).
 
 CREATE TABLE ledgers (
     id INTEGER PRIMARY KEY,
@@ -24,15 +24,6 @@ CREATE TABLE accounts (
     PRIMARY KEY (ledger_id, address)
 ) WITHOUT ROWID;
 
-CREATE TABLE volumes (
-    ledger_id INTEGER NOT NULL,
-    address TEXT NOT NULL,
-    asset TEXT NOT NULL,
-    input NOT NULL,
-    output NOT NULL,
-    PRIMARY KEY (ledger_id, address, asset)
-) WITHOUT ROWID;
-
 CREATE TABLE transactions (
     ledger_id INTEGER NOT NULL,
     id INTEGER NOT NULL,
@@ -50,19 +41,6 @@ CREATE TABLE transactions (
 CREATE UNIQUE INDEX transactions_reference ON transactions (ledger_id, reference)
     WHERE reference IS NOT NULL;
 CREATE INDEX transactions_timestamp ON transactions (ledger_id, timestamp, id);
-
--- One row per (transaction, account, asset): what the transaction moved for the account.
-CREATE TABLE moves (
-    ledger_id INTEGER NOT NULL,
-    address TEXT NOT NULL,
-    asset TEXT NOT NULL,
-    tx_id INTEGER NOT NULL,
-    timestamp INTEGER NOT NULL,
-    input_delta NOT NULL,
-    output_delta NOT NULL,
-    roles INTEGER NOT NULL,
-    PRIMARY KEY (ledger_id, address, tx_id, asset)
-) WITHOUT ROWID;
 
 CREATE TABLE logs (
     ledger_id INTEGER NOT NULL,

@@ -1,0 +1,287 @@
+//! Connections: pragmas, the projections database attached under `projections`, exact amount
+//! functions, the SQL dialect, migrations.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use coffer_ledger::error::StoreError;
+use coffer_ledger::query::{AddressPattern, Op};
+use coffer_ledger::sql::{Dialect, SqlValue};
+use coffer_ledger::sql_reader::Row;
+use coffer_ledger::store::StoreResult;
+use coffer_ledger::types::Amount;
+use rusqlite::functions::{Aggregate, Context, FunctionFlags};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql};
+
+const MAIN_MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_init",
+    include_str!("../migrations/main/0001_init.sql"),
+)];
+const PROJECTION_MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_init",
+    include_str!("../migrations/projections/0001_init.sql"),
+)];
+
+/// SQLite page cache per connection, in KiB (bounded so memory does not follow history).
+pub const READ_CACHE_KIB: i64 = 8 * 1024;
+pub const WRITE_CACHE_KIB: i64 = 32 * 1024;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::new(e)
+}
+
+/// The projections database beside the main one.
+pub fn projections_path(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-projections", path.display()))
+}
+
+fn open_raw(path: &Path, cache_kib: i64, synchronous: &str) -> StoreResult<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| err(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(err(format!("cannot switch {} to WAL mode", path.display())));
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={synchronous}; PRAGMA case_sensitive_like=ON; \
+         PRAGMA cache_size=-{cache_kib}; PRAGMA temp_store=MEMORY; PRAGMA foreign_keys=OFF; \
+         PRAGMA wal_autocheckpoint=0;"
+    ))
+    .map_err(err)?;
+    register_functions(&conn).map_err(err)?;
+    Ok(conn)
+}
+
+/// A connection on the main database with the projections database attached: what readers and
+/// the writer use. Commits of the main database are durable (`synchronous=FULL`).
+pub fn open_main(path: &Path, cache_kib: i64) -> StoreResult<Connection> {
+    let conn = open_raw(path, cache_kib, "FULL")?;
+    let projections = projections_path(path);
+    conn.execute(
+        "ATTACH DATABASE ?1 AS projections",
+        [projections.to_string_lossy().as_ref()],
+    )
+    .map_err(|e| err(format!("cannot attach {}: {e}", projections.display())))?;
+    // Projections can be rebuilt from the transactions: no fsync per commit, but checkpoints
+    // sync, so the file itself stays intact after a power loss.
+    conn.execute_batch("PRAGMA projections.journal_mode=WAL; PRAGMA projections.synchronous=NORMAL; PRAGMA projections.cache_size=-8192;")
+        .map_err(err)?;
+    Ok(conn)
+}
+
+/// A connection on the projections database alone (the flusher's).
+pub fn open_projections(path: &Path, cache_kib: i64) -> StoreResult<Connection> {
+    open_raw(&projections_path(path), cache_kib, "NORMAL")
+}
+
+fn migrate_schema(conn: &Connection, schema: &str, migrations: &[(&str, &str)]) -> StoreResult<()> {
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {schema}.coffer_migrations (name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)"
+    ))
+    .map_err(err)?;
+    for (name, sql) in migrations {
+        let applied: Option<String> = conn
+            .query_row(
+                &format!("SELECT name FROM {schema}.coffer_migrations WHERE name = ?1"),
+                [name],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        if applied.is_some() {
+            continue;
+        }
+        // Unqualified names in migrations resolve to the schema being migrated: run them on a
+        // connection whose main database is that schema.
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; INSERT INTO {schema}.coffer_migrations (name, applied_at) VALUES ('{name}', {}); COMMIT;",
+            coffer_ledger::Timestamp::now().micros()
+        ))
+        .map_err(|e| err(format!("migration {schema}/{name} failed: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Brings both databases to this binary's schema.
+pub fn migrate(path: &Path) -> StoreResult<()> {
+    let main = open_raw(path, READ_CACHE_KIB, "FULL")?;
+    migrate_schema(&main, "main", MAIN_MIGRATIONS)?;
+    let projections = open_raw(&projections_path(path), READ_CACHE_KIB, "NORMAL")?;
+    migrate_schema(&projections, "main", PROJECTION_MIGRATIONS)?;
+    Ok(())
+}
+
+/// Whether both databases hold exactly the migrations this binary knows.
+pub fn schema_is_current(conn: &Connection) -> StoreResult<bool> {
+    let count = |schema: &str| -> StoreResult<usize> {
+        conn.query_row(
+            &format!("SELECT COUNT(*) FROM {schema}.coffer_migrations"),
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .map(|n| n as usize)
+        .map_err(|e| err(format!("not a Coffer store: {e}")))
+    };
+    Ok(count("main")? == MAIN_MIGRATIONS.len()
+        && count("projections")? == PROJECTION_MIGRATIONS.len())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Amounts: INTEGER when they fit 64 bits, decimal TEXT otherwise. Custom functions do exact
+// arithmetic on both forms, since SQLite's own would go through floating point.
+
+pub(crate) fn amount_value(amount: Amount) -> Value {
+    match i64::try_from(amount) {
+        Ok(small) => Value::Integer(small),
+        Err(_) => Value::Text(amount.to_string()),
+    }
+}
+
+pub(crate) fn amount_of(value: ValueRef<'_>) -> Result<Option<Amount>, rusqlite::Error> {
+    match value {
+        ValueRef::Null => Ok(None),
+        ValueRef::Integer(i) => Ok(Some(i128::from(i))),
+        ValueRef::Text(text) => std::str::from_utf8(text)
+            .ok()
+            .and_then(|t| t.parse::<i128>().ok())
+            .map(Some)
+            .ok_or_else(|| rusqlite::Error::UserFunctionError("not an amount".into())),
+        _ => Err(rusqlite::Error::UserFunctionError("not an amount".into())),
+    }
+}
+
+fn overflow() -> rusqlite::Error {
+    rusqlite::Error::UserFunctionError("amount overflow".into())
+}
+
+struct Sum;
+
+impl Aggregate<Option<Amount>, Option<Value>> for Sum {
+    fn init(&self, _: &mut Context<'_>) -> rusqlite::Result<Option<Amount>> {
+        Ok(None)
+    }
+
+    fn step(&self, ctx: &mut Context<'_>, total: &mut Option<Amount>) -> rusqlite::Result<()> {
+        if let Some(value) = amount_of(ctx.get_raw(0))? {
+            *total = Some(total.unwrap_or(0).checked_add(value).ok_or_else(overflow)?);
+        }
+        Ok(())
+    }
+
+    fn finalize(
+        &self,
+        _: &mut Context<'_>,
+        total: Option<Option<Amount>>,
+    ) -> rusqlite::Result<Option<Value>> {
+        Ok(total.flatten().map(amount_value))
+    }
+}
+
+pub(crate) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("coffer_sub", 2, flags, |ctx| {
+        let a = amount_of(ctx.get_raw(0))?.unwrap_or(0);
+        let b = amount_of(ctx.get_raw(1))?.unwrap_or(0);
+        Ok(amount_value(a.checked_sub(b).ok_or_else(overflow)?))
+    })?;
+    conn.create_scalar_function("coffer_cmp", 2, flags, |ctx| {
+        let a = amount_of(ctx.get_raw(0))?.unwrap_or(0);
+        let b = amount_of(ctx.get_raw(1))?.unwrap_or(0);
+        Ok(a.cmp(&b) as i64)
+    })?;
+    conn.create_scalar_function("coffer_address_match", 2, flags, |ctx| {
+        let address: String = ctx.get(0)?;
+        let pattern: String = ctx.get(1)?;
+        let pattern = AddressPattern::parse(&pattern)
+            .map_err(|e| rusqlite::Error::UserFunctionError(e.to_string().into()))?;
+        Ok(pattern.matches(&address))
+    })?;
+    conn.create_aggregate_function("coffer_sum", 1, flags, Sum)?;
+    Ok(())
+}
+
+pub(crate) struct SqliteDialect;
+
+impl Dialect for SqliteDialect {
+    fn sub(&self, a: &str, b: &str) -> String {
+        format!("coffer_sub({a}, {b})")
+    }
+    fn sum(&self, a: &str) -> String {
+        format!("coffer_sum({a})")
+    }
+    fn cmp_amount(&self, lhs: &str, op: Op, rhs_param: &str) -> String {
+        format!("coffer_cmp({lhs}, {rhs_param}) {} 0", op.sql())
+    }
+    fn amount_out(&self, expr: &str) -> String {
+        expr.to_string()
+    }
+    fn json_out(&self, expr: &str) -> String {
+        expr.to_string()
+    }
+    fn metadata_eq(&self, column: &str, key: &str, value: &str) -> String {
+        format!("EXISTS (SELECT 1 FROM json_each({column}) j WHERE j.key = {key} AND j.value = {value})")
+    }
+    fn metadata_has(&self, column: &str, key: &str) -> String {
+        format!("EXISTS (SELECT 1 FROM json_each({column}) j WHERE j.key = {key})")
+    }
+    fn address_matches(&self, column: &str, pattern_param: &str) -> String {
+        format!("coffer_address_match({column}, {pattern_param})")
+    }
+    fn address_pattern_value(&self, pattern: &AddressPattern) -> String {
+        pattern.text.clone()
+    }
+}
+
+struct Param<'a>(&'a SqlValue);
+
+impl ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self.0 {
+            SqlValue::Null => ToSqlOutput::Owned(Value::Null),
+            SqlValue::Int(i) => ToSqlOutput::Owned(Value::Integer(*i)),
+            SqlValue::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+            SqlValue::Blob(bytes) => ToSqlOutput::Borrowed(ValueRef::Blob(bytes)),
+        })
+    }
+}
+
+fn to_sql_value(value: ValueRef<'_>) -> SqlValue {
+    match value {
+        ValueRef::Null => SqlValue::Null,
+        ValueRef::Integer(i) => SqlValue::Int(i),
+        ValueRef::Real(f) => SqlValue::Text(f.to_string()),
+        ValueRef::Text(text) => SqlValue::Text(String::from_utf8_lossy(text).into_owned()),
+        ValueRef::Blob(bytes) => SqlValue::Blob(bytes.to_vec()),
+    }
+}
+
+pub(crate) fn run_query(
+    conn: &Connection,
+    sql: &str,
+    values: &[SqlValue],
+) -> StoreResult<Vec<Row>> {
+    let mut statement = conn
+        .prepare_cached(sql)
+        .map_err(|e| err(format!("{e} in {sql}")))?;
+    let params: Vec<Param<'_>> = values.iter().map(Param).collect();
+    let refs: Vec<&dyn ToSql> = params.iter().map(|p| p as &dyn ToSql).collect();
+    let columns = statement.column_count();
+    let mut rows = statement.query(refs.as_slice()).map_err(err)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(err)? {
+        let mut values = Vec::with_capacity(columns);
+        for index in 0..columns {
+            values.push(to_sql_value(row.get_ref(index).map_err(err)?));
+        }
+        out.push(values);
+    }
+    Ok(out)
+}

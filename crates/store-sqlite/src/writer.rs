@@ -1,0 +1,421 @@
+//! The engine's connection: transactions, logs and accounts are written in the commit; volumes
+//! and moves are handed to the flusher after it (see `projections`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use coffer_ledger::codec;
+use coffer_ledger::log::{Hash, Log};
+use coffer_ledger::sql::SqlValue;
+use coffer_ledger::sql_reader::SqlReader;
+use coffer_ledger::store::{
+    BatchWrites, LedgerHead, NewLedger, ProjectionTicket, StoreResult, StoreWriter, StoredAccount,
+    VolumeKey,
+};
+use coffer_ledger::types::{LedgerId, Metadata, Transaction, TxId, Volumes};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::conn::{amount_of, err, open_main, run_query, WRITE_CACHE_KIB};
+use crate::projections::{self, Flusher, Projections};
+
+/// Volumes handed to the flusher are kept until it confirms them; past this many entries the
+/// confirmed ones are dropped.
+const RECENT_PRUNE_ENTRIES: usize = 100_000;
+/// Past this many unconfirmed entries, the writer waits for the flusher.
+const RECENT_ENTRIES_MAX: usize = 2_000_000;
+
+pub struct SqliteWriter {
+    conn: Connection,
+    in_transaction: bool,
+    /// Projections of the open batch; handed to the flusher when it commits.
+    staged: Projections,
+    /// Generation of the last hand-over.
+    generation: u64,
+    /// Latest volumes handed over, with their generation: the truth until the flusher has
+    /// written them.
+    recent: HashMap<VolumeKey, (Volumes, u64)>,
+    flusher: Flusher,
+}
+
+fn hash_param(hash: &Option<Hash>) -> Option<&[u8]> {
+    hash.as_ref().map(|h| h.as_slice())
+}
+
+impl SqliteWriter {
+    pub fn open(path: &Path) -> StoreResult<SqliteWriter> {
+        let conn = open_main(path, WRITE_CACHE_KIB)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(SqliteWriter {
+            conn,
+            in_transaction: false,
+            staged: Projections::default(),
+            generation: 0,
+            recent: HashMap::new(),
+            flusher: Flusher::start(path)?,
+        })
+    }
+
+    fn head_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerHead> {
+        let last_hash: Option<Vec<u8>> = row.get(4)?;
+        Ok(LedgerHead {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            next_tx_id: row.get::<_, i64>(2)? as TxId,
+            next_log_id: row.get::<_, i64>(3)? as u64,
+            last_hash: last_hash.and_then(|bytes| bytes.try_into().ok()),
+        })
+    }
+
+    /// Between batches only: a batch reads the projections database after this, so it sees
+    /// every write the flusher confirmed.
+    fn prune_recent(&mut self) -> StoreResult<()> {
+        if self.recent.len() <= RECENT_PRUNE_ENTRIES {
+            return Ok(());
+        }
+        let flushed = self.flusher.flushed();
+        self.recent
+            .retain(|_, (_, generation)| *generation > flushed);
+        if self.recent.len() > RECENT_ENTRIES_MAX {
+            self.flusher.ticket(self.generation).wait()?;
+            self.recent.clear();
+        }
+        Ok(())
+    }
+}
+
+impl StoreWriter for SqliteWriter {
+    fn begin(&mut self) -> StoreResult<()> {
+        assert!(!self.in_transaction, "begin inside a transaction");
+        // Deferred: the main database is locked at the first write; the projections database is
+        // only read here, while the flusher writes it.
+        self.conn.execute_batch("BEGIN").map_err(err)?;
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> StoreResult<()> {
+        assert!(self.in_transaction, "commit outside a transaction");
+        self.conn.execute_batch("COMMIT").map_err(err)?;
+        self.in_transaction = false;
+        let staged = std::mem::take(&mut self.staged);
+        if !staged.is_empty() {
+            self.generation += 1;
+            for (key, volumes) in &staged.volumes {
+                self.recent.insert(key.clone(), (*volumes, self.generation));
+            }
+            self.flusher.hand_over(self.generation, staged)?;
+            self.prune_recent()?;
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self) -> StoreResult<()> {
+        self.staged = Projections::default();
+        if self.in_transaction {
+            self.in_transaction = false;
+            self.conn.execute_batch("ROLLBACK").map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn lock_ledgers(&mut self, names: &[String]) -> StoreResult<Vec<LedgerHead>> {
+        // BEGIN IMMEDIATE already holds the database's write lock.
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT id, name, next_tx_id, next_log_id, last_hash FROM ledgers WHERE name = ?1",
+            )
+            .map_err(err)?;
+        let mut heads = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(head) = statement
+                .query_row([name], Self::head_from_row)
+                .optional()
+                .map_err(err)?
+            {
+                heads.push(head);
+            }
+        }
+        Ok(heads)
+    }
+
+    fn insert_ledger(&mut self, ledger: &NewLedger) -> StoreResult<Option<LedgerHead>> {
+        let id: Option<i64> = self
+            .conn
+            .query_row(
+                "INSERT INTO ledgers (name, bucket, metadata, features, added_at, next_tx_id, next_log_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 1, 1) ON CONFLICT (name) DO NOTHING RETURNING id",
+                params![
+                    ledger.name,
+                    ledger.bucket,
+                    codec::encode_metadata(&ledger.metadata),
+                    codec::encode_metadata(&ledger.features),
+                    ledger.added_at.micros()
+                ],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        Ok(id.map(|id| LedgerHead {
+            id,
+            name: ledger.name.clone(),
+            next_tx_id: 1,
+            next_log_id: 1,
+            last_hash: None,
+        }))
+    }
+
+    fn load_ledger_metadata(&mut self, ledger: LedgerId) -> StoreResult<Metadata> {
+        let text: String = self
+            .conn
+            .prepare_cached("SELECT metadata FROM ledgers WHERE id = ?1")
+            .map_err(err)?
+            .query_row([ledger], |row| row.get(0))
+            .map_err(err)?;
+        codec::decode_metadata(&text)
+    }
+
+    fn load_volumes(&mut self, keys: &[VolumeKey]) -> StoreResult<Vec<Option<Volumes>>> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT input, output FROM projections.volumes WHERE ledger_id = ?1 AND address = ?2 AND asset = ?3")
+            .map_err(err)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some((volumes, _)) = self.recent.get(key) {
+                out.push(Some(*volumes));
+                continue;
+            }
+            let row = statement
+                .query_row(params![key.ledger, key.address, key.asset], |row| {
+                    Ok((amount_of(row.get_ref(0)?)?, amount_of(row.get_ref(1)?)?))
+                })
+                .optional()
+                .map_err(err)?;
+            out.push(row.map(|(input, output)| Volumes {
+                input: input.unwrap_or(0),
+                output: output.unwrap_or(0),
+            }));
+        }
+        Ok(out)
+    }
+
+    fn load_accounts(
+        &mut self,
+        ledger: LedgerId,
+        addresses: &[String],
+    ) -> StoreResult<Vec<Option<StoredAccount>>> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT metadata, first_usage FROM accounts WHERE ledger_id = ?1 AND address = ?2",
+            )
+            .map_err(err)?;
+        let mut out = Vec::with_capacity(addresses.len());
+        for address in addresses {
+            let row: Option<(String, i64)> = statement
+                .query_row(params![ledger, address], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()
+                .map_err(err)?;
+            out.push(match row {
+                Some((metadata, first_usage)) => Some(StoredAccount {
+                    metadata: codec::decode_metadata(&metadata)?,
+                    first_usage: coffer_ledger::Timestamp(first_usage),
+                }),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
+    fn load_transaction(&mut self, ledger: LedgerId, id: TxId) -> StoreResult<Option<Transaction>> {
+        projections::load_transaction(&self.conn, ledger, id)
+    }
+
+    fn find_logs_by_idempotency_keys(
+        &mut self,
+        ledger: LedgerId,
+        keys: &[String],
+    ) -> StoreResult<Vec<Log>> {
+        let mut out = Vec::new();
+        for key in keys {
+            let rows = run_query(
+                &self.conn,
+                "SELECT l.id, l.type, l.date, l.data, l.idempotency_key, l.idempotency_hash, l.hash FROM logs l \
+                 WHERE l.ledger_id = $1 AND l.idempotency_key = $2",
+                &[SqlValue::Int(ledger), SqlValue::Text(key.clone())],
+            )?;
+            for row in rows {
+                out.push(SqlReader::<crate::Readers>::decode_log(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn find_references(
+        &mut self,
+        ledger: LedgerId,
+        references: &[String],
+    ) -> StoreResult<Vec<String>> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT 1 FROM transactions WHERE ledger_id = ?1 AND reference = ?2")
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for reference in references {
+            if statement.exists(params![ledger, reference]).map_err(err)? {
+                out.push(reference.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&mut self, writes: &BatchWrites) -> StoreResult<()> {
+        assert!(self.in_transaction, "write outside a transaction");
+        let conn = &self.conn;
+        {
+            let mut statement = conn
+                .prepare_cached("UPDATE ledgers SET next_tx_id = ?2, next_log_id = ?3, last_hash = ?4 WHERE id = ?1")
+                .map_err(err)?;
+            for head in &writes.heads {
+                let changed = statement
+                    .execute(params![
+                        head.id,
+                        head.next_tx_id as i64,
+                        head.next_log_id as i64,
+                        hash_param(&head.last_hash)
+                    ])
+                    .map_err(err)?;
+                assert_eq!(changed, 1, "ledger head row missing");
+            }
+        }
+        for (ledger, metadata) in &writes.ledger_metadata {
+            conn.execute(
+                "UPDATE ledgers SET metadata = ?2 WHERE id = ?1",
+                params![ledger, codec::encode_metadata(metadata)],
+            )
+            .map_err(err)?;
+        }
+        {
+            let mut statement = conn
+                .prepare_cached(
+                    "INSERT INTO transactions (ledger_id, id, timestamp, reference, postings, metadata, \
+                     post_commit_volumes, inserted_at, updated_at, reverted_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .map_err(err)?;
+            for (ledger, tx) in &writes.transactions {
+                statement
+                    .execute(params![
+                        ledger,
+                        tx.id as i64,
+                        tx.timestamp.micros(),
+                        tx.reference,
+                        codec::encode_postings(&tx.postings),
+                        codec::encode_metadata(&tx.metadata),
+                        codec::encode_volumes(&tx.post_commit_volumes),
+                        tx.inserted_at.micros(),
+                        tx.updated_at.micros(),
+                        tx.reverted_at.map(|t| t.micros()),
+                    ])
+                    .map_err(err)?;
+            }
+        }
+        {
+            let mut statement = conn
+                .prepare_cached(
+                    "UPDATE transactions SET metadata = ?3, reverted_at = ?4, updated_at = ?5 \
+                     WHERE ledger_id = ?1 AND id = ?2",
+                )
+                .map_err(err)?;
+            for update in &writes.transaction_updates {
+                let changed = statement
+                    .execute(params![
+                        update.ledger,
+                        update.id as i64,
+                        codec::encode_metadata(&update.metadata),
+                        update.reverted_at.map(|t| t.micros()),
+                        update.updated_at.micros()
+                    ])
+                    .map_err(err)?;
+                assert_eq!(changed, 1, "updated transaction missing");
+            }
+        }
+        {
+            let mut plain = conn
+                .prepare_cached(
+                    "INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) \
+                     VALUES (?1, ?2, '{}', ?3, ?4, ?5) ON CONFLICT (ledger_id, address) DO UPDATE \
+                     SET first_usage = MIN(first_usage, excluded.first_usage)",
+                )
+                .map_err(err)?;
+            for account in writes.accounts.iter().filter(|a| a.metadata.is_none()) {
+                plain
+                    .execute(params![
+                        account.ledger,
+                        account.address,
+                        account.first_usage.micros(),
+                        account.insertion_date.micros(),
+                        account.updated_at.micros()
+                    ])
+                    .map_err(err)?;
+            }
+            let mut with_metadata = conn
+                .prepare_cached(
+                    "INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (ledger_id, address) DO UPDATE \
+                     SET first_usage = MIN(first_usage, excluded.first_usage), metadata = excluded.metadata, \
+                     updated_at = excluded.updated_at",
+                )
+                .map_err(err)?;
+            for account in writes.accounts.iter().filter(|a| a.metadata.is_some()) {
+                with_metadata
+                    .execute(params![
+                        account.ledger,
+                        account.address,
+                        codec::encode_metadata(account.metadata.as_ref().expect("filtered")),
+                        account.first_usage.micros(),
+                        account.insertion_date.micros(),
+                        account.updated_at.micros()
+                    ])
+                    .map_err(err)?;
+            }
+        }
+        {
+            let mut statement = conn
+                .prepare_cached(
+                    "INSERT INTO logs (ledger_id, id, type, date, data, idempotency_key, idempotency_hash, hash) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(err)?;
+            for (ledger, log) in &writes.logs {
+                statement
+                    .execute(params![
+                        ledger,
+                        log.id as i64,
+                        log.kind.as_str(),
+                        log.date.micros(),
+                        log.data,
+                        log.idempotency_key,
+                        hash_param(&log.idempotency_hash),
+                        log.hash.as_slice()
+                    ])
+                    .map_err(err)?;
+            }
+        }
+        for (key, volumes) in &writes.volumes {
+            self.staged.volumes.insert(key.clone(), *volumes);
+        }
+        for (ledger, tx) in &writes.transactions {
+            self.staged.add_transaction(*ledger, tx);
+        }
+        Ok(())
+    }
+
+    fn flush_projections(&mut self) -> StoreResult<ProjectionTicket> {
+        let ticket = self.flusher.ticket(self.generation);
+        Ok(ProjectionTicket::new(move || ticket.wait()))
+    }
+}
