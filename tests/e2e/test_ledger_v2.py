@@ -530,3 +530,94 @@ def test_ledgers(sdk):
     assert res.status_code == 200
     stats = sdk.ledger.v2.read_stats(request={"ledger": name})
     assert stats.v2_stats_response.data.transactions == 0
+
+
+def test_bulk(sdk, ledger):
+    res = sdk.ledger.v2.create_bulk(
+        request={
+            "ledger": ledger,
+            "request_body": [
+                {
+                    "action": "CREATE_TRANSACTION",
+                    "data": {
+                        "postings": [{"source": "world", "destination": "users:bulk", "amount": 90, "asset": "USD"}],
+                        "metadata": {},
+                    },
+                },
+                {
+                    "action": "ADD_METADATA",
+                    "data": {"targetType": "ACCOUNT", "targetId": "users:bulk", "metadata": {"k": "v"}},
+                },
+            ],
+        }
+    )
+    assert res.status_code == 200
+    results = res.v2_bulk_response.data
+    assert [r.response_type for r in results] == ["CREATE_TRANSACTION", "ADD_METADATA"]
+    assert results[0].data.postings[0].amount == 90
+    assert balance(sdk, ledger, "users:bulk", "USD") == 90
+    account = sdk.ledger.v2.get_account(request={"ledger": ledger, "address": "users:bulk"})
+    assert account.v2_account_response.data.metadata == {"k": "v"}
+
+    # A failed element: 400 with the per-element results.
+    res = sdk.ledger.v2.create_bulk(
+        request={
+            "ledger": ledger,
+            "request_body": [
+                {
+                    "action": "CREATE_TRANSACTION",
+                    "data": {
+                        "postings": [{"source": "users:bulk", "destination": "shops:1", "amount": 91, "asset": "USD"}],
+                        "metadata": {},
+                    },
+                }
+            ],
+        }
+    )
+    assert res.status_code == 400
+    (failed,) = res.v2_bulk_response.data
+    assert failed.response_type == "ERROR"
+    assert failed.error_code == "INSUFFICIENT_FUND"
+
+
+def test_volumes_stats_and_ledger_info(sdk, ledger):
+    fund(sdk, ledger, "users:v1", 40)
+    fund(sdk, ledger, "users:v2", 2)
+    res = sdk.ledger.v2.get_volumes_with_balances(
+        request={"ledger": ledger, "request_body": {"$match": {"account": "users:"}}}
+    )
+    rows = res.v2_volumes_with_balance_cursor_response.cursor.data
+    assert [(r.account, r.asset, r.input, r.output, r.balance) for r in rows] == [
+        ("users:v1", "USD/2", 40, 0, 40),
+        ("users:v2", "USD/2", 2, 0, 2),
+    ]
+    stats = sdk.ledger.v2.read_stats(request={"ledger": ledger}).v2_stats_response.data
+    assert (stats.transactions, stats.accounts) == (2, 3)
+    info = sdk.ledger.v2.get_ledger_info(request={"ledger": ledger})
+    assert info.v2_ledger_info_response.data.name == ledger
+    assert info.v2_ledger_info_response.data.storage.migrations
+    metrics = sdk.ledger.v2.get_metrics()
+    assert metrics.status_code == 200
+
+
+def test_bulk_refused_as_a_whole(sdk, ledger):
+    # A refused bulk answers 400 with an error body, which the SDK's V2BulkResponse also holds.
+    res = sdk.ledger.v2.create_bulk(
+        request={
+            "ledger": ledger,
+            "atomic": True,
+            "request_body": [
+                {
+                    "action": "CREATE_TRANSACTION",
+                    "data": {
+                        "postings": [{"source": "world", "destination": "users:b", "amount": 1, "asset": "USD"}],
+                        "metadata": {},
+                    },
+                }
+            ],
+        }
+    )
+    assert res.status_code == 400
+    assert res.v2_bulk_response.error_code.value == "VALIDATION"
+    count = sdk.ledger.v2.count_transactions(request={"ledger": ledger, "request_body": {}})
+    assert header(count, "Count") == "0"

@@ -342,7 +342,8 @@ pub struct V2Stats {
 
 #[derive(Serialize, ToSchema, Debug)]
 pub struct V2MigrationInfo {
-    pub version: i64,
+    /// A string, as the SDKs' `V2MigrationInfo.version` expects.
+    pub version: String,
     pub name: String,
     pub state: String,
 }
@@ -512,6 +513,7 @@ fn parse_sort<'a>(sort: &'a Option<String>, fields: &[&str]) -> ApiResult<Option
 pub fn routes(router: OpenApiRouter<SharedState>) -> OpenApiRouter<SharedState> {
     router
         .routes(routes!(get_info))
+        .routes(routes!(get_metrics))
         .routes(routes!(list_ledgers))
         .routes(routes!(get_ledger, create_ledger))
         .routes(routes!(update_ledger_metadata))
@@ -546,6 +548,14 @@ async fn get_info() -> Json<ServerInfo> {
         server: "coffer".into(),
         version: crate::VERSION.into(),
     })
+}
+
+/// Formance's `getMetrics`: an (empty) JSON object. Coffer's metrics are served in the
+/// Prometheus format at `/metrics`.
+#[utoipa::path(get, path = "/api/ledger/_/metrics", tag = "ledger.v2",
+    responses((status = 200, body = Object)))]
+async fn get_metrics() -> Json<serde_json::Map<String, Value>> {
+    Json(serde_json::Map::new())
 }
 
 /// List ledgers.
@@ -638,7 +648,7 @@ async fn get_ledger_info(
 ) -> ApiResult<Json<DataResponse<V2LedgerInfo>>> {
     let info = blocking(move || Ok(state.ledgers.ledger(&ledger)?)).await?;
     let migrations = vec![V2MigrationInfo {
-        version: 1,
+        version: "1".into(),
         name: "0001_init".into(),
         state: "DONE".into(),
     }];
@@ -1370,6 +1380,10 @@ pub struct V2BulkElement {
 #[serde(rename_all = "camelCase")]
 pub struct V2BulkElementResult {
     pub response_type: String,
+    /// Required by the SDKs. The engine does not report the id of the log a write produced,
+    /// so this is 0 (Formance also answers 0 for a failed element).
+    #[serde(rename = "logID")]
+    pub log_id: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub data: Option<Value>,
@@ -1495,6 +1509,7 @@ async fn create_bulk(
                 };
                 V2BulkElementResult {
                     response_type: element.action.clone(),
+                    log_id: 0,
                     data,
                     error_code: None,
                     error_description: None,
@@ -1505,6 +1520,7 @@ async fn create_bulk(
                 let (_, code) = crate::error::ledger_status(&err);
                 V2BulkElementResult {
                     response_type: "ERROR".into(),
+                    log_id: 0,
                     data: None,
                     error_code: Some(code.into()),
                     error_description: Some(err.to_string()),
