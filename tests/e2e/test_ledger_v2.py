@@ -621,3 +621,24 @@ def test_bulk_refused_as_a_whole(sdk, ledger):
     assert res.v2_bulk_response.error_code.value == "VALIDATION"
     count = sdk.ledger.v2.count_transactions(request={"ledger": ledger, "request_body": {}})
     assert header(count, "Count") == "0"
+
+
+def test_nul_characters_are_refused(sdk, ledger, http):
+    # PostgreSQL cannot store U+0000: refused up front, on every store, as a 400 naming the field.
+    with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+        fund(sdk, ledger, "users:nul", 1, metadata={"note": "a\x00b"})
+    assert ledger_error(excinfo) == (400, "VALIDATION")
+    assert ".metadata.note" in excinfo.value.data.error_message
+    res = http.get(
+        f"/api/ledger/v2/{ledger}/transactions",
+        params={"query": json.dumps({"$match": {"reference": "x\x00"}})},
+    )
+    assert (res.status_code, res.json()["errorCode"]) == (400, "VALIDATION")
+    res = http.delete(f"/api/ledger/v2/{ledger}/accounts/users:nul/metadata/k%00")
+    assert res.status_code == 400
+    res = http.get("/api/wallets/wallets", params={"name": "a\x00"})
+    assert (res.status_code, res.json()["errorCode"]) == (400, "VALIDATION")
+    # Nothing was written, and the ledger still works.
+    count = sdk.ledger.v2.count_transactions(request={"ledger": ledger, "request_body": {}})
+    assert header(count, "Count") == "0"
+    assert fund(sdk, ledger, "users:nul", 1).id == 1

@@ -17,7 +17,7 @@ fn is_wallets(path: &str) -> bool {
     path.starts_with("/api/wallets")
 }
 
-fn invalid(path: &str, message: String) -> ApiError {
+pub(crate) fn invalid(path: &str, message: String) -> ApiError {
     if is_wallets(path) {
         ApiError::Wallet(WalletError::Validation(message))
     } else {
@@ -33,7 +33,52 @@ async fn read_body(request: Request) -> Result<Bytes, ApiError> {
         .map_err(|_| ApiError::TooLarge { wallets })
 }
 
+const NUL_MESSAGE: &str = "strings must not contain the NUL character (U+0000)";
+
+/// Where a JSON document holds a string (or object key) with U+0000, as `.a.b[2]`.
+///
+/// PostgreSQL's text and jsonb cannot store U+0000: the store fails, and with it every request
+/// committed in the same batch. Such strings are refused at the door, with every store alike.
+pub(crate) fn nul_in_json(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => text.contains('\0').then(String::new),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_in_json(item).map(|at| format!("[{i}]{at}"))),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            if key.contains('\0') {
+                Some(format!(".{}", key.replace('\0', "\\u0000")))
+            } else {
+                nul_in_json(item).map(|at| format!(".{key}{at}"))
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// JSON text that may decode to a U+0000: the escape is the only way (a raw NUL is invalid).
+fn may_hold_nul(bytes: &[u8]) -> bool {
+    bytes.windows(6).any(|w| w == b"\\u0000")
+}
+
+/// The field path of a U+0000 in a JSON text, if any (cheap when there is none).
+pub(crate) fn nul_in_json_text(bytes: &[u8]) -> Option<String> {
+    if !may_hold_nul(bytes) {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    nul_in_json(&value).map(|at| if at.is_empty() { ".".into() } else { at })
+}
+
 fn parse_json<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, ApiError> {
+    if let Some(at) = nul_in_json_text(bytes) {
+        return Err(invalid(
+            path,
+            format!("invalid JSON body at {at}: {NUL_MESSAGE}"),
+        ));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let field = err.path().to_string();
@@ -146,4 +191,32 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             },
         }
     }
+}
+
+/// Refuses a U+0000 in the path or the query string (percent-encoded, or as a JSON escape in a
+/// `query=` filter) with a 400 in the API's own vocabulary; see [`nul_in_json`].
+pub async fn refuse_nul(
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let uri = request.uri();
+    let path = uri.path();
+    if path.contains("%00") {
+        return invalid(path, format!("path: {NUL_MESSAGE}")).into_response();
+    }
+    if let Some(query) = uri.query() {
+        if query.contains("%00") || query.contains("u0000") {
+            for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+                let nul = name.contains('\0')
+                    || value.contains('\0')
+                    || nul_in_json_text(value.as_bytes()).is_some();
+                if nul {
+                    return invalid(path, format!("query parameter {name}: {NUL_MESSAGE}"))
+                        .into_response();
+                }
+            }
+        }
+    }
+    next.run(request).await
 }

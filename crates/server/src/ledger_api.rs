@@ -1352,6 +1352,12 @@ async fn import_logs(
     for value in serde_json::Deserializer::from_slice(&bytes).into_iter::<Value>() {
         let value = value
             .map_err(|e| ApiError::Ledger(LedgerError::Import(format!("invalid JSON: {e}"))))?;
+        if let Some(at) = crate::extract::nul_in_json(&value) {
+            return Err(ApiError::Ledger(LedgerError::Import(format!(
+                "log {}{at}: strings must not contain the NUL character (U+0000)",
+                logs.len() + 1
+            ))));
+        }
         logs.push(imported_log(value)?);
     }
     for chunk in logs.chunks(coffer_ledger::command::IMPORT_LOGS_PER_COMMAND_MAX) {

@@ -98,6 +98,7 @@ pub fn router(state: SharedState) -> Router {
             "/_healthcheck",
             axum::routing::get(|| async { StatusCode::OK }),
         )
+        .layer(middleware::from_fn(extract::refuse_nul))
         .layer(middleware::from_fn(observe))
         .with_state(state)
 }
