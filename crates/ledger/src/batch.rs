@@ -9,7 +9,7 @@ use crate::cache::Caches;
 use crate::command::{Command, NewTransaction, Outcome, Request, Response, Target, TxBody};
 use crate::error::LedgerError;
 use crate::log::{
-    self, chain_hash, DeleteMetadataPayload, Hash, Log, LogTransaction, LogType,
+    self, chain_hash, DeleteMetadataPayload, Hash, Log, LogId, LogTransaction, LogType,
     NewTransactionPayload, RevertedTransactionPayload, SetMetadataPayload, TargetId,
     TARGET_ACCOUNT, TARGET_TRANSACTION,
 };
@@ -51,6 +51,7 @@ struct TxEntry {
 /// What a replay needs: the log that answered the key the first time.
 #[derive(Clone)]
 struct IdempotencyEntry {
+    log_id: LogId,
     fingerprint: Option<Hash>,
     kind: LogType,
     data: String,
@@ -156,6 +157,7 @@ impl<'w> Batch<'w> {
                 for log in self.writer.find_logs_by_idempotency_keys(ledger, &keys)? {
                     let key = log.idempotency_key.clone().expect("queried by key");
                     let entry = IdempotencyEntry {
+                        log_id: log.id,
                         fingerprint: log.idempotency_hash,
                         kind: log.kind,
                         data: log.data,
@@ -271,10 +273,12 @@ impl<'w> Batch<'w> {
                 return Ok(Response {
                     outcome,
                     idempotency_hit: true,
+                    log_id: Some(entry.log_id),
                 });
             }
         }
         let dry_run = request.dry_run;
+        let logs_before = self.logs.len();
         let outcome = match &request.command {
             Command::CreateLedger { .. } => unreachable!("handled above"),
             Command::UpdateLedgerMetadata { metadata } => {
@@ -318,9 +322,12 @@ impl<'w> Batch<'w> {
             }
             Command::ImportLogs { logs } => self.import_logs(&head, logs)?,
         };
+        let log_id =
+            (self.logs.len() > logs_before).then(|| self.logs.last().expect("appended").1.id);
         Ok(Response {
             outcome,
             idempotency_hit: false,
+            log_id,
         })
     }
 
@@ -366,6 +373,7 @@ impl<'w> Batch<'w> {
         Ok(Response {
             outcome: Outcome::Done,
             idempotency_hit: false,
+            log_id: None,
         })
     }
 
@@ -383,7 +391,7 @@ impl<'w> Batch<'w> {
             LogType::RevertedTransaction => {
                 let payload: RevertedTransactionPayload = serde_json::from_str(&entry.data)
                     .map_err(|err| LedgerError::Store(format!("corrupt log payload: {err}")))?;
-                payload.revert_transaction.id
+                payload.transaction.id
             }
             LogType::SetMetadata | LogType::DeleteMetadata => return Ok(Outcome::Done),
         };
@@ -616,6 +624,7 @@ impl<'w> Batch<'w> {
         self.touched_heads.insert(head_name.to_string());
         if let Some(key) = &request.idempotency_key {
             let entry = IdempotencyEntry {
+                log_id: id,
                 fingerprint,
                 kind,
                 data: data.clone(),
@@ -817,9 +826,11 @@ impl<'w> Batch<'w> {
         if request.dry_run {
             return Ok(Outcome::Transaction(tx));
         }
+        let mut reverted = LogTransaction::from_transaction(&original);
+        reverted.reverted = true;
         let payload = RevertedTransactionPayload {
-            reverted_transaction_id: id,
-            revert_transaction: LogTransaction::from_transaction(&tx),
+            reverted_transaction: reverted,
+            transaction: LogTransaction::from_transaction(&tx),
         };
         self.append_log(
             &request.ledger,
@@ -997,9 +1008,9 @@ impl<'w> Batch<'w> {
                 LogType::RevertedTransaction => {
                     let payload: RevertedTransactionPayload =
                         serde_json::from_str(&log.data).map_err(invalid)?;
-                    self.import_transaction(&current, &payload.revert_transaction, &BTreeMap::new())
+                    self.import_transaction(&current, &payload.transaction, &BTreeMap::new())
                         .and_then(|_| {
-                            let id = payload.reverted_transaction_id;
+                            let id = payload.reverted_transaction.id;
                             self.transaction(ledger, id)?.ok_or_else(|| {
                                 LedgerError::Import(format!("reverted transaction {id} is unknown"))
                             })?;
@@ -1036,6 +1047,7 @@ impl<'w> Batch<'w> {
             ));
             if let Some(key) = &log.idempotency_key {
                 let entry = IdempotencyEntry {
+                    log_id: log.id,
                     fingerprint: log.idempotency_hash,
                     kind: log.kind,
                     data: log.data.clone(),

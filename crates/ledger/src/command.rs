@@ -250,4 +250,6 @@ pub struct Response {
     pub outcome: Outcome,
     /// True when an earlier request with the same idempotency key is answered again.
     pub idempotency_hit: bool,
+    /// The log entry the request wrote (or, for a replay, the one it wrote the first time).
+    pub log_id: Option<crate::log::LogId>,
 }

@@ -306,6 +306,15 @@ fn run_batch(
             for ledger in touched {
                 caches.invalidate_ledger(ledger);
             }
+            if matches!(err, LedgerError::Store(_)) && jobs.len() > 1 {
+                // One request the store refuses must not fail the others of its batch: nothing
+                // was committed, so each runs again alone and gets its own answer.
+                tracing::warn!(error = %err, requests = count, "batch failed; retrying its requests one by one");
+                for job in jobs {
+                    run_batch(writer, caches, flags, vec![job]);
+                }
+                return;
+            }
             if matches!(err, LedgerError::Store(_)) {
                 metrics::counter!("coffer_batch_failures_total").increment(1);
                 tracing::error!(error = %err, requests = count, "batch failed; rolled back");

@@ -155,12 +155,12 @@ pub struct NewTransactionPayload {
     pub account_metadata: BTreeMap<String, Metadata>,
 }
 
+/// Formance's shape: the reverted transaction (as it was, marked reverted) and its reversal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RevertedTransactionPayload {
-    #[serde(rename = "revertedTransactionID")]
-    pub reverted_transaction_id: TxId,
-    pub revert_transaction: LogTransaction,
+    pub reverted_transaction: LogTransaction,
+    pub transaction: LogTransaction,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,9 @@ use std::io::BufRead;
 fn main() {
     let cluster = coffer_pg_harness::Cluster::start(coffer_pg_harness::Options { durable: true })
         .unwrap_or_else(|err| panic!("{err}"));
-    let url = cluster.create_database("coffer").unwrap_or_else(|err| panic!("{err}"));
+    let url = cluster
+        .create_database("coffer")
+        .unwrap_or_else(|err| panic!("{err}"));
     println!("{url}");
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);

@@ -1168,59 +1168,8 @@ async fn list_logs(
         ascending: sort.is_some_and(|(_, ascending)| ascending),
     };
     let page = page_request(params.page_size, &params.cursor);
-    let (page, reverted) = blocking(move || {
-        let page = state.ledgers.list_logs(&ledger, query, &page)?;
-        let mut reverted = BTreeMap::new();
-        for log in &page.data {
-            if let Some(id) = reverted_transaction_id(log) {
-                if let std::collections::btree_map::Entry::Vacant(entry) = reverted.entry(id) {
-                    match state.ledgers.get_transaction(&ledger, id, None) {
-                        Ok(tx) => {
-                            entry.insert(tx);
-                        }
-                        Err(LedgerError::NotFound(_)) => {}
-                        Err(err) => return Err(err.into()),
-                    }
-                }
-            }
-        }
-        Ok((page, reverted))
-    })
-    .await?;
-    cursor(page, |log| {
-        let mut json = log_json(log)?;
-        if let Some(tx) = reverted_transaction_id(log).and_then(|id| reverted.get(&id)) {
-            formance_revert_data(&mut json.data, tx)?;
-        }
-        Ok(json)
-    })
-}
-
-/// The id of the transaction a `REVERTED_TRANSACTION` log reverts.
-fn reverted_transaction_id(log: &Log) -> Option<u64> {
-    if log.kind != LogType::RevertedTransaction {
-        return None;
-    }
-    let payload: coffer_ledger::log::RevertedTransactionPayload =
-        serde_json::from_str(&log.data).ok()?;
-    Some(payload.reverted_transaction_id)
-}
-
-/// Formance's shape of a `REVERTED_TRANSACTION` log: `{"revertedTransaction": V2Transaction,
-/// "transaction": V2Transaction}`, both required by the SDKs' `V2LogDataRevertedTransaction`.
-/// The stored (hashed, exported and re-imported) payload is Coffer's
-/// `{"revertedTransactionID", "revertTransaction"}`; the list view serves both sets of keys.
-fn formance_revert_data(data: &mut Value, reverted: &Transaction) -> ApiResult<()> {
-    let Value::Object(map) = data else {
-        return Ok(());
-    };
-    let reverted = serde_json::to_value(transaction_json(reverted, false)?)
-        .map_err(|e| ApiError::Ledger(LedgerError::Store(e.to_string())))?;
-    map.insert("revertedTransaction".into(), reverted);
-    if let Some(revert) = map.get("revertTransaction").cloned() {
-        map.insert("transaction".into(), revert);
-    }
-    Ok(())
+    let page = blocking(move || Ok(state.ledgers.list_logs(&ledger, query, &page)?)).await?;
+    cursor(page, log_json)
 }
 
 const EXPORT_PAGE_LOGS: u32 = 1000;
@@ -1515,7 +1464,7 @@ async fn create_bulk(
                 };
                 V2BulkElementResult {
                     response_type: element.action.clone(),
-                    log_id: 0,
+                    log_id: response.log_id.unwrap_or(0),
                     data,
                     error_code: None,
                     error_description: None,

@@ -92,7 +92,11 @@ impl Store for PostgresStore {
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .map_err(pg_err)?;
-        Ok(Box::new(SqlReader { backend: Snapshot { client: std::sync::Mutex::new(client) } }))
+        Ok(Box::new(SqlReader {
+            backend: Snapshot {
+                client: std::sync::Mutex::new(client),
+            },
+        }))
     }
 
     fn writer(&self) -> StoreResult<Box<dyn StoreWriter>> {
@@ -255,7 +259,10 @@ impl SqlBackend for Snapshot {
     }
 
     fn query(&self, sql: &str, params: &[SqlValue]) -> StoreResult<Vec<Row>> {
-        let mut client = self.client.lock().map_err(|_| err("snapshot connection poisoned"))?;
+        let mut client = self
+            .client
+            .lock()
+            .map_err(|_| err("snapshot connection poisoned"))?;
         run_query(&mut client, sql, params)
     }
 }

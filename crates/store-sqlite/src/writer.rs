@@ -22,7 +22,7 @@ use crate::projections::{self, Flusher, Projections};
 /// confirmed ones are dropped.
 const RECENT_PRUNE_ENTRIES: usize = 100_000;
 /// Past this many unconfirmed entries, the writer waits for the flusher.
-const RECENT_ENTRIES_MAX: usize = 2_000_000;
+const RECENT_ENTRIES_MAX: usize = 500_000;
 
 pub struct SqliteWriter {
     conn: Connection,
@@ -103,8 +103,14 @@ impl StoreWriter for SqliteWriter {
             for (key, volumes) in &staged.volumes {
                 self.recent.insert(key.clone(), (*volumes, self.generation));
             }
-            self.flusher.hand_over(self.generation, staged)?;
-            self.prune_recent()?;
+            // The commit is done: whatever happens to its projections now, the transactions are
+            // durable, and projections can always be rebuilt from them at the next open.
+            if let Err(error) = self.flusher.hand_over(self.generation, staged) {
+                tracing::error!(error = %error, "projections not handed over; rebuilt at next open");
+            }
+            if let Err(error) = self.prune_recent() {
+                tracing::error!(error = %error, "projections not confirmed");
+            }
         }
         Ok(())
     }
