@@ -105,6 +105,7 @@ impl Store for PostgresStore {
             client,
             statements: HashMap::new(),
             in_transaction: false,
+            begin_pending: false,
         }))
     }
 
@@ -287,6 +288,8 @@ pub struct PostgresWriter {
     client: Client,
     statements: HashMap<&'static str, Statement>,
     in_transaction: bool,
+    /// `BEGIN` not sent yet: it goes with the first query.
+    begin_pending: bool,
 }
 
 const LOCK_LEDGERS: &str = "SELECT id, name, next_tx_id, next_log_id, last_hash FROM ledgers \
@@ -305,35 +308,56 @@ const FIND_LOGS: &str =
      FROM logs l WHERE l.ledger_id = $1 AND l.idempotency_key = ANY($2)";
 const FIND_REFERENCES: &str =
     "SELECT reference FROM transactions WHERE ledger_id = $1 AND reference = ANY($2)";
-const UPDATE_HEAD: &str =
-    "UPDATE ledgers SET next_tx_id = $2, next_log_id = $3, last_hash = $4 WHERE id = $1";
-const INSERT_TRANSACTIONS: &str = "INSERT INTO transactions (ledger_id, id, timestamp, reference, postings, metadata, \
-     post_commit_volumes, inserted_at, updated_at, reverted_at) \
-     SELECT l, i, ts, r, p, CAST(m AS JSONB), v, ia, ua, ra FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], \
-     $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[]) \
-     AS u(l, i, ts, r, p, m, v, ia, ua, ra)";
-const UPDATE_TRANSACTIONS: &str = "UPDATE transactions t SET metadata = CAST(u.m AS JSONB), reverted_at = u.ra, \
-     updated_at = u.ua FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[]) \
-     AS u(l, i, m, ra, ua) WHERE t.ledger_id = u.l AND t.id = u.i";
-const INSERT_MOVES: &str = "INSERT INTO moves (ledger_id, address, asset, tx_id, timestamp, input_delta, output_delta, roles) \
-     SELECT l, a, s, t, ts, CAST(i AS NUMERIC), CAST(o AS NUMERIC), r FROM unnest($1::bigint[], $2::text[], $3::text[], \
-     $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::int[]) AS u(l, a, s, t, ts, i, o, r)";
-const UPSERT_VOLUMES: &str = "INSERT INTO volumes (ledger_id, address, asset, input, output) \
-     SELECT l, a, s, CAST(i AS NUMERIC), CAST(o AS NUMERIC) FROM unnest($1::bigint[], $2::text[], $3::text[], \
-     $4::text[], $5::text[]) AS u(l, a, s, i, o) \
-     ON CONFLICT (ledger_id, address, asset) DO UPDATE SET input = excluded.input, output = excluded.output";
-const UPSERT_ACCOUNTS: &str = "INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) \
-     SELECT l, a, CAST('{}' AS JSONB), f, i, u FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], \
-     $5::bigint[]) AS x(l, a, f, i, u) \
-     ON CONFLICT (ledger_id, address) DO UPDATE SET first_usage = LEAST(accounts.first_usage, excluded.first_usage)";
-const UPSERT_ACCOUNTS_METADATA: &str = "INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, \
-     updated_at) SELECT l, a, CAST(m AS JSONB), f, i, u FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], \
-     $5::bigint[], $6::bigint[]) AS x(l, a, m, f, i, u) \
-     ON CONFLICT (ledger_id, address) DO UPDATE SET first_usage = LEAST(accounts.first_usage, excluded.first_usage), \
-     metadata = excluded.metadata, updated_at = excluded.updated_at";
-const INSERT_LOGS: &str = "INSERT INTO logs (ledger_id, id, type, date, data, idempotency_key, idempotency_hash, hash) \
-     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
-     $7::bytea[], $8::bytea[])";
+
+const WRITE_BATCH: &str = "WITH \
+     heads AS (UPDATE ledgers g SET next_tx_id = u.n, next_log_id = u.l, last_hash = u.h \
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[]) AS u(id, n, l, h) \
+         WHERE g.id = u.id RETURNING 1), \
+     txs AS (INSERT INTO transactions (ledger_id, id, timestamp, reference, postings, metadata, \
+         post_commit_volumes, inserted_at, updated_at, reverted_at) \
+         SELECT l, i, ts, r, p, CAST(m AS JSONB), v, ia, ua, ra FROM unnest($5::bigint[], $6::bigint[], \
+         $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::bigint[], \
+         $14::bigint[]) AS u(l, i, ts, r, p, m, v, ia, ua, ra) RETURNING 1), \
+     updates AS (UPDATE transactions t SET metadata = CAST(u.m AS JSONB), reverted_at = u.ra, updated_at = u.ua \
+         FROM unnest($15::bigint[], $16::bigint[], $17::text[], $18::bigint[], $19::bigint[]) AS u(l, i, m, ra, ua) \
+         WHERE t.ledger_id = u.l AND t.id = u.i RETURNING 1), \
+     moved AS (INSERT INTO moves (ledger_id, address, asset, tx_id, timestamp, input_delta, output_delta, roles) \
+         SELECT l, a, s, t, ts, CAST(i AS NUMERIC), CAST(o AS NUMERIC), r FROM unnest($20::bigint[], $21::text[], \
+         $22::text[], $23::bigint[], $24::bigint[], $25::text[], $26::text[], $27::int[]) \
+         AS u(l, a, s, t, ts, i, o, r) RETURNING 1), \
+     vols AS (INSERT INTO volumes (ledger_id, address, asset, input, output) \
+         SELECT l, a, s, CAST(i AS NUMERIC), CAST(o AS NUMERIC) FROM unnest($28::bigint[], $29::text[], \
+         $30::text[], $31::text[], $32::text[]) AS u(l, a, s, i, o) \
+         ON CONFLICT (ledger_id, address, asset) DO UPDATE SET input = excluded.input, output = excluded.output \
+         RETURNING 1), \
+     accounts_plain AS (INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) \
+         SELECT l, a, CAST('{}' AS JSONB), f, i, u FROM unnest($33::bigint[], $34::text[], $35::bigint[], \
+         $36::bigint[], $37::bigint[]) AS x(l, a, f, i, u) \
+         ON CONFLICT (ledger_id, address) DO UPDATE SET first_usage = LEAST(accounts.first_usage, excluded.first_usage) \
+         RETURNING 1), \
+     accounts_meta AS (INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) \
+         SELECT l, a, CAST(m AS JSONB), f, i, u FROM unnest($38::bigint[], $39::text[], $40::text[], $41::bigint[], \
+         $42::bigint[], $43::bigint[]) AS x(l, a, m, f, i, u) \
+         ON CONFLICT (ledger_id, address) DO UPDATE SET first_usage = LEAST(accounts.first_usage, excluded.first_usage), \
+         metadata = excluded.metadata, updated_at = excluded.updated_at RETURNING 1), \
+     logged AS (INSERT INTO logs (ledger_id, id, type, date, data, idempotency_key, idempotency_hash, hash) \
+         SELECT * FROM unnest($44::bigint[], $45::bigint[], $46::text[], $47::bigint[], $48::text[], $49::text[], \
+         $50::bytea[], $51::bytea[]) RETURNING 1) \
+     SELECT (SELECT COUNT(*) FROM heads), (SELECT COUNT(*) FROM updates), (SELECT COUNT(*) FROM txs), \
+       (SELECT COUNT(*) FROM moved), (SELECT COUNT(*) FROM vols), (SELECT COUNT(*) FROM accounts_plain), \
+       (SELECT COUNT(*) FROM accounts_meta), \
+       (SELECT COUNT(*) FROM logged)";
+
+fn decode_hex(hex: &str) -> Option<Hash> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (index, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
 
 fn hash_of(bytes: Option<Vec<u8>>) -> Option<Hash> {
     bytes.and_then(|b| b.try_into().ok())
@@ -345,6 +369,53 @@ fn parse_amount(text: &str) -> StoreResult<Amount> {
 }
 
 impl PostgresWriter {
+    /// `BEGIN` and the ledger locks in one round trip (simple protocol: the names are inlined,
+    /// quoted; ledger names are `[0-9A-Za-z_-]` anyway).
+    fn begin_and_lock(&mut self, names: &[String]) -> StoreResult<Vec<LedgerHead>> {
+        let quoted: Vec<String> = names
+            .iter()
+            .map(|n| format!("'{}'", n.replace('\'', "''")))
+            .collect();
+        let list = if quoted.is_empty() {
+            "NULL".to_string()
+        } else {
+            quoted.join(", ")
+        };
+        let sql = format!(
+            "BEGIN; SELECT id, name, next_tx_id, next_log_id, encode(last_hash, 'hex') FROM ledgers \
+             WHERE name IN ({list}) ORDER BY name FOR UPDATE"
+        );
+        let messages = self.client.simple_query(&sql).map_err(pg_err)?;
+        let mut heads = Vec::new();
+        for message in messages {
+            if let postgres::SimpleQueryMessage::Row(row) = message {
+                let field = |i: usize| {
+                    row.get(i)
+                        .ok_or_else(|| err("missing column in ledger head"))
+                };
+                let number = |i: usize| -> StoreResult<i64> {
+                    field(i)?
+                        .parse()
+                        .map_err(|_| err("bad number in ledger head"))
+                };
+                let last_hash = match row.get(4) {
+                    None => None,
+                    Some(hex) => {
+                        Some(decode_hex(hex).ok_or_else(|| err("bad hash in ledger head"))?)
+                    }
+                };
+                heads.push(LedgerHead {
+                    id: number(0)?,
+                    name: field(1)?.to_string(),
+                    next_tx_id: number(2)? as TxId,
+                    next_log_id: number(3)? as u64,
+                    last_hash,
+                });
+            }
+        }
+        Ok(heads)
+    }
+
     fn statement(&mut self, sql: &'static str) -> StoreResult<Statement> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
@@ -355,13 +426,6 @@ impl PostgresWriter {
             .map_err(|e| err(format!("{} in {sql}", pg_err(e))))?;
         self.statements.insert(sql, statement.clone());
         Ok(statement)
-    }
-
-    fn execute(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<u64> {
-        let statement = self.statement(sql)?;
-        self.client
-            .execute(&statement, params)
-            .map_err(|e| err(format!("{} in {sql}", pg_err(e))))
     }
 
     fn query(
@@ -379,7 +443,8 @@ impl PostgresWriter {
 impl StoreWriter for PostgresWriter {
     fn begin(&mut self) -> StoreResult<()> {
         assert!(!self.in_transaction, "begin inside a transaction");
-        self.client.batch_execute("BEGIN").map_err(pg_err)?;
+        // Sent with the lock query, to save a round trip.
+        self.begin_pending = true;
         self.in_transaction = true;
         Ok(())
     }
@@ -387,10 +452,17 @@ impl StoreWriter for PostgresWriter {
     fn commit(&mut self) -> StoreResult<()> {
         assert!(self.in_transaction, "commit outside a transaction");
         self.in_transaction = false;
+        if std::mem::take(&mut self.begin_pending) {
+            return Ok(());
+        }
         self.client.batch_execute("COMMIT").map_err(pg_err)
     }
 
     fn rollback(&mut self) -> StoreResult<()> {
+        if std::mem::take(&mut self.begin_pending) {
+            self.in_transaction = false;
+            return Ok(());
+        }
         if self.in_transaction {
             self.in_transaction = false;
             if self.client.is_closed() {
@@ -402,6 +474,9 @@ impl StoreWriter for PostgresWriter {
     }
 
     fn lock_ledgers(&mut self, names: &[String]) -> StoreResult<Vec<LedgerHead>> {
+        if std::mem::take(&mut self.begin_pending) {
+            return self.begin_and_lock(names);
+        }
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let rows = self.query(LOCK_LEDGERS, &[&names])?;
         rows.iter()
@@ -539,21 +614,10 @@ impl StoreWriter for PostgresWriter {
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
+    /// One statement, one round trip: every table's rows go in as arrays through
+    /// data-modifying CTEs (each CTE touches different rows, so their order does not matter).
     fn write(&mut self, writes: &BatchWrites) -> StoreResult<()> {
         assert!(self.in_transaction, "write outside a transaction");
-        for head in &writes.heads {
-            let hash = head.last_hash.map(|h| h.to_vec());
-            let changed = self.execute(
-                UPDATE_HEAD,
-                &[
-                    &head.id,
-                    &(head.next_tx_id as i64),
-                    &(head.next_log_id as i64),
-                    &hash,
-                ],
-            )?;
-            assert_eq!(changed, 1, "ledger head row missing");
-        }
         for (ledger, metadata) in &writes.ledger_metadata {
             self.client
                 .execute(
@@ -562,123 +626,181 @@ impl StoreWriter for PostgresWriter {
                 )
                 .map_err(pg_err)?;
         }
-        if !writes.transactions.is_empty() {
-            let n = writes.transactions.len();
-            let (mut l, mut i, mut ts, mut r, mut p, mut m, mut v, mut ia, mut ua, mut ra) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
-            for (ledger, tx) in &writes.transactions {
-                l.push(*ledger);
-                i.push(tx.id as i64);
-                ts.push(tx.timestamp.micros());
-                r.push(tx.reference.clone());
-                p.push(codec::encode_postings(&tx.postings));
-                m.push(codec::encode_metadata(&tx.metadata));
-                v.push(codec::encode_volumes(&tx.post_commit_volumes));
-                ia.push(tx.inserted_at.micros());
-                ua.push(tx.updated_at.micros());
-                ra.push(tx.reverted_at.map(|t| t.micros()));
-            }
-            self.execute(
-                INSERT_TRANSACTIONS,
-                &[&l, &i, &ts, &r, &p, &m, &v, &ia, &ua, &ra],
-            )?;
-        }
-        if !writes.transaction_updates.is_empty() {
-            let updates = &writes.transaction_updates;
-            let l: Vec<i64> = updates.iter().map(|u| u.ledger).collect();
-            let i: Vec<i64> = updates.iter().map(|u| u.id as i64).collect();
-            let m: Vec<String> = updates
-                .iter()
-                .map(|u| codec::encode_metadata(&u.metadata))
-                .collect();
-            let ra: Vec<Option<i64>> = updates
-                .iter()
-                .map(|u| u.reverted_at.map(|t| t.micros()))
-                .collect();
-            let ua: Vec<i64> = updates.iter().map(|u| u.updated_at.micros()).collect();
-            let changed = self.execute(UPDATE_TRANSACTIONS, &[&l, &i, &m, &ra, &ua])?;
-            assert_eq!(
-                changed as usize,
-                updates.len(),
-                "updated transactions missing"
-            );
-        }
-        let moves: Vec<MoveRow> = writes
-            .transactions
+        let heads = &writes.heads;
+        let head_ids: Vec<i64> = heads.iter().map(|h| h.id).collect();
+        let head_next_tx: Vec<i64> = heads.iter().map(|h| h.next_tx_id as i64).collect();
+        let head_next_log: Vec<i64> = heads.iter().map(|h| h.next_log_id as i64).collect();
+        let head_hash: Vec<Option<Vec<u8>>> = heads
+            .iter()
+            .map(|h| h.last_hash.map(|x| x.to_vec()))
+            .collect();
+
+        let txs = &writes.transactions;
+        let tx_ledger: Vec<i64> = txs.iter().map(|(l, _)| *l).collect();
+        let tx_id: Vec<i64> = txs.iter().map(|(_, t)| t.id as i64).collect();
+        let tx_ts: Vec<i64> = txs.iter().map(|(_, t)| t.timestamp.micros()).collect();
+        let tx_ref: Vec<Option<&str>> = txs.iter().map(|(_, t)| t.reference.as_deref()).collect();
+        let tx_postings: Vec<String> = txs
+            .iter()
+            .map(|(_, t)| codec::encode_postings(&t.postings))
+            .collect();
+        let tx_meta: Vec<String> = txs
+            .iter()
+            .map(|(_, t)| codec::encode_metadata(&t.metadata))
+            .collect();
+        let tx_pcv: Vec<String> = txs
+            .iter()
+            .map(|(_, t)| codec::encode_volumes(&t.post_commit_volumes))
+            .collect();
+        let tx_inserted: Vec<i64> = txs.iter().map(|(_, t)| t.inserted_at.micros()).collect();
+        let tx_updated: Vec<i64> = txs.iter().map(|(_, t)| t.updated_at.micros()).collect();
+        let tx_reverted: Vec<Option<i64>> = txs
+            .iter()
+            .map(|(_, t)| t.reverted_at.map(|x| x.micros()))
+            .collect();
+
+        let updates = &writes.transaction_updates;
+        let up_ledger: Vec<i64> = updates.iter().map(|u| u.ledger).collect();
+        let up_id: Vec<i64> = updates.iter().map(|u| u.id as i64).collect();
+        let up_meta: Vec<String> = updates
+            .iter()
+            .map(|u| codec::encode_metadata(&u.metadata))
+            .collect();
+        let up_reverted: Vec<Option<i64>> = updates
+            .iter()
+            .map(|u| u.reverted_at.map(|t| t.micros()))
+            .collect();
+        let up_updated: Vec<i64> = updates.iter().map(|u| u.updated_at.micros()).collect();
+
+        let moves: Vec<MoveRow> = txs
             .iter()
             .flat_map(|(ledger, tx)| moves_of(*ledger, tx))
             .collect();
-        if !moves.is_empty() {
-            let l: Vec<i64> = moves.iter().map(|m| m.ledger).collect();
-            let a: Vec<&str> = moves.iter().map(|m| m.address.as_str()).collect();
-            let s: Vec<&str> = moves.iter().map(|m| m.asset.as_str()).collect();
-            let t: Vec<i64> = moves.iter().map(|m| m.tx_id as i64).collect();
-            let ts: Vec<i64> = moves.iter().map(|m| m.timestamp.micros()).collect();
-            let i: Vec<String> = moves.iter().map(|m| m.input_delta.to_string()).collect();
-            let o: Vec<String> = moves.iter().map(|m| m.output_delta.to_string()).collect();
-            let r: Vec<i32> = moves.iter().map(|m| m.roles as i32).collect();
-            self.execute(INSERT_MOVES, &[&l, &a, &s, &t, &ts, &i, &o, &r])?;
-        }
-        if !writes.volumes.is_empty() {
-            let volumes = &writes.volumes;
-            let l: Vec<i64> = volumes.iter().map(|(k, _)| k.ledger).collect();
-            let a: Vec<&str> = volumes.iter().map(|(k, _)| k.address.as_str()).collect();
-            let s: Vec<&str> = volumes.iter().map(|(k, _)| k.asset.as_str()).collect();
-            let i: Vec<String> = volumes.iter().map(|(_, v)| v.input.to_string()).collect();
-            let o: Vec<String> = volumes.iter().map(|(_, v)| v.output.to_string()).collect();
-            self.execute(UPSERT_VOLUMES, &[&l, &a, &s, &i, &o])?;
-        }
-        let (plain, with_metadata): (Vec<_>, Vec<_>) =
+        let mv_ledger: Vec<i64> = moves.iter().map(|m| m.ledger).collect();
+        let mv_address: Vec<&str> = moves.iter().map(|m| m.address.as_str()).collect();
+        let mv_asset: Vec<&str> = moves.iter().map(|m| m.asset.as_str()).collect();
+        let mv_tx: Vec<i64> = moves.iter().map(|m| m.tx_id as i64).collect();
+        let mv_ts: Vec<i64> = moves.iter().map(|m| m.timestamp.micros()).collect();
+        let mv_in: Vec<String> = moves.iter().map(|m| m.input_delta.to_string()).collect();
+        let mv_out: Vec<String> = moves.iter().map(|m| m.output_delta.to_string()).collect();
+        let mv_roles: Vec<i32> = moves.iter().map(|m| m.roles as i32).collect();
+
+        let volumes = &writes.volumes;
+        let vol_ledger: Vec<i64> = volumes.iter().map(|(k, _)| k.ledger).collect();
+        let vol_address: Vec<&str> = volumes.iter().map(|(k, _)| k.address.as_str()).collect();
+        let vol_asset: Vec<&str> = volumes.iter().map(|(k, _)| k.asset.as_str()).collect();
+        let vol_in: Vec<String> = volumes.iter().map(|(_, v)| v.input.to_string()).collect();
+        let vol_out: Vec<String> = volumes.iter().map(|(_, v)| v.output.to_string()).collect();
+
+        let (plain, with_meta): (Vec<_>, Vec<_>) =
             writes.accounts.iter().partition(|a| a.metadata.is_none());
-        if !plain.is_empty() {
-            let l: Vec<i64> = plain.iter().map(|a| a.ledger).collect();
-            let a: Vec<&str> = plain.iter().map(|a| a.address.as_str()).collect();
-            let f: Vec<i64> = plain.iter().map(|a| a.first_usage.micros()).collect();
-            let i: Vec<i64> = plain.iter().map(|a| a.insertion_date.micros()).collect();
-            let u: Vec<i64> = plain.iter().map(|a| a.updated_at.micros()).collect();
-            self.execute(UPSERT_ACCOUNTS, &[&l, &a, &f, &i, &u])?;
-        }
-        if !with_metadata.is_empty() {
-            let accounts = with_metadata;
-            let l: Vec<i64> = accounts.iter().map(|a| a.ledger).collect();
-            let a: Vec<&str> = accounts.iter().map(|a| a.address.as_str()).collect();
-            let m: Vec<String> = accounts
-                .iter()
-                .map(|a| codec::encode_metadata(a.metadata.as_ref().expect("partitioned")))
-                .collect();
-            let f: Vec<i64> = accounts.iter().map(|a| a.first_usage.micros()).collect();
-            let i: Vec<i64> = accounts.iter().map(|a| a.insertion_date.micros()).collect();
-            let u: Vec<i64> = accounts.iter().map(|a| a.updated_at.micros()).collect();
-            self.execute(UPSERT_ACCOUNTS_METADATA, &[&l, &a, &m, &f, &i, &u])?;
-        }
-        if !writes.logs.is_empty() {
-            let logs = &writes.logs;
-            let l: Vec<i64> = logs.iter().map(|(ledger, _)| *ledger).collect();
-            let i: Vec<i64> = logs.iter().map(|(_, log)| log.id as i64).collect();
-            let t: Vec<&str> = logs.iter().map(|(_, log)| log.kind.as_str()).collect();
-            let d: Vec<i64> = logs.iter().map(|(_, log)| log.date.micros()).collect();
-            let data: Vec<&str> = logs.iter().map(|(_, log)| log.data.as_str()).collect();
-            let k: Vec<Option<&str>> = logs
-                .iter()
-                .map(|(_, log)| log.idempotency_key.as_deref())
-                .collect();
-            let kh: Vec<Option<Vec<u8>>> = logs
-                .iter()
-                .map(|(_, log)| log.idempotency_hash.map(|h| h.to_vec()))
-                .collect();
-            let h: Vec<Vec<u8>> = logs.iter().map(|(_, log)| log.hash.to_vec()).collect();
-            self.execute(INSERT_LOGS, &[&l, &i, &t, &d, &data, &k, &kh, &h])?;
-        }
+        let acc_ledger: Vec<i64> = plain.iter().map(|a| a.ledger).collect();
+        let acc_address: Vec<&str> = plain.iter().map(|a| a.address.as_str()).collect();
+        let acc_first: Vec<i64> = plain.iter().map(|a| a.first_usage.micros()).collect();
+        let acc_inserted: Vec<i64> = plain.iter().map(|a| a.insertion_date.micros()).collect();
+        let acc_updated: Vec<i64> = plain.iter().map(|a| a.updated_at.micros()).collect();
+        let am_ledger: Vec<i64> = with_meta.iter().map(|a| a.ledger).collect();
+        let am_address: Vec<&str> = with_meta.iter().map(|a| a.address.as_str()).collect();
+        let am_meta: Vec<String> = with_meta
+            .iter()
+            .map(|a| codec::encode_metadata(a.metadata.as_ref().expect("partitioned")))
+            .collect();
+        let am_first: Vec<i64> = with_meta.iter().map(|a| a.first_usage.micros()).collect();
+        let am_inserted: Vec<i64> = with_meta
+            .iter()
+            .map(|a| a.insertion_date.micros())
+            .collect();
+        let am_updated: Vec<i64> = with_meta.iter().map(|a| a.updated_at.micros()).collect();
+
+        let logs = &writes.logs;
+        let log_ledger: Vec<i64> = logs.iter().map(|(ledger, _)| *ledger).collect();
+        let log_id: Vec<i64> = logs.iter().map(|(_, log)| log.id as i64).collect();
+        let log_type: Vec<&str> = logs.iter().map(|(_, log)| log.kind.as_str()).collect();
+        let log_date: Vec<i64> = logs.iter().map(|(_, log)| log.date.micros()).collect();
+        let log_data: Vec<&str> = logs.iter().map(|(_, log)| log.data.as_str()).collect();
+        let log_key: Vec<Option<&str>> = logs
+            .iter()
+            .map(|(_, log)| log.idempotency_key.as_deref())
+            .collect();
+        let log_key_hash: Vec<Option<Vec<u8>>> = logs
+            .iter()
+            .map(|(_, log)| log.idempotency_hash.map(|h| h.to_vec()))
+            .collect();
+        let log_hash: Vec<Vec<u8>> = logs.iter().map(|(_, log)| log.hash.to_vec()).collect();
+
+        let row = {
+            let statement = self.statement(WRITE_BATCH)?;
+            self.client
+                .query_one(
+                    &statement,
+                    &[
+                        &head_ids,
+                        &head_next_tx,
+                        &head_next_log,
+                        &head_hash,
+                        &tx_ledger,
+                        &tx_id,
+                        &tx_ts,
+                        &tx_ref,
+                        &tx_postings,
+                        &tx_meta,
+                        &tx_pcv,
+                        &tx_inserted,
+                        &tx_updated,
+                        &tx_reverted,
+                        &up_ledger,
+                        &up_id,
+                        &up_meta,
+                        &up_reverted,
+                        &up_updated,
+                        &mv_ledger,
+                        &mv_address,
+                        &mv_asset,
+                        &mv_tx,
+                        &mv_ts,
+                        &mv_in,
+                        &mv_out,
+                        &mv_roles,
+                        &vol_ledger,
+                        &vol_address,
+                        &vol_asset,
+                        &vol_in,
+                        &vol_out,
+                        &acc_ledger,
+                        &acc_address,
+                        &acc_first,
+                        &acc_inserted,
+                        &acc_updated,
+                        &am_ledger,
+                        &am_address,
+                        &am_meta,
+                        &am_first,
+                        &am_inserted,
+                        &am_updated,
+                        &log_ledger,
+                        &log_id,
+                        &log_type,
+                        &log_date,
+                        &log_data,
+                        &log_key,
+                        &log_key_hash,
+                        &log_hash,
+                    ],
+                )
+                .map_err(|e| err(format!("{} in the batch write", pg_err(e))))?
+        };
+        let heads_changed: i64 = row.get(0);
+        let updates_changed: i64 = row.get(1);
+        assert_eq!(
+            heads_changed as usize,
+            heads.len(),
+            "ledger head row missing"
+        );
+        assert_eq!(
+            updates_changed as usize,
+            updates.len(),
+            "updated transactions missing"
+        );
         Ok(())
     }
 }
