@@ -264,6 +264,8 @@ fn comparator(direction: Direction) -> (&'static str, &'static str) {
     }
 }
 
+/// Limits are inlined in the SQL text: a bound `LIMIT` makes SQLite re-prepare the statement on
+/// every execution (its planner uses the value).
 fn limit(value: u32) -> i64 {
     i64::from(value.max(1))
 }
@@ -297,7 +299,7 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         }
         sql.push_str(&format!(
             " ORDER BY g.name ASC LIMIT {}",
-            params.int(limit(count))
+            limit(count)
         ));
         self.backend
             .query(&sql, &params.values)?
@@ -374,7 +376,7 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
                 sql.push_str(&format!(" ORDER BY t.timestamp {order}, t.id {order}"))
             }
         }
-        sql.push_str(&format!(" LIMIT {}", params.int(limit(query.limit))));
+        sql.push_str(&format!(" LIMIT {}", limit(query.limit)));
         let mut transactions: Vec<Transaction> = self
             .backend
             .query(&sql, &params.values)?
@@ -516,7 +518,7 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         }
         sql.push_str(&format!(
             " ORDER BY v.address {order}, v.asset {order} LIMIT {}",
-            params.int(limit(query.limit))
+            limit(query.limit)
         ));
         self.backend
             .query(&sql, &params.values)?
@@ -551,7 +553,7 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         }
         sql.push_str(&format!(
             " ORDER BY l.id {order} LIMIT {}",
-            params.int(limit(query.limit))
+            limit(query.limit)
         ));
         self.backend
             .query(&sql, &params.values)?
@@ -562,14 +564,11 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
 
     fn scan_logs(&self, ledger: LedgerId, after: LogId, count: u32) -> StoreResult<Vec<Log>> {
         let sql = format!(
-            "SELECT {} FROM logs l WHERE l.ledger_id = $1 AND l.id > $2 ORDER BY l.id ASC LIMIT $3",
-            Self::log_columns()
+            "SELECT {} FROM logs l WHERE l.ledger_id = $1 AND l.id > $2 ORDER BY l.id ASC LIMIT {}",
+            Self::log_columns(),
+            limit(count)
         );
-        let params = [
-            SqlValue::Int(ledger),
-            SqlValue::Int(after as i64),
-            SqlValue::Int(limit(count)),
-        ];
+        let params = [SqlValue::Int(ledger), SqlValue::Int(after as i64)];
         self.backend
             .query(&sql, &params)?
             .iter()
@@ -584,14 +583,11 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         count: u32,
     ) -> StoreResult<Vec<Transaction>> {
         let sql = format!(
-            "SELECT {} FROM transactions t WHERE t.ledger_id = $1 AND t.id > $2 ORDER BY t.id ASC LIMIT $3",
-            self.tx_columns()
+            "SELECT {} FROM transactions t WHERE t.ledger_id = $1 AND t.id > $2 ORDER BY t.id ASC LIMIT {}",
+            self.tx_columns(),
+            limit(count)
         );
-        let params = [
-            SqlValue::Int(ledger),
-            SqlValue::Int(after as i64),
-            SqlValue::Int(limit(count)),
-        ];
+        let params = [SqlValue::Int(ledger), SqlValue::Int(after as i64)];
         self.backend
             .query(&sql, &params)?
             .iter()
@@ -638,7 +634,7 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         }
         sql.push_str(&format!(
             " ORDER BY v.address, v.asset LIMIT {}",
-            params.int(limit(count))
+            limit(count)
         ));
         self.backend
             .query(&sql, &params.values)?
@@ -682,7 +678,7 @@ impl<B: SqlBackend> SqlReader<B> {
         }
         sql.push_str(&format!(
             " ORDER BY a.address {order} LIMIT {}",
-            params.int(limit(query.limit))
+            limit(query.limit)
         ));
         let mut accounts: Vec<Account> = self
             .backend

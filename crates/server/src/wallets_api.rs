@@ -821,7 +821,16 @@ async fn debit_wallet(
         reference: non_empty(body.reference),
         timestamp: timestamp("timestamp", body.timestamp)?,
     };
-    let hold = blocking(move || Ok(state.wallets.debit(&debit, key.as_deref())?)).await?;
+    // Decide (on the blocking pool when that reads the store), then wait for the commit
+    // without holding a thread.
+    let wallets = state.wallets.clone();
+    let (request, hold) =
+        if matches!(debit.sources, DebitSources::Main) && wallets.knows_wallet(&debit.wallet_id) {
+            wallets.plan_debit(&debit, key.as_deref())?
+        } else {
+            blocking(move || Ok(wallets.plan_debit(&debit, key.as_deref())?)).await?
+        };
+    state.ledgers.write(request).await.map_err(WalletError::from)?;
     Ok(match hold {
         Some(hold) => (
             StatusCode::CREATED,

@@ -314,9 +314,9 @@ pub fn recover(conn: &Connection) -> StoreResult<u64> {
                 conn,
                 &format!(
                     "SELECT {TRANSACTION_COLUMNS} FROM transactions t WHERE t.ledger_id = $1 AND t.id > $2 \
-                     ORDER BY t.id LIMIT $3"
+                     ORDER BY t.id LIMIT {PAGE}"
                 ),
-                &[SqlValue::Int(ledger), SqlValue::Int(applied), SqlValue::Int(PAGE)],
+                &[SqlValue::Int(ledger), SqlValue::Int(applied)],
             )?;
             if rows.is_empty() {
                 break;

@@ -58,7 +58,13 @@ pub fn deterministic_id(kind: &str, key: &str) -> String {
 pub struct Wallets {
     ledgers: Arc<Ledgers>,
     ledger: String,
+    /// Wallets seen to exist. A wallet is never deleted, so debits and credits of a known
+    /// wallet skip the lookup (bounded: forgotten entries are just looked up again).
+    known_wallets: parking_lot::Mutex<lru::LruCache<String, ()>>,
 }
+
+/// Wallet ids remembered as existing.
+pub const KNOWN_WALLETS_MAX: usize = 100_000;
 
 impl Wallets {
     /// Uses `ledger` for wallets, creating it if it does not exist.
@@ -81,6 +87,9 @@ impl Wallets {
         Ok(Wallets {
             ledgers,
             ledger: ledger.to_string(),
+            known_wallets: parking_lot::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(KNOWN_WALLETS_MAX).expect("non-zero"),
+            )),
         })
     }
 
@@ -92,12 +101,16 @@ impl Wallets {
         &self.ledgers
     }
 
-    fn write(&self, command: Command, key: Option<&str>) -> Result<Response, WalletError> {
+    fn request(&self, command: Command, key: Option<&str>) -> Request {
         let mut request = Request::new(self.ledger.clone(), command);
         if let Some(key) = key {
             request = request.with_idempotency_key(key);
         }
-        Ok(self.ledgers.write_blocking(request)?)
+        request
+    }
+
+    fn write(&self, command: Command, key: Option<&str>) -> Result<Response, WalletError> {
+        Ok(self.ledgers.write_blocking(self.request(command, key))?)
     }
 
     /// Whether `command` under `key` was already committed: a dry run answers from the

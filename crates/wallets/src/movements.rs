@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use coffer_ledger::command::Request;
 use coffer_ledger::command::{Command, NewTransaction, TxBody};
 use coffer_ledger::{Metadata, Timestamp};
 use serde_json::json;
@@ -107,6 +108,18 @@ impl Wallets {
         debit: &Debit,
         idempotency_key: Option<&str>,
     ) -> Result<Option<Hold>, WalletError> {
+        let (request, hold) = self.plan_debit(debit, idempotency_key)?;
+        self.ledgers.write_blocking(request)?;
+        Ok(hold)
+    }
+
+    /// Everything a debit decides before it is written: the ledger request to commit, and the
+    /// hold it creates. Reads, never waits for a commit; the caller submits the request.
+    pub fn plan_debit(
+        &self,
+        debit: &Debit,
+        idempotency_key: Option<&str>,
+    ) -> Result<(Request, Option<Hold>), WalletError> {
         validate::monetary("amount", &debit.amount)?;
         validate::custom_metadata("metadata", &debit.metadata)?;
         validate::text("description", &debit.description, DESCRIPTION_BYTES_MAX)?;
@@ -164,8 +177,7 @@ impl Wallets {
             debit.timestamp,
             account_metadata,
         );
-        self.write(command, idempotency_key)?;
-        Ok(hold)
+        Ok((self.request(command, idempotency_key), hold))
     }
 
     /// The accounts a debit draws from, in order, expired balances left out.

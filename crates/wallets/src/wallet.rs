@@ -155,10 +155,21 @@ impl Wallets {
     }
 
     /// Wallet `field` must exist (for operations where an unknown wallet is a client mistake).
-    pub(crate) fn require_wallet(&self, field: &str, id: &str) -> Result<Account, WalletError> {
+    /// Whether `id` is known to be a wallet without a lookup (then planning a debit from its main
+    /// balance does no I/O).
+    pub fn knows_wallet(&self, id: &str) -> bool {
+        self.known_wallets.lock().get(id).is_some()
+    }
+
+    pub(crate) fn require_wallet(&self, field: &str, id: &str) -> Result<(), WalletError> {
         validate::wallet_id(field, id)?;
+        if self.known_wallets.lock().get(id).is_some() {
+            return Ok(());
+        }
         self.wallet_account_with(id, false)?
-            .ok_or_else(|| WalletError::validation(format!("{field}: wallet {id:?} not found")))
+            .ok_or_else(|| WalletError::validation(format!("{field}: wallet {id:?} not found")))?;
+        self.known_wallets.lock().put(id.to_string(), ());
+        Ok(())
     }
 
     pub(crate) fn wallet_of(
