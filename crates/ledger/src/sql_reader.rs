@@ -297,10 +297,7 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         if let Some(after) = after {
             sql.push_str(&format!(" AND g.name > {}", params.text(after)));
         }
-        sql.push_str(&format!(
-            " ORDER BY g.name ASC LIMIT {}",
-            limit(count)
-        ));
+        sql.push_str(&format!(" ORDER BY g.name ASC LIMIT {}", limit(count)));
         self.backend
             .query(&sql, &params.values)?
             .iter()

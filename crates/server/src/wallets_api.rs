@@ -830,7 +830,11 @@ async fn debit_wallet(
         } else {
             blocking(move || Ok(wallets.plan_debit(&debit, key.as_deref())?)).await?
         };
-    state.ledgers.write(request).await.map_err(WalletError::from)?;
+    state
+        .ledgers
+        .write(request)
+        .await
+        .map_err(WalletError::from)?;
     Ok(match hold {
         Some(hold) => (
             StatusCode::CREATED,

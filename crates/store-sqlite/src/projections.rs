@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use coffer_ledger::codec;
 use coffer_ledger::sql::SqlValue;
@@ -26,6 +26,11 @@ use crate::conn::{amount_value, err, open_projections, run_query, WRITE_CACHE_KI
 
 /// Hand-overs queued for the flusher; beyond this the writer waits (back-pressure).
 pub const FLUSH_QUEUE_MAX: usize = 64;
+/// How long the flusher gathers hand-overs before writing them, unless a reader waits: the more
+/// it gathers, the fewer times each volumes row and moves page is rewritten.
+pub const FLUSH_GATHER_MS: u64 = 100;
+/// Rows past which the flusher writes without gathering longer.
+pub const FLUSH_ROWS_MAX: usize = 200_000;
 const RETRY_DELAY: Duration = Duration::from_millis(200);
 
 #[derive(Default)]
@@ -141,8 +146,14 @@ struct FlushState {
     stopped: bool,
 }
 
+enum Message {
+    Data(u64, Projections),
+    /// A reader waits for the projections: write now.
+    Kick,
+}
+
 pub struct Flusher {
-    sender: Option<SyncSender<(u64, Projections)>>,
+    sender: Option<SyncSender<Message>>,
     shared: Arc<(Mutex<FlushState>, Condvar)>,
     thread: Option<JoinHandle<()>>,
 }
@@ -151,11 +162,18 @@ pub struct Flusher {
 pub struct Ticket {
     shared: Arc<(Mutex<FlushState>, Condvar)>,
     generation: u64,
+    kick: Option<SyncSender<Message>>,
 }
 
 impl Ticket {
     pub fn wait(&self) -> StoreResult<()> {
         let (lock, condvar) = &*self.shared;
+        if lock.lock().flushed < self.generation {
+            if let Some(kick) = &self.kick {
+                // A full queue means the flusher has plenty to write already.
+                let _ = kick.try_send(Message::Kick);
+            }
+        }
         let mut state = lock.lock();
         while state.flushed < self.generation {
             if let Some(error) = &state.error {
@@ -192,7 +210,7 @@ impl Flusher {
     pub fn hand_over(&self, generation: u64, projections: Projections) -> StoreResult<()> {
         let sender = self.sender.as_ref().expect("flusher running");
         sender
-            .send((generation, projections))
+            .send(Message::Data(generation, projections))
             .map_err(|_| err("the projection flusher stopped"))
     }
 
@@ -200,6 +218,7 @@ impl Flusher {
         Ticket {
             shared: self.shared.clone(),
             generation,
+            kick: self.sender.clone(),
         }
     }
 
@@ -220,43 +239,89 @@ impl Drop for Flusher {
 
 fn flusher_loop(
     conn: Connection,
-    receiver: Receiver<(u64, Projections)>,
+    receiver: Receiver<Message>,
     shared: Arc<(Mutex<FlushState>, Condvar)>,
 ) {
-    while let Ok((mut generation, mut projections)) = receiver.recv() {
-        // Whatever queued up meanwhile goes into the same database transaction.
-        while let Ok((next, more)) = receiver.try_recv() {
-            projections.absorb(more);
-            generation = next;
-        }
-        let started = std::time::Instant::now();
-        let rows = projections.moves.len() + projections.volumes.len();
+    let gather = Duration::from_millis(FLUSH_GATHER_MS);
+    loop {
+        // Wait for data, then gather more until the delay passes, a reader kicks, or the rows
+        // pile up.
+        let mut gathered: Option<(u64, Projections)> = None;
+        let mut disconnected = false;
+        let mut started = Instant::now();
         loop {
-            match write_in_transaction(&conn, &mut projections) {
-                Ok(()) => {
-                    let (lock, condvar) = &*shared;
-                    let mut state = lock.lock();
-                    state.flushed = state.flushed.max(generation);
-                    state.error = None;
-                    condvar.notify_all();
-                    break;
+            let message = match &gathered {
+                None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some((_, projections)) => {
+                    let rows = projections.moves.len() + projections.volumes.len();
+                    match gather.checked_sub(started.elapsed()) {
+                        Some(left) if rows < FLUSH_ROWS_MAX => receiver.recv_timeout(left),
+                        _ => break,
+                    }
                 }
-                Err(error) => {
-                    tracing::error!(error = %error, "writing projections failed; retrying");
-                    let (lock, condvar) = &*shared;
-                    lock.lock().error = Some(error);
-                    condvar.notify_all();
-                    std::thread::sleep(RETRY_DELAY);
+            };
+            match message {
+                Ok(Message::Data(generation, projections)) => match &mut gathered {
+                    Some((last, all)) => {
+                        all.absorb(projections);
+                        *last = (*last).max(generation);
+                    }
+                    None => {
+                        gathered = Some((generation, projections));
+                        started = Instant::now();
+                    }
+                },
+                Ok(Message::Kick) if gathered.is_some() => break,
+                Ok(Message::Kick) => {}
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    disconnected = true;
+                    break;
                 }
             }
         }
-        metrics::histogram!("coffer_projection_flush_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("coffer_projection_flush_rows").record(rows as f64);
+        if let Some((generation, mut projections)) = gathered {
+            write_until_done(&conn, generation, &mut projections, &shared);
+        }
+        if disconnected {
+            break;
+        }
     }
     let (lock, condvar) = &*shared;
     lock.lock().stopped = true;
     condvar.notify_all();
+}
+
+/// Writes one generation, retrying until it succeeds: projections are never dropped.
+fn write_until_done(
+    conn: &Connection,
+    generation: u64,
+    projections: &mut Projections,
+    shared: &Arc<(Mutex<FlushState>, Condvar)>,
+) {
+    let started = Instant::now();
+    let rows = projections.moves.len() + projections.volumes.len();
+    loop {
+        match write_in_transaction(conn, projections) {
+            Ok(()) => {
+                let (lock, condvar) = &**shared;
+                let mut state = lock.lock();
+                state.flushed = state.flushed.max(generation);
+                state.error = None;
+                condvar.notify_all();
+                break;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "writing projections failed; retrying");
+                let (lock, condvar) = &**shared;
+                lock.lock().error = Some(error);
+                condvar.notify_all();
+                std::thread::sleep(RETRY_DELAY);
+            }
+        }
+    }
+    metrics::histogram!("coffer_projection_flush_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("coffer_projection_flush_rows").record(rows as f64);
 }
 
 fn transaction_from_row(row: &Row) -> StoreResult<Transaction> {
