@@ -40,3 +40,59 @@ fn a_second_process_cannot_open_the_store() {
     assert!(reader.reader().all_ledgers().unwrap().is_empty());
     assert!(reader.writer().is_err());
 }
+
+/// Volumes and moves are written behind the commits; whatever the projections database lost
+/// (a crash before the flusher wrote, or the file itself), reopening rebuilds it from the
+/// transactions.
+#[test]
+fn lost_projections_are_rebuilt_from_transactions() {
+    use coffer_store_tests::{balance, commit, create_ledger, new_tx, posting, service};
+    let backend = fresh();
+    let path = backend.dir.path().join("coffer.db");
+    let ledgers = service(&backend);
+    create_ledger(&ledgers, "main");
+    for i in 0..40 {
+        commit(&ledgers, "main", new_tx(vec![posting("world", &format!("u:{}", i % 4), 5, "USD")])).unwrap();
+    }
+    ledgers.shutdown();
+    drop(ledgers);
+
+    // As if the flusher had written only up to transaction 25 (every account moves again after
+    // it, so every volumes row is stale).
+    let projections = rusqlite::Connection::open(coffer_store_sqlite::projections_path(&path)).unwrap();
+    projections
+        .execute_batch(
+            "DELETE FROM moves WHERE tx_id > 25; UPDATE projection_state SET applied_tx_id = 25; \
+             UPDATE volumes SET input = 0, output = 0;",
+        )
+        .unwrap();
+    drop(projections);
+    let ledgers = service(&backend);
+    assert_eq!(balance(&ledgers, "main", "u:1", "USD"), 50);
+    assert_eq!(balance(&ledgers, "main", "world", "USD"), -200);
+    let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(report.is_ok(), "{report}");
+    ledgers.shutdown();
+    drop(ledgers);
+
+    // The whole projections database gone.
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", coffer_store_sqlite::projections_path(&path).display());
+        let _ = std::fs::remove_file(file);
+    }
+    let ledgers = service(&backend);
+    assert_eq!(balance(&ledgers, "main", "u:3", "USD"), 50);
+    let account = ledgers
+        .list_transactions(
+            "main",
+            coffer_ledger::service::TransactionsQuery {
+                filter: Some(r#"{"$match":{"account":"u:2"}}"#.into()),
+                ..Default::default()
+            },
+            &coffer_ledger::service::PageRequest { page_size: Some(100), cursor: None },
+        )
+        .unwrap();
+    assert_eq!(account.data.len(), 10, "moves rebuilt");
+    let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
