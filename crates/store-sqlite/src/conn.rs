@@ -77,6 +77,12 @@ pub fn open_main(path: &Path, cache_kib: i64) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+/// A connection on the main database alone: the writer's. `BEGIN IMMEDIATE` then locks only the
+/// main database, never the projections the flusher writes.
+pub fn open_main_alone(path: &Path, cache_kib: i64) -> StoreResult<Connection> {
+    open_raw(path, cache_kib, "FULL")
+}
+
 /// A connection on the projections database alone (the flusher's).
 pub fn open_projections(path: &Path, cache_kib: i64) -> StoreResult<Connection> {
     open_raw(&projections_path(path), cache_kib, "NORMAL")

@@ -32,6 +32,8 @@ pub use writer::SqliteWriter;
 pub const READ_CONNECTIONS_MAX: usize = 8;
 /// How often the WALs are copied back into the database files.
 pub const CHECKPOINT_INTERVAL_MS: u64 = 250;
+/// A WAL larger than this is restarted (and truncated to `journal_size_limit`).
+pub const WAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -153,6 +155,8 @@ impl Checkpointer {
             "PRAGMA main.journal_size_limit=67108864; PRAGMA projections.journal_size_limit=67108864",
         )
         .map_err(err)?;
+        let main_wal = PathBuf::from(format!("{}-wal", path.display()));
+        let projections_wal = PathBuf::from(format!("{}-wal", projections_path(path).display()));
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let signal = stop.clone();
         let thread = std::thread::Builder::new()
@@ -162,8 +166,15 @@ impl Checkpointer {
                 let mut stopped = lock.lock();
                 while !*stopped {
                     condvar.wait_for(&mut stopped, Duration::from_millis(CHECKPOINT_INTERVAL_MS));
-                    for schema in ["main", "projections"] {
-                        let sql = format!("PRAGMA {schema}.wal_checkpoint(PASSIVE)");
+                    for (schema, wal) in [("main", &main_wal), ("projections", &projections_wal)] {
+                        // Under steady writes a PASSIVE checkpoint never catches the end of the
+                        // WAL, so the WAL would never restart and grow without bound: past a size,
+                        // RESTART waits for a gap between commits and starts it over.
+                        let large = std::fs::metadata(wal)
+                            .map(|m| m.len() > WAL_BYTES_MAX)
+                            .unwrap_or(false);
+                        let mode = if large { "RESTART" } else { "PASSIVE" };
+                        let sql = format!("PRAGMA {schema}.wal_checkpoint({mode})");
                         let _ = conn.query_row(&sql, [], |_| Ok(()));
                     }
                 }

@@ -15,7 +15,9 @@ use coffer_ledger::store::{
 use coffer_ledger::types::{LedgerId, Metadata, Transaction, TxId, Volumes};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::conn::{amount_of, err, open_main, run_query, WRITE_CACHE_KIB};
+use crate::conn::{
+    amount_of, err, open_main_alone, open_projections, run_query, READ_CACHE_KIB, WRITE_CACHE_KIB,
+};
 use crate::projections::{self, Flusher, Projections};
 
 /// Volumes handed to the flusher are kept until it confirms them; past this many entries the
@@ -26,6 +28,8 @@ const RECENT_ENTRIES_MAX: usize = 500_000;
 
 pub struct SqliteWriter {
     conn: Connection,
+    /// Reads volumes the flusher wrote (outside the write transaction, which is on `conn`).
+    projections: Connection,
     in_transaction: bool,
     /// Projections of the open batch; handed to the flusher when it commits.
     staged: Projections,
@@ -43,10 +47,12 @@ fn hash_param(hash: &Option<Hash>) -> Option<&[u8]> {
 
 impl SqliteWriter {
     pub fn open(path: &Path) -> StoreResult<SqliteWriter> {
-        let conn = open_main(path, WRITE_CACHE_KIB)?;
+        let conn = open_main_alone(path, WRITE_CACHE_KIB)?;
+        let projections = open_projections(path, READ_CACHE_KIB)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(SqliteWriter {
             conn,
+            projections,
             in_transaction: false,
             staged: Projections::default(),
             generation: 0,
@@ -86,9 +92,9 @@ impl SqliteWriter {
 impl StoreWriter for SqliteWriter {
     fn begin(&mut self) -> StoreResult<()> {
         assert!(!self.in_transaction, "begin inside a transaction");
-        // Deferred: the main database is locked at the first write; the projections database is
-        // only read here, while the flusher writes it.
-        self.conn.execute_batch("BEGIN").map_err(err)?;
+        // The write lock up front: a checkpoint that restarts the WAL waits for it (a deferred
+        // transaction could find its snapshot stale when it first writes).
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
         self.in_transaction = true;
         Ok(())
     }
@@ -183,8 +189,8 @@ impl StoreWriter for SqliteWriter {
 
     fn load_volumes(&mut self, keys: &[VolumeKey]) -> StoreResult<Vec<Option<Volumes>>> {
         let mut statement = self
-            .conn
-            .prepare_cached("SELECT input, output FROM projections.volumes WHERE ledger_id = ?1 AND address = ?2 AND asset = ?3")
+            .projections
+            .prepare_cached("SELECT input, output FROM volumes WHERE ledger_id = ?1 AND address = ?2 AND asset = ?3")
             .map_err(err)?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {

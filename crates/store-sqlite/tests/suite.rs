@@ -52,14 +52,20 @@ fn lost_projections_are_rebuilt_from_transactions() {
     let ledgers = service(&backend);
     create_ledger(&ledgers, "main");
     for i in 0..40 {
-        commit(&ledgers, "main", new_tx(vec![posting("world", &format!("u:{}", i % 4), 5, "USD")])).unwrap();
+        commit(
+            &ledgers,
+            "main",
+            new_tx(vec![posting("world", &format!("u:{}", i % 4), 5, "USD")]),
+        )
+        .unwrap();
     }
     ledgers.shutdown();
     drop(ledgers);
 
     // As if the flusher had written only up to transaction 25 (every account moves again after
     // it, so every volumes row is stale).
-    let projections = rusqlite::Connection::open(coffer_store_sqlite::projections_path(&path)).unwrap();
+    let projections =
+        rusqlite::Connection::open(coffer_store_sqlite::projections_path(&path)).unwrap();
     projections
         .execute_batch(
             "DELETE FROM moves WHERE tx_id > 25; UPDATE projection_state SET applied_tx_id = 25; \
@@ -77,7 +83,10 @@ fn lost_projections_are_rebuilt_from_transactions() {
 
     // The whole projections database gone.
     for suffix in ["", "-wal", "-shm"] {
-        let file = format!("{}{suffix}", coffer_store_sqlite::projections_path(&path).display());
+        let file = format!(
+            "{}{suffix}",
+            coffer_store_sqlite::projections_path(&path).display()
+        );
         let _ = std::fs::remove_file(file);
     }
     let ledgers = service(&backend);
@@ -89,7 +98,10 @@ fn lost_projections_are_rebuilt_from_transactions() {
                 filter: Some(r#"{"$match":{"account":"u:2"}}"#.into()),
                 ..Default::default()
             },
-            &coffer_ledger::service::PageRequest { page_size: Some(100), cursor: None },
+            &coffer_ledger::service::PageRequest {
+                page_size: Some(100),
+                cursor: None,
+            },
         )
         .unwrap();
     assert_eq!(account.data.len(), 10, "moves rebuilt");
