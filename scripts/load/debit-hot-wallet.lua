@@ -5,9 +5,5 @@ wrk.method = "POST"
 wrk.path = "/api/wallets/wallets/" .. wallet .. "/debit"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"amount":{"asset":"USD/2","amount":1},"metadata":{}}'
-
-function response(status, headers, body)
-  if status ~= 204 then
-    print("unexpected status " .. status .. ": " .. body)
-  end
-end
+-- No response() callback: it would make wrk hand every response to Lua. wrk itself counts
+-- and reports "Non-2xx or 3xx responses", which scripts/load/run turns into a failure.

@@ -1,7 +1,7 @@
 //! The PostgreSQL store. Several Coffer processes may share one database: every batch locks
 //! the rows of the ledgers it writes (`SELECT … FOR UPDATE`, in name order), so writers to a
 //! ledger take turns batch by batch and balances are always read under that lock. Each batch
-//! is one SQL transaction written with a handful of array (`unnest`) statements.
+//! is one SQL transaction: its writes are one statement (data-modifying CTEs over `unnest` arrays).
 
 use std::collections::HashMap;
 use std::error::Error as _;
