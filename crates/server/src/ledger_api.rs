@@ -370,7 +370,7 @@ pub struct ListParams {
     pub page_size: Option<u32>,
     /// Cursor from a previous page; every other parameter is then ignored.
     pub cursor: Option<String>,
-    /// `volumes` (and `effectiveVolumes`, answered like `volumes`).
+    /// `volumes` (`effectiveVolumes` is accepted and answered with `volumes`).
     pub expand: Option<String>,
     /// Point in time (RFC 3339).
     pub pit: Option<String>,
