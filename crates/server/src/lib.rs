@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -52,6 +52,8 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
+/// How often buffered histogram samples are folded into their buckets.
+const METRICS_UPKEEP_INTERVAL_MS: u64 = 1_000;
 
 /// The process-wide Prometheus recorder (installed on first use).
 pub fn metrics_handle() -> PrometheusHandle {
@@ -79,6 +81,18 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Another recorder may exist in tests; the handle still renders ours.
             let _ = metrics::set_global_recorder(recorder);
+            // Histogram samples pile up until drained: without upkeep, memory would grow with
+            // every request between two scrapes.
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("coffer-metrics".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_millis(METRICS_UPKEEP_INTERVAL_MS));
+                    upkeep.run_upkeep();
+                });
+            if let Err(err) = spawned {
+                tracing::error!(error = %err, "cannot start the metrics upkeep thread");
+            }
             handle
         })
         .clone()
@@ -170,7 +184,14 @@ pub async fn serve(
     state: SharedState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let app = router(state);
+    // Without TCP_NODELAY a response written in two segments waits for the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

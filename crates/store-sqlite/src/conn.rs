@@ -53,7 +53,7 @@ fn open_raw(path: &Path, cache_kib: i64, synchronous: &str) -> StoreResult<Conne
     conn.execute_batch(&format!(
         "PRAGMA synchronous={synchronous}; PRAGMA case_sensitive_like=ON; \
          PRAGMA cache_size=-{cache_kib}; PRAGMA temp_store=MEMORY; PRAGMA foreign_keys=OFF; \
-         PRAGMA wal_autocheckpoint=0;"
+         PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit={WAL_BYTES_KEPT};"
     ))
     .map_err(err)?;
     register_functions(&conn).map_err(err)?;
@@ -290,4 +290,30 @@ pub(crate) fn run_query(
         out.push(values);
     }
     Ok(out)
+}
+
+/// What a restarted WAL is truncated to (by the connection that restarts it).
+pub const WAL_BYTES_KEPT: u64 = 64 * 1024 * 1024;
+
+pub struct WalState {
+    /// Another checkpoint was running.
+    pub busy: bool,
+    pub frames: u64,
+    pub checkpointed: u64,
+}
+
+/// A PASSIVE checkpoint of `schema`: never waits for readers or writers.
+pub fn checkpoint_passive(conn: &Connection, schema: &str) -> StoreResult<WalState> {
+    conn.query_row(
+        &format!("PRAGMA {schema}.wal_checkpoint(PASSIVE)"),
+        [],
+        |row| {
+            Ok(WalState {
+                busy: row.get::<_, i64>(0)? != 0,
+                frames: row.get::<_, i64>(1)?.max(0) as u64,
+                checkpointed: row.get::<_, i64>(2)?.max(0) as u64,
+            })
+        },
+    )
+    .map_err(err)
 }

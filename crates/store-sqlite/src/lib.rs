@@ -11,30 +11,29 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use coffer_ledger::pool::Pool;
 use coffer_ledger::sql::{Dialect, SqlValue};
 use coffer_ledger::sql_reader::{Row, SqlBackend, SqlReader};
 use coffer_ledger::store::{Store, StoreReader, StoreResult, StoreWriter};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use rusqlite::Connection;
 
 mod conn;
 pub mod projections;
+mod wal;
 mod writer;
 
 pub use conn::projections_path;
 use conn::{err, open_main, run_query, SqliteDialect, READ_CACHE_KIB};
+use wal::Checkpointer;
+pub use wal::{
+    WalWatch, BACKGROUND_NICE, CHECKPOINT_INTERVAL_MS, WAL_FRAMES_CATCH_UP, WAL_FRAMES_MAX,
+};
 pub use writer::SqliteWriter;
 
 /// Read connections kept open; readers beyond this wait for one to be free.
 pub const READ_CONNECTIONS_MAX: usize = 8;
-/// How often the WALs are copied back into the database files.
-pub const CHECKPOINT_INTERVAL_MS: u64 = 250;
-/// A WAL larger than this is restarted (and truncated to `journal_size_limit`).
-pub const WAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
-
 pub struct SqliteStore {
     path: PathBuf,
     reader: SqlReader<Readers>,
@@ -42,6 +41,9 @@ pub struct SqliteStore {
     lock: Option<File>,
     /// Held for its thread, stopped when the store is dropped.
     _checkpointer: Option<Checkpointer>,
+    /// WAL watches of the main and projections files, shared with their writers.
+    wal_main: Arc<WalWatch>,
+    wal_projections: Arc<WalWatch>,
 }
 
 impl SqliteStore {
@@ -59,7 +61,9 @@ impl SqliteStore {
         let main = open_main(path, READ_CACHE_KIB)?;
         projections::recover(&main)?;
         drop(main);
-        let checkpointer = Checkpointer::start(path)?;
+        let wal_main = Arc::new(WalWatch::default());
+        let wal_projections = Arc::new(WalWatch::default());
+        let checkpointer = Checkpointer::start(path, wal_main.clone(), wal_projections.clone())?;
         Ok(Arc::new(SqliteStore {
             path: path.to_path_buf(),
             reader: SqlReader {
@@ -67,6 +71,8 @@ impl SqliteStore {
             },
             lock: Some(lock),
             _checkpointer: Some(checkpointer),
+            wal_main,
+            wal_projections,
         }))
     }
 
@@ -86,6 +92,8 @@ impl SqliteStore {
             },
             lock: None,
             _checkpointer: None,
+            wal_main: Arc::default(),
+            wal_projections: Arc::default(),
         }))
     }
 }
@@ -114,7 +122,11 @@ impl Store for SqliteStore {
         if self.lock.is_none() {
             return Err(err("the store was opened read-only"));
         }
-        Ok(Box::new(SqliteWriter::open(&self.path)?))
+        Ok(Box::new(SqliteWriter::open(
+            &self.path,
+            &self.wal_main,
+            &self.wal_projections,
+        )?))
     }
 
     fn describe(&self) -> String {
@@ -139,63 +151,6 @@ fn lock_file(path: &Path) -> StoreResult<File> {
         )));
     }
     Ok(file)
-}
-
-/// Copies the WALs back into the database files on its own thread, so commits never wait for
-/// it. PASSIVE never blocks a writer; what it cannot copy now, a later round does.
-struct Checkpointer {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Checkpointer {
-    fn start(path: &Path) -> StoreResult<Checkpointer> {
-        let conn = open_main(path, READ_CACHE_KIB)?;
-        conn.execute_batch(
-            "PRAGMA main.journal_size_limit=67108864; PRAGMA projections.journal_size_limit=67108864",
-        )
-        .map_err(err)?;
-        let main_wal = PathBuf::from(format!("{}-wal", path.display()));
-        let projections_wal = PathBuf::from(format!("{}-wal", projections_path(path).display()));
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let signal = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("coffer-checkpoint".into())
-            .spawn(move || {
-                let (lock, condvar) = &*signal;
-                let mut stopped = lock.lock();
-                while !*stopped {
-                    condvar.wait_for(&mut stopped, Duration::from_millis(CHECKPOINT_INTERVAL_MS));
-                    for (schema, wal) in [("main", &main_wal), ("projections", &projections_wal)] {
-                        // Under steady writes a PASSIVE checkpoint never catches the end of the
-                        // WAL, so the WAL would never restart and grow without bound: past a size,
-                        // RESTART waits for a gap between commits and starts it over.
-                        let large = std::fs::metadata(wal)
-                            .map(|m| m.len() > WAL_BYTES_MAX)
-                            .unwrap_or(false);
-                        let mode = if large { "RESTART" } else { "PASSIVE" };
-                        let sql = format!("PRAGMA {schema}.wal_checkpoint({mode})");
-                        let _ = conn.query_row(&sql, [], |_| Ok(()));
-                    }
-                }
-            })
-            .map_err(|e| err(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Checkpointer {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        let (lock, condvar) = &*self.stop;
-        *lock.lock() = true;
-        condvar.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// Read connections; each query is its own snapshot.

@@ -23,12 +23,16 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::{params, Connection};
 
 use crate::conn::{amount_value, err, open_projections, run_query, WRITE_CACHE_KIB};
+use crate::wal::{lower_thread_priority, WalCatchUp, WalWatch};
 
-/// Hand-overs queued for the flusher; beyond this the writer waits (back-pressure).
-pub const FLUSH_QUEUE_MAX: usize = 64;
+/// Hand-overs queued for the flusher; beyond this the writer waits (back-pressure). Room for
+/// about a second of commits: while the flusher writes, the writer must not wait for it.
+pub const FLUSH_QUEUE_MAX: usize = 1024;
 /// How long the flusher gathers hand-overs before writing them, unless a reader waits: the more
-/// it gathers, the fewer times each volumes row and moves page is rewritten.
-pub const FLUSH_GATHER_MS: u64 = 100;
+/// it gathers, the fewer times each volumes row and moves page is rewritten (with accounts
+/// spread uniformly, nearly every page of the moves table takes a row in every write, so the
+/// cost of a write barely grows with what it holds).
+pub const FLUSH_GATHER_MS: u64 = 1_000;
 /// Rows past which the flusher writes without gathering longer.
 pub const FLUSH_ROWS_MAX: usize = 200_000;
 const RETRY_DELAY: Duration = Duration::from_millis(200);
@@ -189,15 +193,16 @@ impl Ticket {
 }
 
 impl Flusher {
-    pub fn start(path: &Path) -> StoreResult<Flusher> {
-        let conn = open_projections(path, WRITE_CACHE_KIB)?;
+    pub fn start(path: &Path, wal: &Arc<WalWatch>) -> StoreResult<Flusher> {
+        let mut conn = open_projections(path, WRITE_CACHE_KIB)?;
+        let catch_up = wal.watch(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(16);
         let (sender, receiver) = sync_channel(FLUSH_QUEUE_MAX);
         let shared = Arc::new((Mutex::new(FlushState::default()), Condvar::new()));
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("coffer-flusher".into())
-            .spawn(move || flusher_loop(conn, receiver, thread_shared))
+            .spawn(move || flusher_loop(conn, receiver, thread_shared, catch_up))
             .map_err(|e| err(format!("cannot start the projection flusher: {e}")))?;
         Ok(Flusher {
             sender: Some(sender),
@@ -241,7 +246,9 @@ fn flusher_loop(
     conn: Connection,
     receiver: Receiver<Message>,
     shared: Arc<(Mutex<FlushState>, Condvar)>,
+    mut catch_up: WalCatchUp,
 ) {
+    lower_thread_priority();
     let gather = Duration::from_millis(FLUSH_GATHER_MS);
     loop {
         // Wait for data, then gather more until the delay passes, a reader kicks, or the rows
@@ -281,6 +288,7 @@ fn flusher_loop(
             }
         }
         if let Some((generation, mut projections)) = gathered {
+            catch_up.run(&conn, "main");
             write_until_done(&conn, generation, &mut projections, &shared);
         }
         if disconnected {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use coffer_ledger::codec;
 use coffer_ledger::log::{Hash, Log};
@@ -19,6 +20,7 @@ use crate::conn::{
     amount_of, err, open_main_alone, open_projections, run_query, READ_CACHE_KIB, WRITE_CACHE_KIB,
 };
 use crate::projections::{self, Flusher, Projections};
+use crate::wal::{WalCatchUp, WalWatch};
 
 /// Volumes handed to the flusher are kept until it confirms them; past this many entries the
 /// confirmed ones are dropped.
@@ -39,6 +41,7 @@ pub struct SqliteWriter {
     /// written them.
     recent: HashMap<VolumeKey, (Volumes, u64)>,
     flusher: Flusher,
+    wal: WalCatchUp,
 }
 
 fn hash_param(hash: &Option<Hash>) -> Option<&[u8]> {
@@ -46,8 +49,13 @@ fn hash_param(hash: &Option<Hash>) -> Option<&[u8]> {
 }
 
 impl SqliteWriter {
-    pub fn open(path: &Path) -> StoreResult<SqliteWriter> {
-        let conn = open_main_alone(path, WRITE_CACHE_KIB)?;
+    pub fn open(
+        path: &Path,
+        wal_main: &Arc<WalWatch>,
+        wal_projections: &Arc<WalWatch>,
+    ) -> StoreResult<SqliteWriter> {
+        let mut conn = open_main_alone(path, WRITE_CACHE_KIB)?;
+        let wal = wal_main.watch(&mut conn)?;
         let projections = open_projections(path, READ_CACHE_KIB)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(SqliteWriter {
@@ -57,7 +65,8 @@ impl SqliteWriter {
             staged: Projections::default(),
             generation: 0,
             recent: HashMap::new(),
-            flusher: Flusher::start(path)?,
+            flusher: Flusher::start(path, wal_projections)?,
+            wal,
         })
     }
 
@@ -92,6 +101,7 @@ impl SqliteWriter {
 impl StoreWriter for SqliteWriter {
     fn begin(&mut self) -> StoreResult<()> {
         assert!(!self.in_transaction, "begin inside a transaction");
+        self.wal.run(&self.conn, "main");
         // The write lock up front: a checkpoint that restarts the WAL waits for it (a deferred
         // transaction could find its snapshot stale when it first writes).
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;

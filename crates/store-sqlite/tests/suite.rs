@@ -108,3 +108,52 @@ fn lost_projections_are_rebuilt_from_transactions() {
     let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(report.is_ok(), "{report}");
 }
+
+/// Under commits that never pause, a checkpoint on another thread never reaches the end of the
+/// WAL, so the WAL would grow for as long as the load lasts; the writer's catch-up lets it start
+/// over. Several submitters keep the writer committing back to back while far more is written
+/// than the WAL may hold.
+#[test]
+fn the_wal_starts_over_under_steady_commits() {
+    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
+    let backend = fresh();
+    let path = backend.dir.path().join("coffer.db");
+    let ledgers = Arc::new(service(&backend));
+    create_ledger(&ledgers, "main");
+    let value_bytes = 16 * 1024;
+    let submitters = 8;
+    let per_submitter = 1_500;
+    let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+    let threads: Vec<_> = (0..submitters)
+        .map(|s| {
+            let ledgers = ledgers.clone();
+            std::thread::spawn(move || {
+                for i in 0..per_submitter {
+                    let mut tx = new_tx(vec![posting("world", &format!("u:{s}"), 1, "USD")]);
+                    tx.metadata
+                        .insert("blob".into(), format!("{i:0>width$}", width = value_bytes));
+                    commit(&ledgers, "main", tx).unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut wal_bytes_max = 0;
+    while !threads.iter().all(|t| t.is_finished()) {
+        wal_bytes_max = wal_bytes_max.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    // The metadata alone, written twice (transaction and log): ~390 MB in all.
+    let written = (submitters * per_submitter * value_bytes * 2) as u64;
+    // The hard bound, plus room for the batch that crosses it; a frame is a page and a header.
+    let bound = (coffer_store_sqlite::WAL_FRAMES_MAX + 1024) * (4096 + 24);
+    assert!(written > 4 * bound, "the test writes too little to tell");
+    assert!(
+        wal_bytes_max <= bound,
+        "the WAL reached {wal_bytes_max} bytes ({written} written; bound {bound})"
+    );
+    let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
