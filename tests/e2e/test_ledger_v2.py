@@ -591,6 +591,14 @@ def test_volumes_stats_and_ledger_info(sdk, ledger):
         ("users:v1", "USD/2", 40, 0, 40),
         ("users:v2", "USD/2", 2, 0, 2),
     ]
+    res = sdk.ledger.v2.get_volumes_with_balances(
+        request={"ledger": ledger, "group_by": 1, "request_body": {}}
+    )
+    rows = res.v2_volumes_with_balance_cursor_response.cursor.data
+    assert [(r.account, r.asset, r.input, r.output, r.balance) for r in rows] == [
+        ("users", "USD/2", 42, 0, 42),
+        ("world", "USD/2", 0, 42, -42),
+    ]
     stats = sdk.ledger.v2.read_stats(request={"ledger": ledger}).v2_stats_response.data
     assert (stats.transactions, stats.accounts) == (2, 3)
     info = sdk.ledger.v2.get_ledger_info(request={"ledger": ledger})

@@ -94,6 +94,9 @@ pub struct VolumesQuery {
     pub end_time: Option<i64>,
     #[serde(default)]
     pub descending: bool,
+    /// Address segments to group on (`groupBy`); none or 0: one row per account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -593,6 +596,12 @@ impl Ledgers {
                     direction: flip(base, backward),
                     after,
                     limit,
+                    // An address has at most ADDRESS_BYTES_MAX / 2 + 1 segments: past that, all
+                    // groups are whole addresses (and SQL array bounds stay small).
+                    group_by: query
+                        .group_by
+                        .filter(|&segments| segments > 0)
+                        .map(|segments| segments.min(crate::types::ADDRESS_BYTES_MAX as u32)),
                 };
                 Ok(self.reader().list_volumes(&list)?)
             },

@@ -42,6 +42,8 @@ pub trait Dialect: Send + Sync {
     /// (SQLite) or its regular expression (PostgreSQL), as [`Dialect::address_pattern_value`] says.
     fn address_matches(&self, column: &str, pattern_param: &str) -> String;
     fn address_pattern_value(&self, pattern: &AddressPattern) -> String;
+    /// The first `segments` segments of an address (all of them if it has fewer).
+    fn address_prefix(&self, column: &str, segments: u32) -> String;
 }
 
 /// Collects parameters while SQL text is built.
@@ -357,6 +359,9 @@ mod tests {
         }
         fn address_pattern_value(&self, pattern: &AddressPattern) -> String {
             pattern.regex()
+        }
+        fn address_prefix(&self, column: &str, segments: u32) -> String {
+            format!("prefix({column}, {segments})")
         }
     }
 

@@ -495,26 +495,38 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
                 d.sum("output_delta")
             )
         };
-        let mut sql = format!(
-            "SELECT v.address, v.asset, {}, {} FROM ({source}) v JOIN accounts a ON a.ledger_id = v.ledger_id \
-             AND a.address = v.address WHERE 1 = 1",
-            d.amount_out("v.input"),
-            d.amount_out("v.output")
+        let joined = format!(
+            "FROM ({source}) v JOIN accounts a ON a.ledger_id = v.ledger_id AND a.address = v.address WHERE 1 = 1{}",
+            self.where_filter(&mut params, Resource::Volumes, query.filter, query.end_time)?
         );
-        sql.push_str(&self.where_filter(
-            &mut params,
-            Resource::Volumes,
-            query.filter,
-            query.end_time,
-        )?);
+        // Grouped, the filter applies to accounts before their volumes are summed per prefix.
+        let mut sql = match query.group_by {
+            None => format!(
+                "SELECT g.address, g.asset, {}, {} FROM (SELECT v.address, v.asset, v.input, v.output {joined}) g \
+                 WHERE 1 = 1",
+                d.amount_out("g.input"),
+                d.amount_out("g.output")
+            ),
+            Some(segments) => {
+                let prefix = d.address_prefix("v.address", segments);
+                format!(
+                    "SELECT g.address, g.asset, {}, {} FROM (SELECT {prefix} AS address, v.asset AS asset, \
+                     {} AS input, {} AS output {joined} GROUP BY {prefix}, v.asset) g WHERE 1 = 1",
+                    d.amount_out("g.input"),
+                    d.amount_out("g.output"),
+                    d.sum("v.input"),
+                    d.sum("v.output")
+                )
+            }
+        };
         let (cmp, order) = comparator(query.direction);
         if let Some((address, asset)) = &query.after {
             let address = params.text(address.clone());
             let asset = params.text(asset.clone());
-            sql.push_str(&format!(" AND (v.address {cmp} {address} OR (v.address = {address} AND v.asset {cmp} {asset}))"));
+            sql.push_str(&format!(" AND (g.address {cmp} {address} OR (g.address = {address} AND g.asset {cmp} {asset}))"));
         }
         sql.push_str(&format!(
-            " ORDER BY v.address {order}, v.asset {order} LIMIT {}",
+            " ORDER BY g.address {order}, g.asset {order} LIMIT {}",
             limit(query.limit)
         ));
         self.backend

@@ -277,6 +277,9 @@ pub struct ListVolumes<'a> {
     /// (address, asset) of the last row of the previous page.
     pub after: Option<(String, String)>,
     pub limit: u32,
+    /// Sum the volumes of accounts that share their first this-many address segments; the
+    /// rows' addresses are then those prefixes.
+    pub group_by: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -318,6 +318,18 @@ pub fn default_features() -> Metadata {
     .collect()
 }
 
+/// The first `segments` segments of an address, or all of it if it has fewer (volumes grouped
+/// with `groupBy`).
+pub fn address_prefix(address: &str, segments: usize) -> &str {
+    if segments == 0 {
+        return "";
+    }
+    match address.match_indices(':').nth(segments - 1) {
+        Some((index, _)) => &address[..index],
+        None => address,
+    }
+}
+
 /// Number of `:`-separated segments of an address.
 pub fn segment_count(address: &str) -> i64 {
     address.split(':').count() as i64
@@ -326,6 +338,23 @@ pub fn segment_count(address: &str) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_prefixes() {
+        let check = |address: &str, segments: usize, expected: &str| {
+            assert_eq!(
+                address_prefix(address, segments),
+                expected,
+                "{address} / {segments}"
+            );
+        };
+        check("users:1:main", 1, "users");
+        check("users:1:main", 2, "users:1");
+        check("users:1:main", 3, "users:1:main");
+        check("users:1:main", 9, "users:1:main");
+        check("world", 1, "world");
+        check("world", 0, "");
+    }
 
     #[test]
     fn assets() {

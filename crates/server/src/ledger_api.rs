@@ -1126,17 +1126,13 @@ async fn get_volumes(
     Query(params): Query<VolumesParams>,
     OptionalJsonBody(body): OptionalJsonBody<Value>,
 ) -> ApiResult<Json<CursorResponse<V2VolumesWithBalance>>> {
-    if params.group_by.is_some_and(|g| g > 0) {
-        return Err(invalid(
-            "groupBy: grouping volumes by address segments is not supported",
-        ));
-    }
     let sort = parse_sort(&params.sort, &["account", "address"])?;
     let query = VolumesQuery {
         filter: filter_text(&params.query, body),
         start_time: parse_time("startTime", &params.start_time)?.map(|t| t.micros()),
         end_time: parse_time("endTime", &params.end_time)?.map(|t| t.micros()),
         descending: sort.is_some_and(|(_, ascending)| !ascending),
+        group_by: params.group_by,
     };
     let page = page_request(params.page_size, &params.cursor);
     let page = blocking(move || Ok(state.ledgers.list_volumes(&ledger, query, &page)?)).await?;

@@ -180,6 +180,9 @@ impl Dialect for PostgresDialect {
     fn address_pattern_value(&self, pattern: &AddressPattern) -> String {
         pattern.regex()
     }
+    fn address_prefix(&self, column: &str, segments: u32) -> String {
+        format!("array_to_string((string_to_array({column}, ':'))[1:{segments}], ':')")
+    }
 }
 
 /// A dynamically typed parameter.

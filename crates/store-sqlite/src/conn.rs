@@ -210,6 +210,11 @@ pub(crate) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
             .map_err(|e| rusqlite::Error::UserFunctionError(e.to_string().into()))?;
         Ok(pattern.matches(&address))
     })?;
+    conn.create_scalar_function("coffer_address_prefix", 2, flags, |ctx| {
+        let address: String = ctx.get(0)?;
+        let segments: i64 = ctx.get(1)?;
+        Ok(coffer_ledger::types::address_prefix(&address, segments.max(0) as usize).to_string())
+    })?;
     conn.create_aggregate_function("coffer_sum", 1, flags, Sum)?;
     Ok(())
 }
@@ -243,6 +248,9 @@ impl Dialect for SqliteDialect {
     }
     fn address_pattern_value(&self, pattern: &AddressPattern) -> String {
         pattern.text.clone()
+    }
+    fn address_prefix(&self, column: &str, segments: u32) -> String {
+        format!("coffer_address_prefix({column}, {segments})")
     }
 }
 

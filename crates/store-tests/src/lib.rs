@@ -931,6 +931,97 @@ pub fn lists_and_filters(backend: &dyn Backend) {
     );
 }
 
+/// `groupBy`: volumes summed per address prefix, filtered per account first, paginated.
+pub fn grouped_volumes(backend: &dyn Backend) {
+    let ledgers = service(backend);
+    create_ledger(&ledgers, "main");
+    let big = 1i128 << 100;
+    for (source, destination, amount, asset) in [
+        ("world", "users:1:main", 100, "USD"),
+        ("world", "users:1:main", 5, "EUR"),
+        ("world", "users:1:bonus", 20, "USD"),
+        ("world", "users:2:main", 7, "USD"),
+        ("users:2:main", "shops:1", 3, "USD"),
+        ("world", "users:3:main", big, "BIG"),
+        ("world", "users:3:spare", big, "BIG"),
+    ] {
+        commit(
+            &ledgers,
+            "main",
+            new_tx(vec![posting(source, destination, amount, asset)]),
+        )
+        .unwrap();
+    }
+    let grouped = |segments: u32, filter: Option<&str>, descending: bool, page_size: u32| {
+        let query = VolumesQuery {
+            group_by: Some(segments),
+            filter: filter.map(str::to_string),
+            descending,
+            ..VolumesQuery::default()
+        };
+        all_pages(
+            |page| ledgers.list_volumes("main", query.clone(), &page).unwrap(),
+            page_size,
+        )
+        .into_iter()
+        .map(|row| {
+            (
+                row.address,
+                row.asset,
+                row.volumes.input,
+                row.volumes.output,
+            )
+        })
+        .collect::<Vec<_>>()
+    };
+    let row = |address: &str, asset: &str, input: i128, output: i128| {
+        (address.to_string(), asset.to_string(), input, output)
+    };
+    let by_root = vec![
+        row("shops", "USD", 3, 0),
+        row("users", "BIG", 2 * big, 0),
+        row("users", "EUR", 5, 0),
+        row("users", "USD", 127, 3),
+        row("world", "BIG", 0, 2 * big),
+        row("world", "EUR", 0, 5),
+        row("world", "USD", 0, 127),
+    ];
+    assert_eq!(grouped(1, None, false, 100), by_root);
+    // Page by page, and backwards.
+    assert_eq!(grouped(1, None, false, 2), by_root);
+    let mut reversed = by_root.clone();
+    reversed.reverse();
+    assert_eq!(grouped(1, None, true, 3), reversed);
+    assert_eq!(
+        grouped(2, Some(r#"{"$match":{"address":"users:"}}"#), false, 100),
+        vec![
+            row("users:1", "EUR", 5, 0),
+            row("users:1", "USD", 120, 0),
+            row("users:2", "USD", 7, 3),
+            row("users:3", "BIG", 2 * big, 0),
+        ]
+    );
+    // Fewer segments than the group: the whole address.
+    assert_eq!(
+        grouped(5, Some(r#"{"$match":{"address":"shops:"}}"#), false, 100),
+        vec![row("shops:1", "USD", 3, 0)]
+    );
+    assert_eq!(
+        grouped(
+            u32::MAX,
+            Some(r#"{"$match":{"address":"shops:"}}"#),
+            false,
+            100
+        ),
+        vec![row("shops:1", "USD", 3, 0)]
+    );
+    // The filter picks accounts before their volumes are summed.
+    assert_eq!(
+        grouped(1, Some(r#"{"$match":{"address":"users:1:"}}"#), false, 100),
+        vec![row("users", "EUR", 5, 0), row("users", "USD", 120, 0)]
+    );
+}
+
 pub fn point_in_time(backend: &dyn Backend) {
     let ledgers = service(backend);
     create_ledger(&ledgers, "main");
@@ -1120,8 +1211,8 @@ macro_rules! store_suite {
     ($open:expr) => {
         $crate::store_suite!(@tests $open;
             ledger_lifecycle, postings_and_volumes, scripts, idempotency_and_references,
-            revert_and_metadata, lists_and_filters, point_in_time, export_import, restart,
-            concurrent_transfers, random_workload);
+            revert_and_metadata, lists_and_filters, grouped_volumes, point_in_time, export_import,
+            restart, concurrent_transfers, random_workload);
     };
     (@tests $open:expr; $($name:ident),*) => {
         $(
@@ -1142,6 +1233,7 @@ pub fn run(name: &str, backend: &dyn Backend) {
         "idempotency_and_references" => idempotency_and_references(backend),
         "revert_and_metadata" => revert_and_metadata(backend),
         "lists_and_filters" => lists_and_filters(backend),
+        "grouped_volumes" => grouped_volumes(backend),
         "point_in_time" => point_in_time(backend),
         "export_import" => export_import(backend),
         "restart" => restart(backend),
