@@ -610,25 +610,74 @@ def test_volumes_stats_and_ledger_info(sdk, ledger):
 
 def test_bulk_refused_as_a_whole(sdk, ledger):
     # A refused bulk answers 400 with an error body, which the SDK's V2BulkResponse also holds.
+    element = {
+        "action": "CREATE_TRANSACTION",
+        "data": {
+            "postings": [{"source": "world", "destination": "users:b", "amount": 1, "asset": "USD"}],
+            "metadata": {},
+        },
+    }
+    res = sdk.ledger.v2.create_bulk(request={"ledger": ledger, "request_body": [element] * 1001})
+    assert res.status_code == 400
+    assert res.v2_bulk_response.error_code.value == "VALIDATION"
+    count = sdk.ledger.v2.count_transactions(request={"ledger": ledger, "request_body": {}})
+    assert header(count, "Count") == "0"
+
+
+def test_atomic_bulk(sdk, ledger):
+    def transfer(source, destination, amount, ik=None):
+        element = {
+            "action": "CREATE_TRANSACTION",
+            "data": {
+                "postings": [{"source": source, "destination": destination, "amount": amount, "asset": "USD"}],
+                "metadata": {},
+            },
+        }
+        if ik:
+            element["ik"] = ik
+        return element
+
+    # All or nothing: the third element overdraws, so the first two are rolled back.
     res = sdk.ledger.v2.create_bulk(
         request={
             "ledger": ledger,
             "atomic": True,
             "request_body": [
-                {
-                    "action": "CREATE_TRANSACTION",
-                    "data": {
-                        "postings": [{"source": "world", "destination": "users:b", "amount": 1, "asset": "USD"}],
-                        "metadata": {},
-                    },
-                }
+                transfer("world", "users:at", 10, ik="at-1"),
+                transfer("users:at", "shops:at", 4),
+                transfer("users:at", "shops:at", 7),
+                transfer("world", "users:never", 1),
             ],
         }
     )
     assert res.status_code == 400
-    assert res.v2_bulk_response.error_code.value == "VALIDATION"
+    results = res.v2_bulk_response.data
+    assert [r.response_type for r in results] == ["CREATE_TRANSACTION", "CREATE_TRANSACTION", "ERROR"]
+    assert results[2].error_code == "INSUFFICIENT_FUND"
     count = sdk.ledger.v2.count_transactions(request={"ledger": ledger, "request_body": {}})
     assert header(count, "Count") == "0"
+    with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+        sdk.ledger.v2.get_account(request={"ledger": ledger, "address": "users:at"})
+    assert ledger_error(excinfo) == (404, "NOT_FOUND")
+
+    # The same group without the overdraft commits as a whole; later elements see earlier ones,
+    # and the idempotency key of the rolled-back attempt was not kept.
+    res = sdk.ledger.v2.create_bulk(
+        request={
+            "ledger": ledger,
+            "atomic": True,
+            "request_body": [
+                transfer("world", "users:at", 10, ik="at-1"),
+                transfer("users:at", "shops:at", 4),
+                transfer("users:at", "shops:at", 6),
+            ],
+        }
+    )
+    assert res.status_code == 200
+    results = res.v2_bulk_response.data
+    assert [r.data.id for r in results] == [1, 2, 3]
+    assert balance(sdk, ledger, "users:at", "USD") == 0
+    assert balance(sdk, ledger, "shops:at", "USD") == 10
 
 
 def test_nul_characters_are_refused(sdk, ledger, http):

@@ -68,9 +68,25 @@ impl Job {
     }
 }
 
+/// Requests committed together or not at all (an atomic bulk), alone in their store
+/// transaction. An element refused before it reached the writer is carried as its error.
+struct AtomicJob {
+    elements: Vec<Result<(Request, PreparedScript), LedgerError>>,
+    reply: oneshot::Sender<Result<AtomicOutcome, LedgerError>>,
+}
+
+/// What an atomic group came to. Elements run in order and stop at the first failure, which is
+/// the last result; then nothing is committed.
+#[derive(Debug)]
+pub struct AtomicOutcome {
+    pub results: Vec<Result<Response, LedgerError>>,
+    pub committed: bool,
+}
+
 /// What the writer thread receives.
 enum Message {
     Write(Job),
+    Atomic(AtomicJob),
     /// Answered with a ticket that resolves once every projection of committed transactions
     /// is stored.
     Sync(oneshot::Sender<Result<ProjectionTicket, LedgerError>>),
@@ -124,10 +140,10 @@ impl Engine {
         })
     }
 
-    /// Validates and queues a request; the answer comes once its batch is committed.
-    pub fn submit(&self, request: Request) -> Result<Pending, LedgerError> {
+    /// Validates a request and parses its script (through the cache).
+    fn prepare(&self, request: &Request) -> Result<PreparedScript, LedgerError> {
         request.validate()?;
-        let script = match &request.command {
+        Ok(match &request.command {
             Command::CreateTransaction(tx) => match &tx.body {
                 TxBody::Script { plain, .. } => Some(
                     self.scripts
@@ -137,7 +153,58 @@ impl Engine {
                 TxBody::Postings(_) => None,
             },
             _ => None,
-        };
+        })
+    }
+
+    /// Commits `requests` in one store transaction, in order, or none of them: the first that
+    /// fails rolls back all. An element given as an error (refused by the caller) fails there.
+    pub async fn execute_atomic(
+        &self,
+        requests: Vec<Result<Request, LedgerError>>,
+    ) -> Result<AtomicOutcome, LedgerError> {
+        let receiver = self.submit_atomic(requests)?;
+        receiver.await.map_err(|_| LedgerError::Unavailable)?
+    }
+
+    /// [`Engine::execute_atomic`] for callers outside an async runtime.
+    pub fn execute_atomic_blocking(
+        &self,
+        requests: Vec<Result<Request, LedgerError>>,
+    ) -> Result<AtomicOutcome, LedgerError> {
+        let receiver = self.submit_atomic(requests)?;
+        receiver
+            .blocking_recv()
+            .map_err(|_| LedgerError::Unavailable)?
+    }
+
+    fn submit_atomic(
+        &self,
+        requests: Vec<Result<Request, LedgerError>>,
+    ) -> Result<oneshot::Receiver<Result<AtomicOutcome, LedgerError>>, LedgerError> {
+        let mut elements = Vec::with_capacity(requests.len());
+        for request in requests {
+            let prepared =
+                request.and_then(|request| self.prepare(&request).map(|script| (request, script)));
+            let refused = prepared.is_err();
+            elements.push(prepared);
+            if refused {
+                break;
+            }
+        }
+        let (reply, receiver) = oneshot::channel();
+        {
+            let guard = self.sender.lock();
+            let sender = guard.as_ref().ok_or(LedgerError::Unavailable)?;
+            sender
+                .try_send(Message::Atomic(AtomicJob { elements, reply }))
+                .map_err(|_| LedgerError::Unavailable)?;
+        }
+        Ok(receiver)
+    }
+
+    /// Validates and queues a request; the answer comes once its batch is committed.
+    pub fn submit(&self, request: Request) -> Result<Pending, LedgerError> {
+        let script = self.prepare(&request)?;
         let (reply, receiver) = oneshot::channel();
         let job = Job {
             request,
@@ -209,10 +276,10 @@ fn writer_loop(
     let flags = numscript::FeatureFlags::default();
     let projection_delay = Duration::from_millis(config.projection_delay_ms_max);
     let mut held_back_since: Option<Instant> = None;
-    let mut pending: Option<Job> = None;
+    let mut pending: Option<Message> = None;
     loop {
         let first = match pending.take() {
-            Some(job) => Message::Write(job),
+            Some(message) => message,
             None => match receiver.recv_timeout(projection_delay) {
                 Ok(message) => message,
                 Err(RecvTimeoutError::Timeout) => {
@@ -230,12 +297,23 @@ fn writer_loop(
         match first {
             Message::Write(job) => jobs.push(job),
             Message::Sync(reply) => syncs.push(reply),
+            Message::Atomic(job) => {
+                run_atomic(writer.as_mut(), &mut caches, &flags, job);
+                if writer.pending_projections() > 0 && held_back_since.is_none() {
+                    held_back_since = Some(Instant::now());
+                }
+                continue;
+            }
         }
         let exclusive = jobs.first().is_some_and(Job::exclusive);
         while !exclusive && jobs.len() < config.batch_requests_max {
             match receiver.try_recv() {
                 Ok(Message::Write(job)) if job.exclusive() => {
-                    pending = Some(job);
+                    pending = Some(Message::Write(job));
+                    break;
+                }
+                Ok(message @ Message::Atomic(_)) => {
+                    pending = Some(message);
                     break;
                 }
                 Ok(Message::Write(job)) => jobs.push(job),
@@ -327,6 +405,79 @@ fn run_batch(
     metrics::counter!("coffer_commits_total").increment(1);
     metrics::histogram!("coffer_batch_requests").record(count as f64);
     metrics::histogram!("coffer_batch_seconds").record(started.elapsed().as_secs_f64());
+}
+
+fn run_atomic(
+    writer: &mut dyn StoreWriter,
+    caches: &mut Caches,
+    flags: &numscript::FeatureFlags,
+    job: AtomicJob,
+) {
+    let started = Instant::now();
+    let mut touched = Vec::new();
+    let outcome = execute_atomic(writer, caches, flags, &job.elements, &mut touched);
+    if !matches!(
+        outcome,
+        Ok(AtomicOutcome {
+            committed: true,
+            ..
+        })
+    ) {
+        let _ = writer.rollback();
+        for ledger in touched {
+            caches.invalidate_ledger(ledger);
+        }
+    }
+    if let Err(err @ LedgerError::Store(_)) = &outcome {
+        metrics::counter!("coffer_batch_failures_total").increment(1);
+        tracing::error!(error = %err, "atomic group failed; rolled back");
+    }
+    let _ = job.reply.send(outcome);
+    metrics::counter!("coffer_commits_total").increment(1);
+    metrics::histogram!("coffer_batch_requests").record(job.elements.len() as f64);
+    metrics::histogram!("coffer_batch_seconds").record(started.elapsed().as_secs_f64());
+}
+
+fn execute_atomic(
+    writer: &mut dyn StoreWriter,
+    caches: &mut Caches,
+    flags: &numscript::FeatureFlags,
+    elements: &[Result<(Request, PreparedScript), LedgerError>],
+    touched: &mut Vec<i64>,
+) -> Result<AtomicOutcome, LedgerError> {
+    writer.begin()?;
+    let mut batch = Batch::new(writer, caches, Timestamp::now(), flags);
+    let requests: Vec<&Request> = elements
+        .iter()
+        .filter_map(|element| element.as_ref().ok().map(|(request, _)| request))
+        .collect();
+    let prepared = batch.prepare(&requests);
+    *touched = batch.ledger_ids();
+    prepared?;
+    let mut results = Vec::with_capacity(elements.len());
+    for element in elements {
+        let result = match element {
+            Ok((request, script)) => batch.execute(request, script),
+            Err(err) => Err(err.clone()),
+        };
+        *touched = batch.ledger_ids();
+        match result {
+            Err(err @ LedgerError::Store(_)) => return Err(err),
+            Err(err) => {
+                results.push(Err(err));
+                return Ok(AtomicOutcome {
+                    results,
+                    committed: false,
+                });
+            }
+            Ok(response) => results.push(Ok(response)),
+        }
+    }
+    batch.commit()?;
+    Ok(AtomicOutcome {
+        results,
+        committed: true,
+    })
 }
 
 fn execute_batch(

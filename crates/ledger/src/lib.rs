@@ -30,7 +30,7 @@ pub mod types;
 pub mod verify;
 
 pub use command::{Command, NewTransaction, Outcome, Request, Response, Target, TxBody};
-pub use engine::{Engine, EngineConfig};
+pub use engine::{AtomicOutcome, Engine, EngineConfig};
 pub use error::{LedgerError, StoreError};
 pub use service::Ledgers;
 pub use time::Timestamp;

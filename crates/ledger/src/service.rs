@@ -278,6 +278,21 @@ impl Ledgers {
         self.engine.execute_blocking(request)
     }
 
+    /// Commits all of `requests` together, or none (see [`crate::engine::AtomicOutcome`]).
+    pub async fn write_atomic(
+        &self,
+        requests: Vec<Result<Request, LedgerError>>,
+    ) -> Result<crate::engine::AtomicOutcome, LedgerError> {
+        self.engine.execute_atomic(requests).await
+    }
+
+    pub fn write_atomic_blocking(
+        &self,
+        requests: Vec<Result<Request, LedgerError>>,
+    ) -> Result<crate::engine::AtomicOutcome, LedgerError> {
+        self.engine.execute_atomic_blocking(requests)
+    }
+
     pub fn shutdown(&self) {
         self.engine.shutdown();
     }

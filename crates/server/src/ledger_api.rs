@@ -1409,7 +1409,8 @@ pub enum V2BulkFailure {
     Refused(ErrorResponse),
 }
 
-/// Run several operations in order; each one commits on its own.
+/// Run several operations in order; each one commits on its own, or, with `atomic=true`, all of
+/// them commit together or none does.
 #[utoipa::path(post, path = "/api/ledger/v2/{ledger}/_bulk", tag = "ledger.v2",
     params(("ledger" = String, Path), BulkParams), request_body = Vec<V2BulkElement>,
     responses((status = 200, body = DataResponse<Vec<V2BulkElementResult>>), (status = 400, body = V2BulkFailure),
@@ -1420,15 +1421,13 @@ async fn create_bulk(
     Query(params): Query<BulkParams>,
     JsonBody(elements): JsonBody<Vec<V2BulkElement>>,
 ) -> ApiResult<(StatusCode, Json<DataResponse<Vec<V2BulkElementResult>>>)> {
-    if params.atomic.unwrap_or(false) {
-        return Err(invalid(
-            "atomic: atomic bulks are not supported; send one transaction with several postings",
-        ));
-    }
     if elements.len() > BULK_ELEMENTS_MAX {
         return Err(ApiError::Ledger(LedgerError::Validation(format!(
             "at most {BULK_ELEMENTS_MAX} bulk elements"
         ))));
+    }
+    if params.atomic.unwrap_or(false) {
+        return atomic_bulk(&state, &ledger, &elements).await;
     }
     let continue_on_failure = params.continue_on_failure.unwrap_or(false);
     let mut results = Vec::with_capacity(elements.len());
@@ -1450,35 +1449,79 @@ async fn create_bulk(
                 .map_err(ApiError::Ledger),
             Err(err) => Err(err),
         };
-        results.push(match outcome {
-            Ok(response) => {
-                let data = match &response.outcome {
-                    Outcome::Transaction(tx) => Some(
-                        serde_json::to_value(transaction_json(tx, true)?).unwrap_or(Value::Null),
-                    ),
-                    _ => None,
-                };
-                V2BulkElementResult {
-                    response_type: element.action.clone(),
-                    log_id: response.log_id.unwrap_or(0),
-                    data,
-                    error_code: None,
-                    error_description: None,
+        failed |= outcome.is_err();
+        results.push(bulk_result(element, outcome)?);
+    }
+    let status = if failed {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(DataResponse { data: results })))
+}
+
+/// One element's result, as Formance reports it.
+fn bulk_result(
+    element: &V2BulkElement,
+    outcome: ApiResult<LedgerResponse>,
+) -> ApiResult<V2BulkElementResult> {
+    Ok(match outcome {
+        Ok(response) => {
+            let data = match &response.outcome {
+                Outcome::Transaction(tx) => {
+                    Some(serde_json::to_value(transaction_json(tx, true)?).unwrap_or(Value::Null))
                 }
+                _ => None,
+            };
+            V2BulkElementResult {
+                response_type: element.action.clone(),
+                log_id: response.log_id.unwrap_or(0),
+                data,
+                error_code: None,
+                error_description: None,
             }
-            Err(ApiError::Ledger(err)) => {
-                failed = true;
-                let (_, code) = crate::error::ledger_status(&err);
-                V2BulkElementResult {
-                    response_type: "ERROR".into(),
-                    log_id: 0,
-                    data: None,
-                    error_code: Some(code.into()),
-                    error_description: Some(err.to_string()),
-                }
+        }
+        Err(ApiError::Ledger(err)) => {
+            let (_, code) = crate::error::ledger_status(&err);
+            V2BulkElementResult {
+                response_type: "ERROR".into(),
+                log_id: 0,
+                data: None,
+                error_code: Some(code.into()),
+                error_description: Some(err.to_string()),
             }
+        }
+        Err(other) => return Err(other),
+    })
+}
+
+/// `atomic=true`: every element in one store transaction, in order; the first failure rolls
+/// back all of them and the answer is a 400 listing the results up to it (as Formance does, the
+/// elements before it show what they would have written; none of it was committed).
+async fn atomic_bulk(
+    state: &SharedState,
+    ledger: &str,
+    elements: &[V2BulkElement],
+) -> ApiResult<(StatusCode, Json<DataResponse<Vec<V2BulkElementResult>>>)> {
+    let mut requests = Vec::with_capacity(elements.len());
+    for element in elements {
+        requests.push(match bulk_command(element) {
+            Ok(command) => Ok(ledger_request(
+                ledger.to_string(),
+                command,
+                element.ik.clone(),
+                None,
+            )),
+            Err(ApiError::Ledger(err)) => Err(err),
             Err(other) => return Err(other),
         });
+    }
+    let outcome = state.ledgers.write_atomic(requests).await?;
+    let mut failed = !outcome.committed;
+    let mut results = Vec::with_capacity(outcome.results.len());
+    for (element, result) in elements.iter().zip(outcome.results) {
+        failed |= result.is_err();
+        results.push(bulk_result(element, result.map_err(ApiError::Ledger))?);
     }
     let status = if failed {
         StatusCode::BAD_REQUEST

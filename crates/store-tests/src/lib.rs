@@ -1022,6 +1022,89 @@ pub fn grouped_volumes(backend: &dyn Backend) {
     );
 }
 
+/// Atomic groups (bulk `atomic=true`): all committed together, or none; later elements see
+/// earlier ones; a failure rolls back everything, idempotency keys included.
+pub fn atomic_groups(backend: &dyn Backend) {
+    let ledgers = service(backend);
+    create_ledger(&ledgers, "main");
+    let transfer = |source: &str, destination: &str, amount: i128| {
+        Ok(Request::new(
+            "main",
+            Command::CreateTransaction(new_tx(vec![posting(source, destination, amount, "USD")])),
+        ))
+    };
+    let logs_before = ledgers
+        .list_logs("main", LogsQuery::default(), &PageRequest::default())
+        .unwrap()
+        .data
+        .len();
+    let failed = ledgers
+        .write_atomic_blocking(vec![
+            transfer("world", "a", 10).map(|r: Request| r.with_idempotency_key("group-1")),
+            transfer("a", "b", 4),
+            transfer("a", "b", 7),
+            transfer("world", "c", 1),
+        ])
+        .unwrap();
+    assert!(!failed.committed);
+    assert_eq!(failed.results.len(), 3, "stops at the failure");
+    assert!(failed.results[..2].iter().all(Result::is_ok));
+    assert!(matches!(
+        failed.results[2],
+        Err(LedgerError::InsufficientFunds { .. })
+    ));
+    assert_eq!(balance(&ledgers, "main", "a", "USD"), 0);
+    assert_eq!(
+        ledgers
+            .list_logs("main", LogsQuery::default(), &PageRequest::default())
+            .unwrap()
+            .data
+            .len(),
+        logs_before
+    );
+    // An element refused before the writer fails the group at its place.
+    let refused = ledgers
+        .write_atomic_blocking(vec![
+            transfer("world", "a", 10),
+            Err(LedgerError::Validation("refused".into())),
+        ])
+        .unwrap();
+    assert!(!refused.committed);
+    assert_eq!(refused.results.len(), 2);
+    assert_eq!(balance(&ledgers, "main", "a", "USD"), 0);
+
+    let done = ledgers
+        .write_atomic_blocking(vec![
+            transfer("world", "a", 10).map(|r: Request| r.with_idempotency_key("group-1")),
+            transfer("a", "b", 4),
+            transfer("a", "b", 6),
+        ])
+        .unwrap();
+    assert!(done.committed);
+    let ids: Vec<u64> = done
+        .results
+        .iter()
+        .map(|result| match &result.as_ref().unwrap().outcome {
+            Outcome::Transaction(tx) => tx.id,
+            other => panic!("unexpected outcome {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, [1, 2, 3], "rolled-back groups use no ids");
+    assert!(!done.results[0].as_ref().unwrap().idempotency_hit);
+    assert_eq!(balance(&ledgers, "main", "a", "USD"), 0);
+    assert_eq!(balance(&ledgers, "main", "b", "USD"), 10);
+    // Plain writes still batch around groups.
+    commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "c", 5, "USD")]),
+    )
+    .unwrap();
+    assert_eq!(balance(&ledgers, "main", "c", "USD"), 5);
+    let verified = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(verified.is_ok(), "{verified}");
+}
+
 pub fn point_in_time(backend: &dyn Backend) {
     let ledgers = service(backend);
     create_ledger(&ledgers, "main");
@@ -1211,8 +1294,8 @@ macro_rules! store_suite {
     ($open:expr) => {
         $crate::store_suite!(@tests $open;
             ledger_lifecycle, postings_and_volumes, scripts, idempotency_and_references,
-            revert_and_metadata, lists_and_filters, grouped_volumes, point_in_time, export_import,
-            restart, concurrent_transfers, random_workload);
+            revert_and_metadata, lists_and_filters, grouped_volumes, atomic_groups, point_in_time,
+            export_import, restart, concurrent_transfers, random_workload);
     };
     (@tests $open:expr; $($name:ident),*) => {
         $(
@@ -1234,6 +1317,7 @@ pub fn run(name: &str, backend: &dyn Backend) {
         "revert_and_metadata" => revert_and_metadata(backend),
         "lists_and_filters" => lists_and_filters(backend),
         "grouped_volumes" => grouped_volumes(backend),
+        "atomic_groups" => atomic_groups(backend),
         "point_in_time" => point_in_time(backend),
         "export_import" => export_import(backend),
         "restart" => restart(backend),
