@@ -608,15 +608,23 @@ def test_volumes_stats_and_ledger_info(sdk, ledger):
     assert metrics.status_code == 200
 
 
-def test_bulk_refused_as_a_whole(sdk, ledger):
-    # A refused bulk answers 400 with an error body, which the SDK's V2BulkResponse also holds.
+def bulk_transfer(source, destination, amount, ik=None):
+    """A `_bulk` element creating one USD transaction."""
     element = {
         "action": "CREATE_TRANSACTION",
         "data": {
-            "postings": [{"source": "world", "destination": "users:b", "amount": 1, "asset": "USD"}],
+            "postings": [{"source": source, "destination": destination, "amount": amount, "asset": "USD"}],
             "metadata": {},
         },
     }
+    if ik:
+        element["ik"] = ik
+    return element
+
+
+def test_bulk_refused_as_a_whole(sdk, ledger):
+    # A refused bulk answers 400 with an error body, which the SDK's V2BulkResponse also holds.
+    element = bulk_transfer("world", "users:b", 1)
     res = sdk.ledger.v2.create_bulk(request={"ledger": ledger, "request_body": [element] * 1001})
     assert res.status_code == 400
     assert res.v2_bulk_response.error_code.value == "VALIDATION"
@@ -625,28 +633,16 @@ def test_bulk_refused_as_a_whole(sdk, ledger):
 
 
 def test_atomic_bulk(sdk, ledger):
-    def transfer(source, destination, amount, ik=None):
-        element = {
-            "action": "CREATE_TRANSACTION",
-            "data": {
-                "postings": [{"source": source, "destination": destination, "amount": amount, "asset": "USD"}],
-                "metadata": {},
-            },
-        }
-        if ik:
-            element["ik"] = ik
-        return element
-
     # All or nothing: the third element overdraws, so the first two are rolled back.
     res = sdk.ledger.v2.create_bulk(
         request={
             "ledger": ledger,
             "atomic": True,
             "request_body": [
-                transfer("world", "users:at", 10, ik="at-1"),
-                transfer("users:at", "shops:at", 4),
-                transfer("users:at", "shops:at", 7),
-                transfer("world", "users:never", 1),
+                bulk_transfer("world", "users:at", 10, ik="at-1"),
+                bulk_transfer("users:at", "shops:at", 4),
+                bulk_transfer("users:at", "shops:at", 7),
+                bulk_transfer("world", "users:never", 1),
             ],
         }
     )
@@ -667,9 +663,9 @@ def test_atomic_bulk(sdk, ledger):
             "ledger": ledger,
             "atomic": True,
             "request_body": [
-                transfer("world", "users:at", 10, ik="at-1"),
-                transfer("users:at", "shops:at", 4),
-                transfer("users:at", "shops:at", 6),
+                bulk_transfer("world", "users:at", 10, ik="at-1"),
+                bulk_transfer("users:at", "shops:at", 4),
+                bulk_transfer("users:at", "shops:at", 6),
             ],
         }
     )

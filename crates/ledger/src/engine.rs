@@ -294,18 +294,14 @@ fn writer_loop(
         };
         let mut jobs = Vec::new();
         let mut syncs = Vec::new();
+        let mut atomic = None;
         match first {
             Message::Write(job) => jobs.push(job),
             Message::Sync(reply) => syncs.push(reply),
-            Message::Atomic(job) => {
-                run_atomic(writer.as_mut(), &mut caches, &flags, job);
-                if writer.pending_projections() > 0 && held_back_since.is_none() {
-                    held_back_since = Some(Instant::now());
-                }
-                continue;
-            }
+            Message::Atomic(job) => atomic = Some(job),
         }
-        let exclusive = jobs.first().is_some_and(Job::exclusive);
+        // Imports and atomic groups run alone.
+        let exclusive = atomic.is_some() || jobs.first().is_some_and(Job::exclusive);
         while !exclusive && jobs.len() < config.batch_requests_max {
             match receiver.try_recv() {
                 Ok(Message::Write(job)) if job.exclusive() => {
@@ -321,7 +317,9 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        if !jobs.is_empty() {
+        if let Some(job) = atomic {
+            run_atomic(writer.as_mut(), &mut caches, &flags, job);
+        } else if !jobs.is_empty() {
             run_batch(writer.as_mut(), &mut caches, &flags, jobs);
         }
         if writer.pending_projections() > 0 && held_back_since.is_none() {

@@ -302,26 +302,3 @@ pub(crate) fn run_query(
 
 /// What a restarted WAL is truncated to (by the connection that restarts it).
 pub const WAL_BYTES_KEPT: u64 = 64 * 1024 * 1024;
-
-pub struct WalState {
-    /// Another checkpoint was running.
-    pub busy: bool,
-    pub frames: u64,
-    pub checkpointed: u64,
-}
-
-/// A PASSIVE checkpoint of `schema`: never waits for readers or writers.
-pub fn checkpoint_passive(conn: &Connection, schema: &str) -> StoreResult<WalState> {
-    conn.query_row(
-        &format!("PRAGMA {schema}.wal_checkpoint(PASSIVE)"),
-        [],
-        |row| {
-            Ok(WalState {
-                busy: row.get::<_, i64>(0)? != 0,
-                frames: row.get::<_, i64>(1)?.max(0) as u64,
-                checkpointed: row.get::<_, i64>(2)?.max(0) as u64,
-            })
-        },
-    )
-    .map_err(err)
-}

@@ -4,7 +4,7 @@
 //! of the WAL either, and SQLite starts a WAL over only when a write transaction begins with
 //! every frame copied back. So a background thread copies frames often (`Checkpointer`), and the
 //! file's only writer, once its WAL holds more than `WAL_FRAMES_CATCH_UP` frames, checkpoints
-//! the few frames left between two of its transactions (`WalWatch::catch_up`): its next
+//! the few frames left between two of its transactions (`WalCatchUp::run`): its next
 //! transaction then starts the WAL over. A RESTART checkpoint would instead hold off every
 //! commit while it waits and copies (pauses of 0.2–3 s were measured).
 
@@ -18,7 +18,7 @@ use coffer_ledger::store::StoreResult;
 use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 
-use crate::conn::{checkpoint_passive, err, open_main, READ_CACHE_KIB};
+use crate::conn::{err, open_main, READ_CACHE_KIB};
 
 /// Frames past which a writer checkpoints between its transactions.
 pub const WAL_FRAMES_CATCH_UP: u64 = 4096;
@@ -106,6 +106,29 @@ impl WalCatchUp {
             }
         }
     }
+}
+
+struct WalState {
+    /// Another checkpoint was running.
+    pub busy: bool,
+    pub frames: u64,
+    pub checkpointed: u64,
+}
+
+/// A PASSIVE checkpoint of `schema`: never waits for readers or writers.
+fn checkpoint_passive(conn: &Connection, schema: &str) -> StoreResult<WalState> {
+    conn.query_row(
+        &format!("PRAGMA {schema}.wal_checkpoint(PASSIVE)"),
+        [],
+        |row| {
+            Ok(WalState {
+                busy: row.get::<_, i64>(0)? != 0,
+                frames: row.get::<_, i64>(1)?.max(0) as u64,
+                checkpointed: row.get::<_, i64>(2)?.max(0) as u64,
+            })
+        },
+    )
+    .map_err(err)
 }
 
 /// Lowers the calling thread's scheduling priority: background work (checkpoints, projections)
