@@ -97,6 +97,34 @@ fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time used so far by the whole process and by the engine's writer thread, in clock
+/// ticks (Linux `/proc`; zeros elsewhere).
+fn cpu_ticks() -> (u64, u64) {
+    let (mut total, mut writer) = (0, 0);
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return (0, 0);
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised name: utime and stime are the 12th and 13th.
+        let Some((name, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+            .unwrap_or(0);
+        total += ticks;
+        if name.ends_with("(coffer-writer") {
+            writer += ticks;
+        }
+    }
+    (total, writer)
+}
+
 fn fund(ledgers: &Ledgers, args: &BenchArgs) -> anyhow::Result<()> {
     let create = Command::CreateLedger {
         bucket: None,
@@ -212,16 +240,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let threads: Vec<_> = (0..args.submitters)
-        .map(|thread| {
+    // Submitters are tasks on a runtime like the server's (one worker per core), as HTTP
+    // handlers are: waking one costs a task switch, not an OS thread switch.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the submitters' runtime")?;
+    let tasks: Vec<_> = (0..args.submitters)
+        .map(|task| {
             let ledgers = ledgers.clone();
             let measuring = measuring.clone();
             let stop = stop.clone();
             let ack_log = ack_log.clone();
             let ledger = args.ledger.clone();
             let (accounts, hot, amount) = (args.accounts, args.hot, args.amount);
-            let mut rng = Rng(args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (thread as u64 + 1));
-            std::thread::spawn(move || -> anyhow::Result<(u64, u64, Vec<u32>)> {
+            let mut rng = Rng(args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (task as u64 + 1));
+            runtime.spawn(async move {
                 let (mut done, mut refused) = (0u64, 0u64);
                 let mut latencies_us = Vec::with_capacity(1 << 16);
                 while !stop.load(Ordering::Relaxed) {
@@ -242,8 +276,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                         asset: "USD".into(),
                     };
                     let sent = Instant::now();
-                    let result =
-                        ledgers.write_blocking(Request::new(&ledger, transfer(vec![posting])));
+                    let result = ledgers
+                        .write(Request::new(&ledger, transfer(vec![posting])))
+                        .await;
                     let elapsed_us = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
                     match result {
                         Ok(response) => {
@@ -259,7 +294,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                             }
                         }
                         Err(LedgerError::InsufficientFunds { .. }) => refused += 1,
-                        Err(err) => return Err(err.into()),
+                        Err(err) => return Err(anyhow::Error::from(err)),
                     }
                 }
                 Ok((done, refused, latencies_us))
@@ -269,13 +304,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     std::thread::sleep(Duration::from_secs(1));
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
+    let cpu_before = cpu_ticks();
     std::thread::sleep(Duration::from_secs(args.duration_secs));
     measuring.store(false, Ordering::Relaxed);
+    let cpu_after = cpu_ticks();
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let (mut done, mut refused, mut latencies) = (0, 0, Vec::new());
-    for thread in threads {
-        let (d, r, mut l) = thread.join().expect("submitter thread")?;
+    for task in tasks {
+        let (d, r, mut l) = runtime.block_on(task).context("submitter task")??;
         done += d;
         refused += r;
         latencies.append(&mut l);
@@ -288,9 +325,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(0)
     };
     let rate = done as f64 / elapsed.as_secs_f64();
+    // Clock ticks are 10 ms on Linux; per transfer in microseconds.
+    let per_transfer_us = |before: u64, after: u64| {
+        (after.saturating_sub(before) as f64 * 10_000.0) / done.max(1) as f64
+    };
+    let cpu_us = per_transfer_us(cpu_before.0, cpu_after.0);
+    let writer_cpu_us = per_transfer_us(cpu_before.1, cpu_after.1);
     println!(
         "store={description} mode={} submitters={} accounts={} duration={:.1}s transfers={done} refused={refused} \
-         rate={rate:.0}/s p50={}us p99={}us max={}us peak_rss={}MiB",
+         rate={rate:.0}/s p50={}us p99={}us max={}us peak_rss={}MiB \
+         cpu_per_transfer={cpu_us:.1}us writer_cpu_per_transfer={writer_cpu_us:.1}us",
         if args.hot { "hot" } else { "uniform" },
         args.submitters,
         args.accounts,

@@ -3,8 +3,9 @@
 //! Entries carry the epoch of their ledger. When another process has written to a ledger
 //! (its head moved without us), the ledger's epoch is bumped and its entries become stale.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
+use std::hash::Hash;
 
 use lru::LruCache;
 
@@ -13,9 +14,50 @@ use crate::store::VolumeKey;
 use crate::time::Timestamp;
 use crate::types::{LedgerId, Volumes};
 
+/// An LRU map that grows with use up to `entries_max`. `LruCache::new` would allocate its
+/// table for the full bound at once: with hundreds of thousands of slots, every lookup of a
+/// small working set then misses the CPU caches.
+struct Bounded<K: Hash + Eq, V> {
+    map: LruCache<K, V>,
+    entries_max: usize,
+}
+
+impl<K: Hash + Eq, V> Bounded<K, V> {
+    fn new(entries_max: usize) -> Self {
+        assert!(entries_max > 0);
+        Bounded {
+            map: LruCache::unbounded(),
+            entries_max,
+        }
+    }
+
+    fn get<Q>(&mut self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.get(key)
+    }
+
+    fn put(&mut self, key: K, value: V) {
+        self.map.put(key, value);
+        if self.map.len() > self.entries_max {
+            self.map.pop_lru();
+        }
+        debug_assert!(self.map.len() <= self.entries_max);
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
 pub struct Caches {
-    volumes: LruCache<VolumeKey, (u64, Volumes)>,
-    accounts: LruCache<(LedgerId, String), (u64, Timestamp)>,
+    volumes: Bounded<VolumeKey, (u64, Volumes)>,
+    /// Keyed by ledger and address joined (see `account_key`), so a lookup borrows a `str`.
+    accounts: Bounded<String, (u64, Timestamp)>,
+    /// Reused to build account keys without allocating.
+    account_key: String,
     /// Per ledger: current epoch and the next log id we expect to find in its head.
     ledgers: HashMap<LedgerId, LedgerMark>,
     next_epoch: u64,
@@ -29,11 +71,10 @@ struct LedgerMark {
 
 impl Caches {
     pub fn new(volume_entries_max: usize, account_entries_max: usize) -> Caches {
-        let volume_entries_max = NonZeroUsize::new(volume_entries_max.max(1)).expect("non-zero");
-        let account_entries_max = NonZeroUsize::new(account_entries_max.max(1)).expect("non-zero");
         Caches {
-            volumes: LruCache::new(volume_entries_max),
-            accounts: LruCache::new(account_entries_max),
+            volumes: Bounded::new(volume_entries_max.max(1)),
+            accounts: Bounded::new(account_entries_max.max(1)),
+            account_key: String::new(),
             ledgers: HashMap::new(),
             next_epoch: 1,
         }
@@ -84,7 +125,8 @@ impl Caches {
     /// First usage of an account known to exist.
     pub fn account(&mut self, ledger: LedgerId, address: &str) -> Option<Timestamp> {
         let epoch = self.epoch(ledger)?;
-        match self.accounts.get(&(ledger, address.to_string())) {
+        set_account_key(&mut self.account_key, ledger, address);
+        match self.accounts.get(self.account_key.as_str()) {
             Some((entry_epoch, first_usage)) if *entry_epoch == epoch => Some(*first_usage),
             _ => None,
         }
@@ -92,13 +134,22 @@ impl Caches {
 
     pub fn put_account(&mut self, ledger: LedgerId, address: String, first_usage: Timestamp) {
         if let Some(epoch) = self.epoch(ledger) {
-            self.accounts.put((ledger, address), (epoch, first_usage));
+            let mut key = String::with_capacity(address.len() + 21);
+            set_account_key(&mut key, ledger, &address);
+            self.accounts.put(key, (epoch, first_usage));
         }
     }
 
     pub fn volume_entries(&self) -> usize {
         self.volumes.len()
     }
+}
+
+/// `ledger` and `address` joined by a space, which an address cannot contain.
+fn set_account_key(key: &mut String, ledger: LedgerId, address: &str) {
+    use std::fmt::Write;
+    key.clear();
+    write!(key, "{ledger} {address}").expect("writing to a String");
 }
 
 #[cfg(test)]

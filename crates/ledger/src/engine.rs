@@ -18,7 +18,7 @@ use crate::batch::{Batch, PreparedScript};
 use crate::cache::Caches;
 use crate::command::{Command, Request, Response, TxBody};
 use crate::error::LedgerError;
-use crate::store::{ProjectionTicket, Store, StoreWriter};
+use crate::store::{Durability, ProjectionTicket, Store, StoreWriter};
 use crate::time::Timestamp;
 
 #[derive(Clone, Debug)]
@@ -263,10 +263,86 @@ impl Drop for Engine {
     }
 }
 
+/// Answers of one commit, sent once it is durable.
+type Answers = Box<dyn FnOnce() + Send>;
+
+/// Commits waiting for their durability, in commit order; beyond this the writer waits.
+pub const UNSYNCED_COMMITS_MAX: usize = 1024;
+
+/// Sends answers: at once when `commit` made them durable, otherwise from a thread that
+/// syncs for many commits at a time while the writer goes on with the next batches.
+struct Replier {
+    sender: Option<Sender<Answers>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Replier {
+    fn start(durability: Option<Arc<dyn Durability>>) -> Replier {
+        let Some(durability) = durability else {
+            return Replier {
+                sender: None,
+                thread: None,
+            };
+        };
+        let (sender, receiver) = crossbeam_channel::bounded::<Answers>(UNSYNCED_COMMITS_MAX);
+        let thread = std::thread::Builder::new()
+            .name("coffer-sync".into())
+            .spawn(move || {
+                while let Ok(first) = receiver.recv() {
+                    let mut ready = vec![first];
+                    ready.extend(receiver.try_iter().take(UNSYNCED_COMMITS_MAX));
+                    let started = Instant::now();
+                    if let Err(err) = durability.sync() {
+                        // A failed sync leaves the file's state unknown (the kernel may have
+                        // dropped the pages): no answer may claim durability, nothing may go on.
+                        eprintln!("fatal: syncing committed writes failed: {err}; exiting");
+                        std::process::abort();
+                    }
+                    metrics::histogram!("coffer_sync_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    for answers in ready {
+                        answers();
+                    }
+                }
+            })
+            .expect("cannot start the sync thread");
+        Replier {
+            sender: Some(sender),
+            thread: Some(thread),
+        }
+    }
+
+    fn send(&self, answers: Answers) {
+        match &self.sender {
+            Some(sender) => sender.send(answers).expect("the sync thread stopped"),
+            None => answers(),
+        }
+    }
+
+    /// Answers everything queued, then stops.
+    fn stop(&mut self) {
+        drop(self.sender.take());
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the sync thread panicked");
+        }
+    }
+}
+
 fn writer_loop(
     mut writer: Box<dyn StoreWriter>,
     receiver: Receiver<Message>,
     config: EngineConfig,
+) {
+    let mut replier = Replier::start(writer.durability());
+    writer_loop_with(writer.as_mut(), &receiver, &config, &replier);
+    replier.stop();
+}
+
+fn writer_loop_with(
+    writer: &mut dyn StoreWriter,
+    receiver: &Receiver<Message>,
+    config: &EngineConfig,
+    replier: &Replier,
 ) {
     let mut caches = Caches::new(
         config.volume_cache_entries_max,
@@ -283,11 +359,11 @@ fn writer_loop(
             None => match receiver.recv_timeout(projection_delay) {
                 Ok(message) => message,
                 Err(RecvTimeoutError::Timeout) => {
-                    flush_projections(writer.as_mut(), Vec::new(), &mut held_back_since);
+                    flush_projections(writer, Vec::new(), &mut held_back_since);
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    flush_projections(writer.as_mut(), Vec::new(), &mut held_back_since);
+                    flush_projections(writer, Vec::new(), &mut held_back_since);
                     return;
                 }
             },
@@ -318,9 +394,9 @@ fn writer_loop(
             }
         }
         if let Some(job) = atomic {
-            run_atomic(writer.as_mut(), &mut caches, &flags, job);
+            run_atomic(writer, &mut caches, &flags, replier, job);
         } else if !jobs.is_empty() {
-            run_batch(writer.as_mut(), &mut caches, &flags, jobs);
+            run_batch(writer, &mut caches, &flags, replier, jobs);
         }
         if writer.pending_projections() > 0 && held_back_since.is_none() {
             held_back_since = Some(Instant::now());
@@ -330,7 +406,7 @@ fn writer_loop(
             || overdue
             || writer.pending_projections() >= config.projection_rows_max
         {
-            flush_projections(writer.as_mut(), syncs, &mut held_back_since);
+            flush_projections(writer, syncs, &mut held_back_since);
         }
     }
 }
@@ -364,6 +440,7 @@ fn run_batch(
     writer: &mut dyn StoreWriter,
     caches: &mut Caches,
     flags: &numscript::FeatureFlags,
+    replier: &Replier,
     jobs: Vec<Job>,
 ) {
     let started = Instant::now();
@@ -373,9 +450,11 @@ fn run_batch(
     let outcome = execute_batch(writer, caches, flags, &jobs, exclusive, &mut touched);
     match outcome {
         Ok(results) => {
-            for (job, result) in jobs.into_iter().zip(results) {
-                let _ = job.reply.send(result);
-            }
+            replier.send(Box::new(move || {
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }));
         }
         Err(err) => {
             let _ = writer.rollback();
@@ -387,7 +466,7 @@ fn run_batch(
                 // was committed, so each runs again alone and gets its own answer.
                 tracing::warn!(error = %err, requests = count, "batch failed; retrying its requests one by one");
                 for job in jobs {
-                    run_batch(writer, caches, flags, vec![job]);
+                    run_batch(writer, caches, flags, replier, vec![job]);
                 }
                 return;
             }
@@ -395,9 +474,12 @@ fn run_batch(
                 metrics::counter!("coffer_batch_failures_total").increment(1);
                 tracing::error!(error = %err, requests = count, "batch failed; rolled back");
             }
-            for job in jobs {
-                let _ = job.reply.send(Err(err.clone()));
-            }
+            // Through the replier too: a refusal may rest on writes not yet durable.
+            replier.send(Box::new(move || {
+                for job in jobs {
+                    let _ = job.reply.send(Err(err.clone()));
+                }
+            }));
         }
     }
     metrics::counter!("coffer_commits_total").increment(1);
@@ -409,6 +491,7 @@ fn run_atomic(
     writer: &mut dyn StoreWriter,
     caches: &mut Caches,
     flags: &numscript::FeatureFlags,
+    replier: &Replier,
     job: AtomicJob,
 ) {
     let started = Instant::now();
@@ -430,9 +513,12 @@ fn run_atomic(
         metrics::counter!("coffer_batch_failures_total").increment(1);
         tracing::error!(error = %err, "atomic group failed; rolled back");
     }
-    let _ = job.reply.send(outcome);
+    let elements = job.elements.len();
+    replier.send(Box::new(move || {
+        let _ = job.reply.send(outcome);
+    }));
     metrics::counter!("coffer_commits_total").increment(1);
-    metrics::histogram!("coffer_batch_requests").record(job.elements.len() as f64);
+    metrics::histogram!("coffer_batch_requests").record(elements as f64);
     metrics::histogram!("coffer_batch_seconds").record(started.elapsed().as_secs_f64());
 }
 

@@ -106,6 +106,14 @@ impl BatchWrites {
     }
 }
 
+/// For stores whose commits become durable after `commit` returns: the writer goes on with the
+/// next batch while whoever needs durability syncs. The engine answers a request only after
+/// `sync` returned, so an acknowledged write is durable all the same.
+pub trait Durability: Send + Sync {
+    /// Returns once every commit that returned before this call is durable.
+    fn sync(&self) -> StoreResult<()>;
+}
+
 /// The engine's connection. Used by one thread; every method but `begin` runs inside the
 /// transaction that `begin` opened.
 pub trait StoreWriter: Send {
@@ -148,6 +156,11 @@ pub trait StoreWriter: Send {
     /// committed so far is stored. The engine calls it for readers of volumes and moves.
     fn flush_projections(&mut self) -> StoreResult<ProjectionTicket> {
         Ok(ProjectionTicket::ready())
+    }
+
+    /// `Some` when `commit` returns before the commit is durable (see [`Durability`]).
+    fn durability(&self) -> Option<std::sync::Arc<dyn Durability>> {
+        None
     }
 
     /// Projection rows held back in the writer itself (flushed by the engine on a timer).

@@ -78,9 +78,10 @@ pub fn open_main(path: &Path, cache_kib: i64) -> StoreResult<Connection> {
 }
 
 /// A connection on the main database alone: the writer's. `BEGIN IMMEDIATE` then locks only the
-/// main database, never the projections the flusher writes.
+/// main database, never the projections the flusher writes. Its commits return before they are
+/// synced (`synchronous=NORMAL`); [`crate::durable::WalSync`] makes them durable.
 pub fn open_main_alone(path: &Path, cache_kib: i64) -> StoreResult<Connection> {
-    open_raw(path, cache_kib, "FULL")
+    open_raw(path, cache_kib, "NORMAL")
 }
 
 /// A connection on the projections database alone (the flusher's).

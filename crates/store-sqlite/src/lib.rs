@@ -20,12 +20,14 @@ use parking_lot::Mutex;
 use rusqlite::Connection;
 
 mod conn;
+pub mod durable;
 pub mod projections;
 mod wal;
 mod writer;
 
 pub use conn::projections_path;
 use conn::{err, open_main, run_query, SqliteDialect, READ_CACHE_KIB};
+use durable::WalSync;
 use wal::Checkpointer;
 pub use wal::{
     WalWatch, BACKGROUND_NICE, CHECKPOINT_INTERVAL_MS, WAL_FRAMES_CATCH_UP, WAL_FRAMES_MAX,
@@ -44,6 +46,8 @@ pub struct SqliteStore {
     /// WAL watches of the main and projections files, shared with their writers.
     wal_main: Arc<WalWatch>,
     wal_projections: Arc<WalWatch>,
+    /// Syncs the writer's commits; `None` when opened read-only.
+    durable: Option<Arc<WalSync>>,
 }
 
 impl SqliteStore {
@@ -64,16 +68,23 @@ impl SqliteStore {
         let wal_main = Arc::new(WalWatch::default());
         let wal_projections = Arc::new(WalWatch::default());
         let checkpointer = Checkpointer::start(path, wal_main.clone(), wal_projections.clone())?;
+        let durable = Arc::new(WalSync::new(path));
         Ok(Arc::new(SqliteStore {
             path: path.to_path_buf(),
             reader: SqlReader {
-                backend: Readers::new(path),
+                backend: Readers::new(path, Some(durable.clone())),
             },
             lock: Some(lock),
             _checkpointer: Some(checkpointer),
             wal_main,
             wal_projections,
+            durable: Some(durable),
         }))
+    }
+
+    /// Commits of this store's writer not yet known durable (see [`durable`]).
+    pub fn unsynced_commits(&self) -> u64 {
+        self.durable.as_ref().map_or(0, |d| d.unsynced_commits())
     }
 
     /// Opens an existing store for reading only, even while another process writes to it.
@@ -88,12 +99,13 @@ impl SqliteStore {
         Ok(Arc::new(SqliteStore {
             path: path.to_path_buf(),
             reader: SqlReader {
-                backend: Readers::new(path),
+                backend: Readers::new(path, None),
             },
             lock: None,
             _checkpointer: None,
             wal_main: Arc::default(),
             wal_projections: Arc::default(),
+            durable: None,
         }))
     }
 }
@@ -114,18 +126,20 @@ impl Store for SqliteStore {
         Ok(Box::new(SqlReader {
             backend: Snapshot {
                 conn: Mutex::new(conn),
+                durable: self.durable.clone(),
             },
         }))
     }
 
     fn writer(&self) -> StoreResult<Box<dyn StoreWriter>> {
-        if self.lock.is_none() {
+        let (Some(_), Some(durable)) = (&self.lock, &self.durable) else {
             return Err(err("the store was opened read-only"));
-        }
+        };
         Ok(Box::new(SqliteWriter::open(
             &self.path,
             &self.wal_main,
             &self.wal_projections,
+            durable,
         )?))
     }
 
@@ -156,17 +170,32 @@ fn lock_file(path: &Path) -> StoreResult<File> {
 /// Read connections; each query is its own snapshot.
 pub struct Readers {
     pool: Pool<Connection>,
+    /// Rows are returned only once every commit they may come from is durable.
+    durable: Option<Arc<WalSync>>,
 }
 
 impl Readers {
-    fn new(path: &Path) -> Readers {
+    fn new(path: &Path, durable: Option<Arc<WalSync>>) -> Readers {
         let path = path.to_path_buf();
         Readers {
             pool: Pool::new(READ_CONNECTIONS_MAX, move || {
                 open_main(&path, READ_CACHE_KIB)
             }),
+            durable,
         }
     }
+}
+
+/// Runs a read, then waits until what it may have seen is durable.
+fn durable_query(
+    durable: &Option<Arc<WalSync>>,
+    query: impl FnOnce() -> StoreResult<Vec<Row>>,
+) -> StoreResult<Vec<Row>> {
+    let rows = query()?;
+    if let Some(durable) = durable {
+        durable.reader_barrier()?;
+    }
+    Ok(rows)
 }
 
 impl SqlBackend for Readers {
@@ -175,7 +204,9 @@ impl SqlBackend for Readers {
     }
 
     fn query(&self, sql: &str, params: &[SqlValue]) -> StoreResult<Vec<Row>> {
-        self.pool.with(|conn| run_query(conn, sql, params))
+        durable_query(&self.durable, || {
+            self.pool.with(|conn| run_query(conn, sql, params))
+        })
     }
 
     fn lazy_projections(&self) -> bool {
@@ -186,6 +217,7 @@ impl SqlBackend for Readers {
 /// One connection inside one read transaction: every query sees the same state.
 pub struct Snapshot {
     conn: Mutex<Connection>,
+    durable: Option<Arc<WalSync>>,
 }
 
 impl SqlBackend for Snapshot {
@@ -194,7 +226,7 @@ impl SqlBackend for Snapshot {
     }
 
     fn query(&self, sql: &str, params: &[SqlValue]) -> StoreResult<Vec<Row>> {
-        run_query(&self.conn.lock(), sql, params)
+        durable_query(&self.durable, || run_query(&self.conn.lock(), sql, params))
     }
 
     fn lazy_projections(&self) -> bool {

@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use coffer_ledger::codec;
 use coffer_ledger::sql::SqlValue;
 use coffer_ledger::sql_reader::{self, Row};
-use coffer_ledger::store::{moves_of, MoveRow, StoreResult, VolumeKey};
+use coffer_ledger::store::{moves_of, Durability, MoveRow, StoreResult, VolumeKey};
 use coffer_ledger::types::{LedgerId, Transaction, TxId, Volumes};
 use coffer_ledger::{StoreError, Timestamp};
 use parking_lot::{Condvar, Mutex};
 use rusqlite::{params, Connection};
 
 use crate::conn::{amount_value, err, open_projections, run_query, WRITE_CACHE_KIB};
+use crate::durable::WalSync;
 use crate::wal::{lower_thread_priority, WalCatchUp, WalWatch};
 
 /// Hand-overs queued for the flusher; beyond this the writer waits (back-pressure). Room for
@@ -193,7 +194,8 @@ impl Ticket {
 }
 
 impl Flusher {
-    pub fn start(path: &Path, wal: &Arc<WalWatch>) -> StoreResult<Flusher> {
+    /// `durable`: projections are written only once the transactions they come from are.
+    pub fn start(path: &Path, wal: &Arc<WalWatch>, durable: Arc<WalSync>) -> StoreResult<Flusher> {
         let mut conn = open_projections(path, WRITE_CACHE_KIB)?;
         let catch_up = wal.watch(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(16);
@@ -202,7 +204,7 @@ impl Flusher {
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("coffer-flusher".into())
-            .spawn(move || flusher_loop(conn, receiver, thread_shared, catch_up))
+            .spawn(move || flusher_loop(conn, receiver, thread_shared, catch_up, durable))
             .map_err(|e| err(format!("cannot start the projection flusher: {e}")))?;
         Ok(Flusher {
             sender: Some(sender),
@@ -247,6 +249,7 @@ fn flusher_loop(
     receiver: Receiver<Message>,
     shared: Arc<(Mutex<FlushState>, Condvar)>,
     mut catch_up: WalCatchUp,
+    durable: Arc<WalSync>,
 ) {
     lower_thread_priority();
     let gather = Duration::from_millis(FLUSH_GATHER_MS);
@@ -289,6 +292,11 @@ fn flusher_loop(
         }
         if let Some((generation, mut projections)) = gathered {
             catch_up.run(&conn, "main");
+            // Every hand-over follows its commit's return, so this covers all gathered.
+            while let Err(error) = durable.sync() {
+                tracing::error!(error = %error, "syncing the transactions failed; retrying");
+                std::thread::sleep(RETRY_DELAY);
+            }
             write_until_done(&conn, generation, &mut projections, &shared);
         }
         if disconnected {

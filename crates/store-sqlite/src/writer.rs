@@ -10,8 +10,8 @@ use coffer_ledger::log::{Hash, Log};
 use coffer_ledger::sql::SqlValue;
 use coffer_ledger::sql_reader::SqlReader;
 use coffer_ledger::store::{
-    BatchWrites, LedgerHead, NewLedger, ProjectionTicket, StoreResult, StoreWriter, StoredAccount,
-    VolumeKey,
+    BatchWrites, Durability, LedgerHead, NewLedger, ProjectionTicket, StoreResult, StoreWriter,
+    StoredAccount, VolumeKey,
 };
 use coffer_ledger::types::{LedgerId, Metadata, Transaction, TxId, Volumes};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -19,6 +19,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::conn::{
     amount_of, err, open_main_alone, open_projections, run_query, READ_CACHE_KIB, WRITE_CACHE_KIB,
 };
+use crate::durable::WalSync;
 use crate::projections::{self, Flusher, Projections};
 use crate::wal::{WalCatchUp, WalWatch};
 
@@ -42,6 +43,7 @@ pub struct SqliteWriter {
     recent: HashMap<VolumeKey, (Volumes, u64)>,
     flusher: Flusher,
     wal: WalCatchUp,
+    durable: Arc<WalSync>,
 }
 
 fn hash_param(hash: &Option<Hash>) -> Option<&[u8]> {
@@ -53,6 +55,7 @@ impl SqliteWriter {
         path: &Path,
         wal_main: &Arc<WalWatch>,
         wal_projections: &Arc<WalWatch>,
+        durable: &Arc<WalSync>,
     ) -> StoreResult<SqliteWriter> {
         let mut conn = open_main_alone(path, WRITE_CACHE_KIB)?;
         let wal = wal_main.watch(&mut conn)?;
@@ -65,8 +68,9 @@ impl SqliteWriter {
             staged: Projections::default(),
             generation: 0,
             recent: HashMap::new(),
-            flusher: Flusher::start(path, wal_projections)?,
+            flusher: Flusher::start(path, wal_projections, durable.clone())?,
             wal,
+            durable: durable.clone(),
         })
     }
 
@@ -111,7 +115,10 @@ impl StoreWriter for SqliteWriter {
 
     fn commit(&mut self) -> StoreResult<()> {
         assert!(self.in_transaction, "commit outside a transaction");
-        self.conn.execute_batch("COMMIT").map_err(err)?;
+        self.durable.commit_begins();
+        let committed = self.conn.execute_batch("COMMIT");
+        self.durable.commit_returned();
+        committed.map_err(err)?;
         self.in_transaction = false;
         let staged = std::mem::take(&mut self.staged);
         if !staged.is_empty() {
@@ -434,6 +441,10 @@ impl StoreWriter for SqliteWriter {
             self.staged.add_transaction(*ledger, tx);
         }
         Ok(())
+    }
+
+    fn durability(&self) -> Option<Arc<dyn Durability>> {
+        Some(self.durable.clone())
     }
 
     fn flush_projections(&mut self) -> StoreResult<ProjectionTicket> {

@@ -157,3 +157,46 @@ fn the_wal_starts_over_under_steady_commits() {
     let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(report.is_ok(), "{report}");
 }
+
+/// The writer's commits return before their fsync; the answer must not.
+#[test]
+fn answers_and_reads_wait_for_the_wal_sync() {
+    use coffer_store_tests::{commit, create_ledger, new_tx, posting};
+    let backend = fresh();
+    let store = SqliteStore::open(&backend.dir.path().join("coffer.db")).unwrap();
+    let ledgers = Arc::new(
+        coffer_ledger::Ledgers::open(store.clone(), coffer_store_tests::config()).unwrap(),
+    );
+    create_ledger(&ledgers, "main");
+    assert_eq!(store.unsynced_commits(), 0);
+    for i in 0..20 {
+        commit(
+            &ledgers,
+            "main",
+            new_tx(vec![posting("world", &format!("u:{i}"), 5, "USD")]),
+        )
+        .unwrap();
+        assert_eq!(store.unsynced_commits(), 0, "answered before the sync");
+    }
+    // A burst from other threads, and reads meanwhile: each read returns synced rows only.
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let ledgers = ledgers.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let tx = new_tx(vec![posting("world", &format!("w:{t}:{i}"), 1, "USD")]);
+                    commit(&ledgers, "main", tx).unwrap();
+                }
+            })
+        })
+        .collect();
+    let ledger = store.reader().get_ledger("main").unwrap().unwrap();
+    for _ in 0..50 {
+        let head = store.reader().ledger_head(ledger.id).unwrap();
+        assert!(head.next_tx_id >= 21);
+    }
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    assert_eq!(store.unsynced_commits(), 0);
+}
