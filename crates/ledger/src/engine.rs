@@ -263,8 +263,9 @@ impl Drop for Engine {
     }
 }
 
-/// Answers of one commit, sent once it is durable.
-type Answers = Box<dyn FnOnce() + Send>;
+/// Answers of one commit, sent once it is durable; given the error instead when the sync
+/// failed (the commit's outcome is then unknown).
+type Answers = Box<dyn FnOnce(Option<LedgerError>) + Send>;
 
 /// Commits waiting for their durability, in commit order; beyond this the writer waits.
 pub const UNSYNCED_COMMITS_MAX: usize = 1024;
@@ -292,16 +293,22 @@ impl Replier {
                     let mut ready = vec![first];
                     ready.extend(receiver.try_iter().take(UNSYNCED_COMMITS_MAX));
                     let started = Instant::now();
-                    if let Err(err) = durability.sync() {
-                        // A failed sync leaves the file's state unknown (the kernel may have
-                        // dropped the pages): no answer may claim durability, nothing may go on.
-                        eprintln!("fatal: syncing committed writes failed: {err}; exiting");
-                        std::process::abort();
-                    }
+                    let failure = match durability.sync() {
+                        Ok(()) => None,
+                        Err(err) => {
+                            // No answer may claim durability; the store decides whether it
+                            // can go on (SQLite stops on a failed fsync).
+                            metrics::counter!("coffer_sync_failures_total").increment(1);
+                            tracing::error!(error = %err, "syncing committed writes failed");
+                            Some(LedgerError::Store(format!(
+                                "the commit's durability is unknown: {err}"
+                            )))
+                        }
+                    };
                     metrics::histogram!("coffer_sync_seconds")
                         .record(started.elapsed().as_secs_f64());
                     for answers in ready {
-                        answers();
+                        answers(failure.clone());
                     }
                 }
             })
@@ -315,7 +322,7 @@ impl Replier {
     fn send(&self, answers: Answers) {
         match &self.sender {
             Some(sender) => sender.send(answers).expect("the sync thread stopped"),
-            None => answers(),
+            None => answers(None),
         }
     }
 
@@ -450,9 +457,12 @@ fn run_batch(
     let outcome = execute_batch(writer, caches, flags, &jobs, exclusive, &mut touched);
     match outcome {
         Ok(results) => {
-            replier.send(Box::new(move || {
+            replier.send(Box::new(move |failure| {
                 for (job, result) in jobs.into_iter().zip(results) {
-                    let _ = job.reply.send(result);
+                    let _ = job.reply.send(match &failure {
+                        Some(err) => Err(err.clone()),
+                        None => result,
+                    });
                 }
             }));
         }
@@ -475,7 +485,8 @@ fn run_batch(
                 tracing::error!(error = %err, requests = count, "batch failed; rolled back");
             }
             // Through the replier too: a refusal may rest on writes not yet durable.
-            replier.send(Box::new(move || {
+            replier.send(Box::new(move |failure| {
+                let err = failure.unwrap_or(err);
                 for job in jobs {
                     let _ = job.reply.send(Err(err.clone()));
                 }
@@ -514,8 +525,11 @@ fn run_atomic(
         tracing::error!(error = %err, "atomic group failed; rolled back");
     }
     let elements = job.elements.len();
-    replier.send(Box::new(move || {
-        let _ = job.reply.send(outcome);
+    replier.send(Box::new(move |failure| {
+        let _ = job.reply.send(match failure {
+            Some(err) => Err(err),
+            None => outcome,
+        });
     }));
     metrics::counter!("coffer_commits_total").increment(1);
     metrics::histogram!("coffer_batch_requests").record(elements as f64);

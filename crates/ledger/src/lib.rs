@@ -15,6 +15,7 @@ pub mod batch;
 pub mod cache;
 pub mod codec;
 pub mod command;
+pub mod durability;
 pub mod engine;
 pub mod error;
 pub mod log;

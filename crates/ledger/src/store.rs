@@ -112,6 +112,8 @@ impl BatchWrites {
 pub trait Durability: Send + Sync {
     /// Returns once every commit that returned before this call is durable.
     fn sync(&self) -> StoreResult<()>;
+    /// Commits begun and not yet known durable.
+    fn unsynced_commits(&self) -> u64;
 }
 
 /// The engine's connection. Used by one thread; every method but `begin` runs inside the
@@ -378,4 +380,8 @@ pub trait Store: Send + Sync {
     fn writer(&self) -> StoreResult<Box<dyn StoreWriter>>;
     /// For logs and `coffer verify` output; never contains a password.
     fn describe(&self) -> String;
+    /// What makes this store's writer's commits durable when `commit` does not.
+    fn durability(&self) -> Option<std::sync::Arc<dyn Durability>> {
+        None
+    }
 }

@@ -8,6 +8,7 @@ use std::error::Error as _;
 use std::sync::Arc;
 
 use coffer_ledger::codec;
+use coffer_ledger::durability::CommitSync;
 use coffer_ledger::error::StoreError;
 use coffer_ledger::log::{Hash, Log};
 use coffer_ledger::pool::Pool;
@@ -15,8 +16,8 @@ use coffer_ledger::query::{AddressPattern, Op};
 use coffer_ledger::sql::{Dialect, SqlValue};
 use coffer_ledger::sql_reader::{Row, SqlBackend, SqlReader};
 use coffer_ledger::store::{
-    moves_of, BatchWrites, LedgerHead, MoveRow, NewLedger, Store, StoreReader, StoreResult,
-    StoreWriter, StoredAccount, VolumeKey,
+    moves_of, BatchWrites, Durability, LedgerHead, MoveRow, NewLedger, Store, StoreReader,
+    StoreResult, StoreWriter, StoredAccount, VolumeKey,
 };
 use coffer_ledger::types::{Amount, LedgerId, Metadata, Transaction, TxId, Volumes};
 use coffer_ledger::Timestamp;
@@ -45,6 +46,39 @@ fn pg_err(e: postgres::Error) -> StoreError {
 pub struct PostgresStore {
     url: String,
     reader: SqlReader<Readers>,
+    /// The writer's commits return before PostgreSQL flushed them; this flushes.
+    durable: Arc<CommitSync>,
+}
+
+/// A synchronous commit that writes WAL waits until the WAL is flushed up to its commit
+/// record, which covers every commit before it, the writer's asynchronous ones included. (A
+/// transaction that writes no WAL would not wait: hence the message.)
+const FLUSH_COMMITS: &str =
+    "BEGIN; SELECT pg_logical_emit_message(true, 'coffer-sync', ''); COMMIT";
+
+/// The flush of a [`CommitSync`]: its own connection, opened at first use and again after an
+/// error.
+fn commit_sync(url: &str) -> CommitSync {
+    let url = url.to_string();
+    let mut client: Option<Client> = None;
+    CommitSync::new(move || {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            let mut fresh = connect(&url)?;
+            fresh
+                .batch_execute("SET synchronous_commit = on")
+                .map_err(pg_err)?;
+            client = Some(fresh);
+        }
+        let result = client
+            .as_mut()
+            .expect("connected above")
+            .batch_execute(FLUSH_COMMITS)
+            .map_err(pg_err);
+        if result.is_err() {
+            client = None;
+        }
+        result
+    })
 }
 
 fn connect(url: &str) -> StoreResult<Client> {
@@ -58,12 +92,15 @@ impl PostgresStore {
         let mut client = connect(url)?;
         migrate(&mut client)?;
         let reader_url = url.to_string();
+        let durable = Arc::new(commit_sync(url));
         let readers = Readers {
             pool: Pool::new(READ_CONNECTIONS_MAX, move || connect(&reader_url)),
+            durable: durable.clone(),
         };
         Ok(Arc::new(PostgresStore {
             url: url.to_string(),
             reader: SqlReader { backend: readers },
+            durable,
         }))
     }
 }
@@ -95,22 +132,33 @@ impl Store for PostgresStore {
         Ok(Box::new(SqlReader {
             backend: Snapshot {
                 client: std::sync::Mutex::new(client),
+                durable: self.durable.clone(),
             },
         }))
     }
 
     fn writer(&self) -> StoreResult<Box<dyn StoreWriter>> {
-        let client = connect(&self.url)?;
+        let mut client = connect(&self.url)?;
+        // Commits return without waiting for the WAL flush; `durable` flushes for many at
+        // once, and the engine answers only after it.
+        client
+            .batch_execute("SET synchronous_commit = off")
+            .map_err(pg_err)?;
         Ok(Box::new(PostgresWriter {
             client,
             statements: HashMap::new(),
             in_transaction: false,
             begin_pending: false,
+            durable: self.durable.clone(),
         }))
     }
 
     fn describe(&self) -> String {
         redact(&self.url)
+    }
+
+    fn durability(&self) -> Option<Arc<dyn Durability>> {
+        Some(self.durable.clone())
     }
 }
 
@@ -255,6 +303,7 @@ fn run_query(client: &mut Client, sql: &str, values: &[SqlValue]) -> StoreResult
 /// One connection inside one repeatable-read transaction: every query sees the same state.
 pub struct Snapshot {
     client: std::sync::Mutex<Client>,
+    durable: Arc<CommitSync>,
 }
 
 impl SqlBackend for Snapshot {
@@ -267,12 +316,18 @@ impl SqlBackend for Snapshot {
             .client
             .lock()
             .map_err(|_| err("snapshot connection poisoned"))?;
-        run_query(&mut client, sql, params)
+        let rows = run_query(&mut client, sql, params)?;
+        self.durable.reader_barrier()?;
+        Ok(rows)
     }
 }
 
+/// Pooled read connections. Rows are returned once every commit of this process's writer they
+/// may come from is flushed. (A commit of another process sharing the database can be seen
+/// up to one flush before it is durable; a write that depends on it is durable only after it.)
 pub struct Readers {
     pool: Pool<Client>,
+    durable: Arc<CommitSync>,
 }
 
 impl SqlBackend for Readers {
@@ -281,7 +336,9 @@ impl SqlBackend for Readers {
     }
 
     fn query(&self, sql: &str, params: &[SqlValue]) -> StoreResult<Vec<Row>> {
-        self.pool.with(|client| run_query(client, sql, params))
+        let rows = self.pool.with(|client| run_query(client, sql, params))?;
+        self.durable.reader_barrier()?;
+        Ok(rows)
     }
 }
 
@@ -293,6 +350,7 @@ pub struct PostgresWriter {
     in_transaction: bool,
     /// `BEGIN` not sent yet: it goes with the first query.
     begin_pending: bool,
+    durable: Arc<CommitSync>,
 }
 
 const LOCK_LEDGERS: &str = "SELECT id, name, next_tx_id, next_log_id, last_hash FROM ledgers \
@@ -458,7 +516,14 @@ impl StoreWriter for PostgresWriter {
         if std::mem::take(&mut self.begin_pending) {
             return Ok(());
         }
-        self.client.batch_execute("COMMIT").map_err(pg_err)
+        self.durable.commit_begins();
+        let committed = self.client.batch_execute("COMMIT").map_err(pg_err);
+        self.durable.commit_returned();
+        committed
+    }
+
+    fn durability(&self) -> Option<Arc<dyn Durability>> {
+        Some(self.durable.clone())
     }
 
     fn rollback(&mut self) -> StoreResult<()> {

@@ -79,7 +79,7 @@ pub fn open_main(path: &Path, cache_kib: i64) -> StoreResult<Connection> {
 
 /// A connection on the main database alone: the writer's. `BEGIN IMMEDIATE` then locks only the
 /// main database, never the projections the flusher writes. Its commits return before they are
-/// synced (`synchronous=NORMAL`); [`crate::durable::WalSync`] makes them durable.
+/// synced (`synchronous=NORMAL`); `crate::durable::wal_sync` makes them durable.
 pub fn open_main_alone(path: &Path, cache_kib: i64) -> StoreResult<Connection> {
     open_raw(path, cache_kib, "NORMAL")
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use coffer_ledger::pool::Pool;
 use coffer_ledger::sql::{Dialect, SqlValue};
 use coffer_ledger::sql_reader::{Row, SqlBackend, SqlReader};
-use coffer_ledger::store::{Store, StoreReader, StoreResult, StoreWriter};
+use coffer_ledger::store::{Durability, Store, StoreReader, StoreResult, StoreWriter};
 use parking_lot::Mutex;
 use rusqlite::Connection;
 
@@ -25,9 +25,9 @@ pub mod projections;
 mod wal;
 mod writer;
 
+use coffer_ledger::durability::CommitSync;
 pub use conn::projections_path;
 use conn::{err, open_main, run_query, SqliteDialect, READ_CACHE_KIB};
-use durable::WalSync;
 use wal::Checkpointer;
 pub use wal::{
     WalWatch, BACKGROUND_NICE, CHECKPOINT_INTERVAL_MS, WAL_FRAMES_CATCH_UP, WAL_FRAMES_MAX,
@@ -47,7 +47,7 @@ pub struct SqliteStore {
     wal_main: Arc<WalWatch>,
     wal_projections: Arc<WalWatch>,
     /// Syncs the writer's commits; `None` when opened read-only.
-    durable: Option<Arc<WalSync>>,
+    durable: Option<Arc<CommitSync>>,
 }
 
 impl SqliteStore {
@@ -68,7 +68,7 @@ impl SqliteStore {
         let wal_main = Arc::new(WalWatch::default());
         let wal_projections = Arc::new(WalWatch::default());
         let checkpointer = Checkpointer::start(path, wal_main.clone(), wal_projections.clone())?;
-        let durable = Arc::new(WalSync::new(path));
+        let durable = Arc::new(durable::wal_sync(path));
         Ok(Arc::new(SqliteStore {
             path: path.to_path_buf(),
             reader: SqlReader {
@@ -80,11 +80,6 @@ impl SqliteStore {
             wal_projections,
             durable: Some(durable),
         }))
-    }
-
-    /// Commits of this store's writer not yet known durable (see [`durable`]).
-    pub fn unsynced_commits(&self) -> u64 {
-        self.durable.as_ref().map_or(0, |d| d.unsynced_commits())
     }
 
     /// Opens an existing store for reading only, even while another process writes to it.
@@ -146,6 +141,12 @@ impl Store for SqliteStore {
     fn describe(&self) -> String {
         format!("sqlite://{}", self.path.display())
     }
+
+    fn durability(&self) -> Option<Arc<dyn Durability>> {
+        self.durable
+            .clone()
+            .map(|durable| durable as Arc<dyn Durability>)
+    }
 }
 
 fn lock_file(path: &Path) -> StoreResult<File> {
@@ -171,11 +172,11 @@ fn lock_file(path: &Path) -> StoreResult<File> {
 pub struct Readers {
     pool: Pool<Connection>,
     /// Rows are returned only once every commit they may come from is durable.
-    durable: Option<Arc<WalSync>>,
+    durable: Option<Arc<CommitSync>>,
 }
 
 impl Readers {
-    fn new(path: &Path, durable: Option<Arc<WalSync>>) -> Readers {
+    fn new(path: &Path, durable: Option<Arc<CommitSync>>) -> Readers {
         let path = path.to_path_buf();
         Readers {
             pool: Pool::new(READ_CONNECTIONS_MAX, move || {
@@ -188,7 +189,7 @@ impl Readers {
 
 /// Runs a read, then waits until what it may have seen is durable.
 fn durable_query(
-    durable: &Option<Arc<WalSync>>,
+    durable: &Option<Arc<CommitSync>>,
     query: impl FnOnce() -> StoreResult<Vec<Row>>,
 ) -> StoreResult<Vec<Row>> {
     let rows = query()?;
@@ -217,7 +218,7 @@ impl SqlBackend for Readers {
 /// One connection inside one read transaction: every query sees the same state.
 pub struct Snapshot {
     conn: Mutex<Connection>,
-    durable: Option<Arc<WalSync>>,
+    durable: Option<Arc<CommitSync>>,
 }
 
 impl SqlBackend for Snapshot {

@@ -23,8 +23,8 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::{params, Connection};
 
 use crate::conn::{amount_value, err, open_projections, run_query, WRITE_CACHE_KIB};
-use crate::durable::WalSync;
 use crate::wal::{lower_thread_priority, WalCatchUp, WalWatch};
+use coffer_ledger::durability::CommitSync;
 
 /// Hand-overs queued for the flusher; beyond this the writer waits (back-pressure). Room for
 /// about a second of commits: while the flusher writes, the writer must not wait for it.
@@ -195,7 +195,11 @@ impl Ticket {
 
 impl Flusher {
     /// `durable`: projections are written only once the transactions they come from are.
-    pub fn start(path: &Path, wal: &Arc<WalWatch>, durable: Arc<WalSync>) -> StoreResult<Flusher> {
+    pub fn start(
+        path: &Path,
+        wal: &Arc<WalWatch>,
+        durable: Arc<CommitSync>,
+    ) -> StoreResult<Flusher> {
         let mut conn = open_projections(path, WRITE_CACHE_KIB)?;
         let catch_up = wal.watch(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(16);
@@ -249,7 +253,7 @@ fn flusher_loop(
     receiver: Receiver<Message>,
     shared: Arc<(Mutex<FlushState>, Condvar)>,
     mut catch_up: WalCatchUp,
-    durable: Arc<WalSync>,
+    durable: Arc<CommitSync>,
 ) {
     lower_thread_priority();
     let gather = Duration::from_millis(FLUSH_GATHER_MS);

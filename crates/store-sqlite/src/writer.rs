@@ -19,9 +19,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::conn::{
     amount_of, err, open_main_alone, open_projections, run_query, READ_CACHE_KIB, WRITE_CACHE_KIB,
 };
-use crate::durable::WalSync;
 use crate::projections::{self, Flusher, Projections};
 use crate::wal::{WalCatchUp, WalWatch};
+use coffer_ledger::durability::CommitSync;
 
 /// Volumes handed to the flusher are kept until it confirms them; past this many entries the
 /// confirmed ones are dropped.
@@ -43,7 +43,7 @@ pub struct SqliteWriter {
     recent: HashMap<VolumeKey, (Volumes, u64)>,
     flusher: Flusher,
     wal: WalCatchUp,
-    durable: Arc<WalSync>,
+    durable: Arc<CommitSync>,
 }
 
 fn hash_param(hash: &Option<Hash>) -> Option<&[u8]> {
@@ -55,7 +55,7 @@ impl SqliteWriter {
         path: &Path,
         wal_main: &Arc<WalWatch>,
         wal_projections: &Arc<WalWatch>,
-        durable: &Arc<WalSync>,
+        durable: &Arc<CommitSync>,
     ) -> StoreResult<SqliteWriter> {
         let mut conn = open_main_alone(path, WRITE_CACHE_KIB)?;
         let wal = wal_main.watch(&mut conn)?;

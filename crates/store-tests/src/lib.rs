@@ -1288,6 +1288,44 @@ pub fn restart(backend: &dyn Backend) {
     assert!(verified.is_ok(), "{verified}");
 }
 
+/// Stores whose commits return before they are durable: no answer and no read comes before
+/// the sync that makes them durable.
+fn durable_answers(backend: &dyn Backend) {
+    let store = backend.open();
+    let Some(durability) = store.durability() else {
+        return; // commits are durable when they return
+    };
+    let ledgers = Arc::new(Ledgers::open(store.clone(), config()).expect("engine starts"));
+    create_ledger(&ledgers, "main");
+    assert_eq!(durability.unsynced_commits(), 0);
+    for i in 0..20 {
+        let tx = new_tx(vec![posting("world", &format!("u:{i}"), 5, "USD")]);
+        commit(&ledgers, "main", tx).unwrap();
+        assert_eq!(durability.unsynced_commits(), 0, "answered before the sync");
+    }
+    // Reads while other threads write: each read returns only after the sync.
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let ledgers = ledgers.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let tx = new_tx(vec![posting("world", &format!("w:{t}:{i}"), 1, "USD")]);
+                    commit(&ledgers, "main", tx).unwrap();
+                }
+            })
+        })
+        .collect();
+    let ledger = store.reader().get_ledger("main").unwrap().expect("ledger");
+    for _ in 0..50 {
+        let head = store.reader().ledger_head(ledger.id).unwrap();
+        assert!(head.next_tx_id >= 21);
+    }
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    assert_eq!(durability.unsynced_commits(), 0);
+}
+
 /// Runs every scenario as its own test. `$open` builds a fresh [`Backend`].
 #[macro_export]
 macro_rules! store_suite {
@@ -1295,7 +1333,7 @@ macro_rules! store_suite {
         $crate::store_suite!(@tests $open;
             ledger_lifecycle, postings_and_volumes, scripts, idempotency_and_references,
             revert_and_metadata, lists_and_filters, grouped_volumes, atomic_groups, point_in_time,
-            export_import, restart, concurrent_transfers, random_workload);
+            export_import, restart, concurrent_transfers, random_workload, durable_answers);
     };
     (@tests $open:expr; $($name:ident),*) => {
         $(
@@ -1323,6 +1361,7 @@ pub fn run(name: &str, backend: &dyn Backend) {
         "restart" => restart(backend),
         "concurrent_transfers" => workload::concurrent_transfers(backend),
         "random_workload" => workload::random_workload(backend),
+        "durable_answers" => durable_answers(backend),
         other => panic!("unknown scenario {other}"),
     }
 }

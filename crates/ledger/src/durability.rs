@@ -1,0 +1,163 @@
+//! Commits made durable after they return, so that the writer never waits for the disk.
+//!
+//! A store whose commits return before they are durable (SQLite with `synchronous=NORMAL`,
+//! PostgreSQL with `synchronous_commit=off`) counts them in a [`CommitSync`] and gives it a
+//! `flush` that makes every commit returned so far durable (an `fdatasync` of the WAL, a
+//! synchronous commit). One flush then serves every caller waiting for it:
+//! - the engine's sync thread before it answers (so an answered write is durable);
+//! - readers after their query (so no read shows a write that a crash could take back; a
+//!   reader may have seen a commit whose call had not returned yet, so it waits for every
+//!   commit begun);
+//! - whatever derives data from commits (the SQLite projections) before it writes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::store::{Durability, StoreResult};
+
+type Flush = Box<dyn FnMut() -> StoreResult<()> + Send>;
+
+pub struct CommitSync {
+    /// Makes every commit that returned before the call durable. The lock makes flushes
+    /// take turns: callers that waited for it find their commits covered.
+    flush: Mutex<Flush>,
+    /// Commits whose commit call was issued.
+    begun: AtomicU64,
+    /// Commits whose commit call returned (succeeded or not).
+    returned: AtomicU64,
+    /// Commits known durable.
+    synced: AtomicU64,
+    /// Signalled when a commit returns, for readers that saw a commit still returning.
+    returning: (Mutex<()>, Condvar),
+}
+
+impl CommitSync {
+    pub fn new(flush: impl FnMut() -> StoreResult<()> + Send + 'static) -> CommitSync {
+        CommitSync {
+            flush: Mutex::new(Box::new(flush)),
+            begun: AtomicU64::new(0),
+            returned: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            returning: (Mutex::new(()), Condvar::new()),
+        }
+    }
+
+    /// The writer, right before its commit call.
+    pub fn commit_begins(&self) {
+        self.begun.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The writer, once its commit call returned (succeeded or not).
+    pub fn commit_returned(&self) {
+        self.returned.fetch_add(1, Ordering::SeqCst);
+        let (lock, condvar) = &self.returning;
+        let _guard = lock.lock();
+        condvar.notify_all();
+    }
+
+    /// After a read: waits until every commit it may have seen is durable.
+    pub fn reader_barrier(&self) -> StoreResult<()> {
+        self.sync_to(self.begun.load(Ordering::SeqCst))
+    }
+
+    /// Returns once commits `1..=target` are durable.
+    fn sync_to(&self, target: u64) -> StoreResult<()> {
+        if self.synced.load(Ordering::SeqCst) >= target {
+            return Ok(());
+        }
+        if self.returned.load(Ordering::SeqCst) < target {
+            let (lock, condvar) = &self.returning;
+            let mut guard = lock.lock();
+            while self.returned.load(Ordering::SeqCst) < target {
+                condvar.wait(&mut guard);
+            }
+        }
+        let mut flush = self.flush.lock();
+        if self.synced.load(Ordering::SeqCst) >= target {
+            return Ok(()); // flushed by the caller that held the lock before us
+        }
+        let upto = self.returned.load(Ordering::SeqCst);
+        (*flush)()?;
+        self.synced.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl Durability for CommitSync {
+    fn sync(&self) -> StoreResult<()> {
+        self.sync_to(self.returned.load(Ordering::SeqCst))
+    }
+
+    fn unsynced_commits(&self) -> u64 {
+        self.begun
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.synced.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn counting() -> (Arc<AtomicU64>, Arc<CommitSync>) {
+        let flushes = Arc::new(AtomicU64::new(0));
+        let counter = flushes.clone();
+        let sync = CommitSync::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        (flushes, Arc::new(sync))
+    }
+
+    #[test]
+    fn a_sync_covers_the_commits_that_returned_before_it() {
+        let (flushes, sync) = counting();
+        sync.sync().unwrap();
+        assert_eq!(flushes.load(Ordering::SeqCst), 0, "nothing to flush");
+        sync.commit_begins();
+        sync.commit_returned();
+        sync.commit_begins();
+        assert_eq!(sync.unsynced_commits(), 2);
+        sync.sync().unwrap();
+        assert_eq!(
+            sync.unsynced_commits(),
+            1,
+            "the second commit had not returned"
+        );
+        sync.sync().unwrap();
+        assert_eq!(flushes.load(Ordering::SeqCst), 1, "no new commit returned");
+        sync.commit_returned();
+        sync.sync().unwrap();
+        assert_eq!(sync.unsynced_commits(), 0);
+        assert_eq!(flushes.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_reader_that_may_have_seen_a_returning_commit_waits_for_it() {
+        let (flushes, sync) = counting();
+        sync.commit_begins();
+        let reader = {
+            let sync = sync.clone();
+            std::thread::spawn(move || sync.reader_barrier())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!reader.is_finished(), "the commit has not returned yet");
+        sync.commit_returned();
+        reader.join().unwrap().unwrap();
+        assert_eq!(sync.unsynced_commits(), 0);
+        assert_eq!(flushes.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_failed_flush_syncs_nothing() {
+        let sync = CommitSync::new(|| Err(crate::error::StoreError::new("disk on fire")));
+        sync.commit_begins();
+        sync.commit_returned();
+        assert!(sync.sync().is_err());
+        assert!(sync.reader_barrier().is_err());
+        assert_eq!(sync.unsynced_commits(), 1);
+    }
+}
