@@ -196,7 +196,7 @@ fn preload(ledgers: &Arc<Ledgers>, args: &BenchArgs) -> anyhow::Result<()> {
                         asset: "USD".into(),
                     };
                     ledgers.write_blocking(Request::new(&ledger, transfer(vec![posting])))?;
-                    if i % 1_000_000 == 0 && i > 0 {
+                    if i.is_multiple_of(1_000_000) && i > 0 {
                         eprintln!("preloaded {i} transactions in {:.0?}", started.elapsed());
                     }
                 }

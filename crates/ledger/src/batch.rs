@@ -3,7 +3,11 @@
 //! A command either applies completely or not at all: it computes its effects on a private
 //! overlay, and only a command that succeeds folds the overlay into the batch state.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+// The batch's maps are rebuilt for every batch and keyed by our own data: a fast hasher
+// (foldhash, hashbrown's default) rather than SipHash.
+use hashbrown::{HashMap, HashSet};
 
 use crate::cache::Caches;
 use crate::command::{Command, NewTransaction, Outcome, Request, Response, Target, TxBody};

@@ -45,15 +45,43 @@ impl Timestamp {
         let (y, mo, d) = (datetime.year(), datetime.month() as u8, datetime.day());
         let (h, mi, s) = (datetime.hour(), datetime.minute(), datetime.second());
         let micro = datetime.microsecond();
-        let mut out = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
+        // Written digit by digit: this runs for every log entry, where `format!` showed in
+        // profiles.
+        let Some(year) = u32::try_from(y).ok().filter(|year| *year <= 9999) else {
+            // Outside the bounds `from_micros` keeps; printed all the same.
+            return datetime.format(&Rfc3339).expect("formattable");
+        };
+        let mut out = String::with_capacity(28);
+        push_digits(&mut out, year, 4);
+        for (separator, value) in [('-', mo), ('-', d), ('T', h), (':', mi), (':', s)] {
+            out.push(separator);
+            push_digits(&mut out, u32::from(value), 2);
+        }
         if micro != 0 {
-            let fraction = format!("{micro:06}");
+            let mut width = 6;
+            let mut fraction = micro;
+            while fraction.is_multiple_of(10) {
+                fraction /= 10;
+                width -= 1;
+            }
             out.push('.');
-            out.push_str(fraction.trim_end_matches('0'));
+            push_digits(&mut out, fraction, width);
         }
         out.push('Z');
         out
     }
+}
+
+/// `value` in decimal, zero-padded to `width` digits (it must fit).
+fn push_digits(out: &mut String, value: u32, width: usize) {
+    let mut buffer = [b'0'; 10];
+    let mut rest = value;
+    for slot in buffer[..width].iter_mut().rev() {
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    assert_eq!(rest, 0, "{value} is wider than {width} digits");
+    out.push_str(std::str::from_utf8(&buffer[..width]).expect("ASCII digits"));
 }
 
 impl fmt::Display for Timestamp {
@@ -82,6 +110,19 @@ mod tests {
         );
         check("2024-01-02T05:04:05+02:00", Some("2024-01-02T03:04:05Z"));
         check("1969-12-31T23:59:59.5Z", Some("1969-12-31T23:59:59.5Z"));
+        check("0001-01-01T00:00:00Z", Some("0001-01-01T00:00:00Z"));
+        check(
+            "9999-12-31T23:59:59.999999Z",
+            Some("9999-12-31T23:59:59.999999Z"),
+        );
+        check(
+            "2024-01-02T03:04:05.000001Z",
+            Some("2024-01-02T03:04:05.000001Z"),
+        );
+        check(
+            "2024-01-02T03:04:05.100200Z",
+            Some("2024-01-02T03:04:05.1002Z"),
+        );
         check("2024-01-02T03:04:05", None);
         check("yesterday", None);
     }

@@ -6,7 +6,7 @@
 //! writes them in bulk to the projections database, on the other core, coalescing whatever
 //! accumulated while it was busy. After a crash, [`recover`] rebuilds what it had not written.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;

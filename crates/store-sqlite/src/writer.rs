@@ -1,7 +1,7 @@
 //! The engine's connection: transactions, logs and accounts are written in the commit; volumes
 //! and moves are handed to the flusher after it (see `projections`).
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
