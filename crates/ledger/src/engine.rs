@@ -1,7 +1,9 @@
 //! The engine orders writes: one writer thread drains a bounded queue and commits everything
-//! it finds in one store transaction (group commit: one fsync for many requests).
+//! it finds in one store transaction (group commit).
 //!
-//! Callers wait for the commit before they get an answer, so an acknowledged write is durable.
+//! Callers get their answer once the commit is durable, so an acknowledged write is. Stores
+//! whose commits become durable later are synced by a second thread, once for many commits,
+//! while the writer goes on with the next batches.
 //! Balances of hot accounts stay in a bounded cache between batches, so a hot account costs no
 //! database round-trip per transaction.
 

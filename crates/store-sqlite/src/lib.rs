@@ -1,7 +1,7 @@
 //! The embedded store: SQLite in WAL mode. One process owns a store (a lock file enforces it).
 //!
-//! Two database files: `PATH` holds what a commit makes durable (ledgers, accounts,
-//! transactions, logs; `synchronous=FULL`, so a commit that returned survives power loss), and
+//! Two database files: `PATH` holds the durable record (ledgers, accounts, transactions, logs;
+//! the writer's commits are made durable by one WAL sync for many, see [`durable`]), and
 //! `PATH-projections` holds volumes and moves, which are derived from the transactions and
 //! written behind the commits by a flusher thread (see [`projections`]). Readers attach both.
 //! Reads of volumes and moves first wait for the flusher to catch up (the engine's sync), so
