@@ -622,6 +622,10 @@ def bulk_transfer(source, destination, amount, ik=None):
     return element
 
 
+def atomic_bulk(sdk, ledger, elements):
+    return sdk.ledger.v2.create_bulk(request={"ledger": ledger, "atomic": True, "request_body": elements})
+
+
 def test_bulk_refused_as_a_whole(sdk, ledger):
     # A refused bulk answers 400 with an error body, which the SDK's V2BulkResponse also holds.
     element = bulk_transfer("world", "users:b", 1)
@@ -634,18 +638,13 @@ def test_bulk_refused_as_a_whole(sdk, ledger):
 
 def test_atomic_bulk(sdk, ledger):
     # All or nothing: the third element overdraws, so the first two are rolled back.
-    res = sdk.ledger.v2.create_bulk(
-        request={
-            "ledger": ledger,
-            "atomic": True,
-            "request_body": [
-                bulk_transfer("world", "users:at", 10, ik="at-1"),
-                bulk_transfer("users:at", "shops:at", 4),
-                bulk_transfer("users:at", "shops:at", 7),
-                bulk_transfer("world", "users:never", 1),
-            ],
-        }
-    )
+    overdrawing = [
+        bulk_transfer("world", "users:at", 10, ik="at-1"),
+        bulk_transfer("users:at", "shops:at", 4),
+        bulk_transfer("users:at", "shops:at", 7),
+        bulk_transfer("world", "users:never", 1),
+    ]
+    res = atomic_bulk(sdk, ledger, overdrawing)
     assert res.status_code == 400
     results = res.v2_bulk_response.data
     assert [r.response_type for r in results] == ["CREATE_TRANSACTION", "CREATE_TRANSACTION", "ERROR"]
@@ -658,17 +657,12 @@ def test_atomic_bulk(sdk, ledger):
 
     # The same group without the overdraft commits as a whole; later elements see earlier ones,
     # and the idempotency key of the rolled-back attempt was not kept.
-    res = sdk.ledger.v2.create_bulk(
-        request={
-            "ledger": ledger,
-            "atomic": True,
-            "request_body": [
-                bulk_transfer("world", "users:at", 10, ik="at-1"),
-                bulk_transfer("users:at", "shops:at", 4),
-                bulk_transfer("users:at", "shops:at", 6),
-            ],
-        }
-    )
+    funded = [
+        bulk_transfer("world", "users:at", 10, ik="at-1"),
+        bulk_transfer("users:at", "shops:at", 4),
+        bulk_transfer("users:at", "shops:at", 6),
+    ]
+    res = atomic_bulk(sdk, ledger, funded)
     assert res.status_code == 200
     results = res.v2_bulk_response.data
     assert [r.data.id for r in results] == [1, 2, 3]

@@ -98,7 +98,7 @@ fn peak_rss_kib() -> Option<u64> {
 }
 
 /// CPU time used so far by the whole process and by the engine's writer thread, in clock
-/// ticks (Linux `/proc`; zeros elsewhere).
+/// ticks (Linux `/proc`; zeros elsewhere; see [`clock_tick_us`]).
 fn cpu_ticks() -> (u64, u64) {
     let (mut total, mut writer) = (0, 0);
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -123,6 +123,13 @@ fn cpu_ticks() -> (u64, u64) {
         }
     }
     (total, writer)
+}
+
+/// Length of a `/proc` clock tick in microseconds.
+fn clock_tick_us() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    1e6 / (ticks_per_second.max(1) as f64)
 }
 
 fn fund(ledgers: &Ledgers, args: &BenchArgs) -> anyhow::Result<()> {
@@ -325,9 +332,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(0)
     };
     let rate = done as f64 / elapsed.as_secs_f64();
-    // Clock ticks are 10 ms on Linux; per transfer in microseconds.
+    let tick_us = clock_tick_us();
     let per_transfer_us = |before: u64, after: u64| {
-        (after.saturating_sub(before) as f64 * 10_000.0) / done.max(1) as f64
+        (after.saturating_sub(before) as f64 * tick_us) / done.max(1) as f64
     };
     let cpu_us = per_transfer_us(cpu_before.0, cpu_after.0);
     let writer_cpu_us = per_transfer_us(cpu_before.1, cpu_after.1);

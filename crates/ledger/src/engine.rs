@@ -495,8 +495,13 @@ fn run_batch(
             }));
         }
     }
+    record_commit(count, started);
+}
+
+/// Metrics of one store transaction (batch or atomic group).
+fn record_commit(requests: usize, started: Instant) {
     metrics::counter!("coffer_commits_total").increment(1);
-    metrics::histogram!("coffer_batch_requests").record(count as f64);
+    metrics::histogram!("coffer_batch_requests").record(requests as f64);
     metrics::histogram!("coffer_batch_seconds").record(started.elapsed().as_secs_f64());
 }
 
@@ -533,9 +538,7 @@ fn run_atomic(
             None => outcome,
         });
     }));
-    metrics::counter!("coffer_commits_total").increment(1);
-    metrics::histogram!("coffer_batch_requests").record(elements as f64);
-    metrics::histogram!("coffer_batch_seconds").record(started.elapsed().as_secs_f64());
+    record_commit(elements, started);
 }
 
 fn execute_atomic(
