@@ -225,6 +225,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.submitters > 0 && args.accounts > 1,
         "need at least one submitter and two accounts"
     );
+    let metrics = coffer_server::metrics_handle();
     let store = store_url::open(&args.store, store_url::Access::ReadWrite)?;
     let description = store.describe();
     let config = EngineConfig {
@@ -312,9 +313,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let cpu_before = cpu_ticks();
+    let engine_before = EngineFigures::scrape(&metrics);
     std::thread::sleep(Duration::from_secs(args.duration_secs));
     measuring.store(false, Ordering::Relaxed);
     let cpu_after = cpu_ticks();
+    let engine = EngineFigures::scrape(&metrics).since(&engine_before);
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let (mut done, mut refused, mut latencies) = (0, 0, Vec::new());
@@ -341,7 +344,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     println!(
         "store={description} mode={} submitters={} accounts={} duration={:.1}s transfers={done} refused={refused} \
          rate={rate:.0}/s p50={}us p99={}us max={}us peak_rss={}MiB \
-         cpu_per_transfer={cpu_us:.1}us writer_cpu_per_transfer={writer_cpu_us:.1}us",
+         cpu_per_transfer={cpu_us:.1}us writer_cpu_per_transfer={writer_cpu_us:.1}us \
+         commits={} requests_per_commit={:.1} batch_mean={:.0}us sync_mean={:.0}us syncs={}",
         if args.hot { "hot" } else { "uniform" },
         args.submitters,
         args.accounts,
@@ -350,7 +354,57 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         percentile(0.99),
         latencies.last().copied().unwrap_or(0),
         peak_rss_kib().unwrap_or(0) / 1024,
+        engine.commits,
+        engine.batch_requests / engine.commits.max(1.0),
+        engine.batch_seconds / engine.commits.max(1.0) * 1e6,
+        engine.sync_seconds / engine.syncs.max(1.0) * 1e6,
+        engine.syncs,
     );
     ledgers.shutdown();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Engine totals read from its metrics, to explain a rate: how many commits, how full, how long
+/// the batches and the syncs took.
+#[derive(Default)]
+struct EngineFigures {
+    commits: f64,
+    batch_requests: f64,
+    batch_seconds: f64,
+    syncs: f64,
+    sync_seconds: f64,
+}
+
+impl EngineFigures {
+    fn scrape(handle: &metrics_exporter_prometheus::PrometheusHandle) -> EngineFigures {
+        handle.run_upkeep();
+        let mut figures = EngineFigures::default();
+        for line in handle.render().lines() {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            match name {
+                "coffer_batch_requests_count" => figures.commits = value,
+                "coffer_batch_requests_sum" => figures.batch_requests = value,
+                "coffer_batch_seconds_sum" => figures.batch_seconds = value,
+                "coffer_sync_seconds_count" => figures.syncs = value,
+                "coffer_sync_seconds_sum" => figures.sync_seconds = value,
+                _ => {}
+            }
+        }
+        figures
+    }
+
+    fn since(&self, before: &EngineFigures) -> EngineFigures {
+        EngineFigures {
+            commits: self.commits - before.commits,
+            batch_requests: self.batch_requests - before.batch_requests,
+            batch_seconds: self.batch_seconds - before.batch_seconds,
+            syncs: self.syncs - before.syncs,
+            sync_seconds: self.sync_seconds - before.sync_seconds,
+        }
+    }
 }

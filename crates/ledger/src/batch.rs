@@ -740,14 +740,10 @@ impl<'w> Batch<'w> {
         if request.dry_run {
             return Ok(Outcome::Transaction(tx));
         }
-        let payload = NewTransactionPayload {
-            transaction: LogTransaction::from_transaction(&tx),
-            account_metadata: account_metadata.clone(),
-        };
         self.append_log(
             &request.ledger,
             LogType::NewTransaction,
-            log::encode(&payload),
+            log::encode_new_transaction(&tx, &account_metadata),
             request,
             fingerprint,
         )?;
@@ -1229,7 +1225,7 @@ impl<'w> Batch<'w> {
         // Entries read from the cache are there already; only new values and store reads go in.
         for key in self.dirty_volumes.iter().chain(&self.loaded_volumes) {
             if let Some(volumes) = self.volumes.get(key) {
-                self.caches.put_volumes(key.clone(), *volumes);
+                self.caches.put_volumes(key, *volumes);
             }
         }
         for ((ledger, address), entry) in self.accounts {
@@ -1237,7 +1233,7 @@ impl<'w> Batch<'w> {
                 continue;
             }
             if let (true, Some(first_usage)) = (entry.exists, entry.first_usage) {
-                self.caches.put_account(ledger, address, first_usage);
+                self.caches.put_account(ledger, &address, first_usage);
             }
         }
     }

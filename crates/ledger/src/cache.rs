@@ -47,12 +47,21 @@ impl<K: Hash + Eq, V: Copy> Bounded<K, V> {
         Some(value)
     }
 
-    fn put(&mut self, key: K, value: V) {
-        if let Some(slot) = self.young.get_mut(&key) {
+    /// Inserts or replaces. The key is cloned only when it is not in the young generation
+    /// already (the common case, an entry updated again, then allocates nothing).
+    fn put<Q>(&mut self, key: &Q, value: V)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(slot) = self.young.get_mut(key) {
             *slot = value;
             return;
         }
-        self.old.remove(&key);
+        let key = match self.old.remove_entry(key) {
+            Some((key, _)) => key,
+            None => key.to_owned(),
+        };
         self.insert_young(key, value);
     }
 
@@ -134,7 +143,7 @@ impl Caches {
         }
     }
 
-    pub fn put_volumes(&mut self, key: VolumeKey, volumes: Volumes) {
+    pub fn put_volumes(&mut self, key: &VolumeKey, volumes: Volumes) {
         if let Some(epoch) = self.epoch(key.ledger) {
             self.volumes.put(key, (epoch, volumes));
         }
@@ -150,11 +159,11 @@ impl Caches {
         }
     }
 
-    pub fn put_account(&mut self, ledger: LedgerId, address: String, first_usage: Timestamp) {
+    pub fn put_account(&mut self, ledger: LedgerId, address: &str, first_usage: Timestamp) {
         if let Some(epoch) = self.epoch(ledger) {
-            let mut key = String::with_capacity(address.len() + 21);
-            set_account_key(&mut key, ledger, &address);
-            self.accounts.put(key, (epoch, first_usage));
+            set_account_key(&mut self.account_key, ledger, address);
+            self.accounts
+                .put(self.account_key.as_str(), (epoch, first_usage));
         }
     }
 
@@ -187,7 +196,7 @@ mod tests {
         let mut caches = Caches::new(10, 10);
         caches.validate_ledger(1, 5);
         caches.put_volumes(
-            key(1),
+            &key(1),
             Volumes {
                 input: 3,
                 output: 0,
@@ -218,20 +227,20 @@ mod tests {
     fn bounded_keeps_what_was_used_recently() {
         let mut cache: Bounded<u32, u32> = Bounded::new(4);
         for key in 0..4 {
-            cache.put(key, key * 10);
+            cache.put(&key, key * 10);
         }
         // 0 and 1 went to the old generation when 2 arrived; using 0 brings it back.
         assert_eq!(cache.get(&0), Some(0));
         for key in 4..6 {
-            cache.put(key, key * 10);
+            cache.put(&key, key * 10);
         }
         assert!(cache.len() <= 4, "bound kept: {}", cache.len());
         assert_eq!(cache.get(&1), None, "least recently used is gone");
         assert_eq!(cache.get(&5), Some(50));
-        cache.put(5, 51);
+        cache.put(&5, 51);
         assert_eq!(cache.get(&5), Some(51), "put replaces");
         for key in 0..1000 {
-            cache.put(key, key);
+            cache.put(&key, key);
             assert!(cache.len() <= 4);
         }
     }
@@ -242,7 +251,7 @@ mod tests {
         caches.validate_ledger(1, 1);
         for asset in ["A", "B", "C"] {
             caches.put_volumes(
-                VolumeKey {
+                &VolumeKey {
                     ledger: 1,
                     address: "a".into(),
                     asset: asset.into(),

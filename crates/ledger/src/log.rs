@@ -193,6 +193,63 @@ pub fn encode<T: Serialize>(payload: &T) -> String {
     serde_json::to_string(payload).expect("log payloads always serialise")
 }
 
+/// The data of a NEW_TRANSACTION entry: the same text as `encode` of a
+/// [`NewTransactionPayload`] built with [`LogTransaction::from_transaction`], written from
+/// borrowed fields (no copy of the postings and metadata on the writer's path).
+pub fn encode_new_transaction(
+    tx: &Transaction,
+    account_metadata: &BTreeMap<String, Metadata>,
+) -> String {
+    #[derive(Serialize)]
+    struct PostingRef<'a> {
+        source: &'a str,
+        destination: &'a str,
+        amount: i128,
+        asset: &'a str,
+    }
+    struct Postings<'a>(&'a [Posting]);
+    impl Serialize for Postings<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_seq(self.0.iter().map(|p| PostingRef {
+                source: &p.source,
+                destination: &p.destination,
+                amount: p.amount,
+                asset: &p.asset,
+            }))
+        }
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct TransactionRef<'a> {
+        postings: Postings<'a>,
+        metadata: &'a Metadata,
+        timestamp: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        id: TxId,
+        reverted: bool,
+        inserted_at: String,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct PayloadRef<'a> {
+        transaction: TransactionRef<'a>,
+        account_metadata: &'a BTreeMap<String, Metadata>,
+    }
+    encode(&PayloadRef {
+        transaction: TransactionRef {
+            postings: Postings(&tx.postings),
+            metadata: &tx.metadata,
+            timestamp: tx.timestamp.to_rfc3339(),
+            reference: tx.reference.as_deref(),
+            id: tx.id,
+            reverted: false,
+            inserted_at: tx.inserted_at.to_rfc3339(),
+        },
+        account_metadata,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +286,59 @@ mod tests {
             base,
             chain_hash(None, 1, LogType::NewTransaction, date, None, "{}")
         );
+    }
+
+    #[test]
+    fn new_transaction_text_is_the_payloads() {
+        let check = |reference: Option<&str>, amount: i128, metadata: &[(&str, &str)]| {
+            let tx = Transaction {
+                id: 42,
+                timestamp: Timestamp(1_700_000_000_123_456),
+                inserted_at: Timestamp(1_700_000_001_000_000),
+                updated_at: Timestamp(1_700_000_001_000_000),
+                postings: vec![
+                    Posting {
+                        source: "world".into(),
+                        destination: "users:\"q\"\u{e9}".into(),
+                        amount,
+                        asset: "USD/2".into(),
+                    },
+                    Posting {
+                        source: "a".into(),
+                        destination: "b".into(),
+                        amount: 1,
+                        asset: "EUR".into(),
+                    },
+                ],
+                reference: reference.map(str::to_string),
+                metadata: metadata
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                reverted_at: None,
+                post_commit_volumes: Default::default(),
+            };
+            let account_metadata: BTreeMap<String, Metadata> =
+                [("b".to_string(), [("k".to_string(), "v".to_string())].into())].into();
+            let payload = NewTransactionPayload {
+                transaction: LogTransaction::from_transaction(&tx),
+                account_metadata: account_metadata.clone(),
+            };
+            assert_eq!(
+                encode_new_transaction(&tx, &account_metadata),
+                encode(&payload)
+            );
+            assert_eq!(
+                encode_new_transaction(&tx, &BTreeMap::new()),
+                encode(&NewTransactionPayload {
+                    account_metadata: BTreeMap::new(),
+                    ..payload
+                })
+            );
+        };
+        check(None, 100, &[]);
+        check(Some("ref-1"), i128::MAX, &[("a", "1"), ("z", "\n")]);
+        check(Some(""), 0, &[("", "")]);
     }
 
     #[test]

@@ -124,7 +124,14 @@ impl StoreWriter for SqliteWriter {
         if !staged.is_empty() {
             self.generation += 1;
             for (key, volumes) in &staged.volumes {
-                self.recent.insert(key.clone(), (*volumes, self.generation));
+                // Keys come back batch after batch: replace in place, clone only new ones.
+                match self.recent.get_mut(key) {
+                    Some(slot) => *slot = (*volumes, self.generation),
+                    None => {
+                        self.recent
+                            .insert(key.clone(), (*volumes, self.generation));
+                    }
+                }
             }
             // The commit is done: whatever happens to its projections now, the transactions are
             // durable, and projections can always be rebuilt from them at the next open.
