@@ -109,6 +109,62 @@ fn lost_projections_are_rebuilt_from_transactions() {
     assert!(report.is_ok(), "{report}");
 }
 
+/// Postings and post-commit volumes are stored in a compact binary form; rows written as JSON
+/// text (before that form existed) read the same, beside new ones.
+#[test]
+fn transactions_stored_as_json_text_still_read() {
+    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
+    let backend = fresh();
+    let path = backend.dir.path().join("coffer.db");
+    let ledgers = service(&backend);
+    create_ledger(&ledgers, "main");
+    for amount in [5, 7] {
+        commit(
+            &ledgers,
+            "main",
+            new_tx(vec![
+                posting("world", "users:1", amount, "USD/2"),
+                posting("users:1", "users:2", 1, "USD/2"),
+            ]),
+        )
+        .unwrap();
+    }
+    let before: Vec<_> = [1, 2]
+        .iter()
+        .map(|id| ledgers.get_transaction("main", *id, None).unwrap())
+        .collect();
+    assert_eq!(before[0].post_commit_volumes["users:1"]["USD/2"].input, 5);
+    ledgers.shutdown();
+    drop(ledgers);
+
+    let main = rusqlite::Connection::open(&path).unwrap();
+    let stored: Vec<String> = main
+        .prepare("SELECT typeof(postings) || ' ' || typeof(post_commit_volumes) FROM transactions ORDER BY id")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(stored, ["blob blob", "blob blob"]);
+    // Transaction 1 as an older binary wrote it.
+    main.execute(
+        "UPDATE transactions SET postings = ?1, post_commit_volumes = ?2 WHERE id = 1",
+        [
+            coffer_ledger::codec::encode_postings(&before[0].postings),
+            coffer_ledger::codec::encode_volumes(&before[0].post_commit_volumes),
+        ],
+    )
+    .unwrap();
+    drop(main);
+
+    let ledgers = service(&backend);
+    for tx in &before {
+        assert_eq!(&ledgers.get_transaction("main", tx.id, None).unwrap(), tx);
+    }
+    let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
+
 /// Under commits that never pause, a checkpoint on another thread never reaches the end of the
 /// WAL, so the WAL would grow for as long as the load lasts; the writer's catch-up lets it start
 /// over. Several submitters keep the writer committing back to back while far more is written
