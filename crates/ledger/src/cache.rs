@@ -26,7 +26,10 @@ struct Bounded<K: Hash + Eq, V: Copy> {
 
 impl<K: Hash + Eq, V: Copy> Bounded<K, V> {
     fn new(entries_max: usize) -> Self {
-        assert!(entries_max >= 2, "a two-generation cache holds at least 2 entries");
+        assert!(
+            entries_max >= 2,
+            "a two-generation cache holds at least 2 entries"
+        );
         Bounded {
             young: hashbrown::HashMap::new(),
             old: hashbrown::HashMap::new(),

@@ -344,10 +344,16 @@ mod tests {
         );
         // Every truncation and a trailing byte are errors, never a wrong value.
         for cut in 0..bytes.len() {
-            assert!(compact::decode_postings(&bytes[..cut]).is_err(), "cut {cut}");
+            assert!(
+                compact::decode_postings(&bytes[..cut]).is_err(),
+                "cut {cut}"
+            );
         }
         for cut in 0..vbytes.len() {
-            assert!(compact::decode_volumes(&vbytes[..cut]).is_err(), "cut {cut}");
+            assert!(
+                compact::decode_volumes(&vbytes[..cut]).is_err(),
+                "cut {cut}"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);
@@ -378,7 +384,10 @@ mod tests {
         check_compact(Vec::new(), VolumesByAccount::new());
         check_compact(
             vec![posting("bench:1", "bench:2", 1, "USD")],
-            volumes(&[("bench:1", "USD", 1_000_000_000, 81), ("bench:2", "USD", 7, 0)]),
+            volumes(&[
+                ("bench:1", "USD", 1_000_000_000, 81),
+                ("bench:2", "USD", 7, 0),
+            ]),
         );
         check_compact(
             vec![
@@ -388,15 +397,23 @@ mod tests {
             ],
             volumes(&[("a", "X", i128::MAX, i128::MIN), ("a", "Y", -1, 0)]),
         );
-        assert!(compact::decode_postings(&[9, 0]).is_err(), "unknown version");
+        assert!(
+            compact::decode_postings(&[9, 0]).is_err(),
+            "unknown version"
+        );
         assert!(
             compact::decode_postings(&[1, 1, 2, 0xff, 0xfe, 0, 0, 0]).is_err(),
             "invalid UTF-8"
         );
-        let overlong = [1u8, 1, 0, 0].iter().copied()
-            .chain(std::iter::repeat(0xff).take(19))
+        let overlong = [1u8, 1, 0, 0]
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(0xff, 19))
             .chain([0x7f])
             .collect::<Vec<u8>>();
-        assert!(compact::decode_postings(&overlong).is_err(), "varint overflow");
+        assert!(
+            compact::decode_postings(&overlong).is_err(),
+            "varint overflow"
+        );
     }
 }

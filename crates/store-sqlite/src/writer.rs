@@ -128,8 +128,7 @@ impl StoreWriter for SqliteWriter {
                 match self.recent.get_mut(key) {
                     Some(slot) => *slot = (*volumes, self.generation),
                     None => {
-                        self.recent
-                            .insert(key.clone(), (*volumes, self.generation));
+                        self.recent.insert(key.clone(), (*volumes, self.generation));
                     }
                 }
             }
