@@ -188,8 +188,22 @@ impl<'w> Batch<'w> {
                 continue;
             }
             match self.caches.volumes(key) {
-                Some(volumes) => {
+                Some((volumes, first_usage)) => {
                     self.volumes.insert(key.clone(), volumes);
+                    if let Some(first_usage) = first_usage {
+                        // Spares `touch_account` a lookup in the accounts cache.
+                        self.accounts
+                            .entry((key.ledger, key.address.clone()))
+                            .or_insert(AccountEntry {
+                                exists: true,
+                                first_usage: Some(first_usage),
+                                metadata: None,
+                                metadata_dirty: false,
+                                dirty: false,
+                                updated_at: None,
+                                from_cache: true,
+                            });
+                    }
                 }
                 None => missing.push(key.clone()),
             }
@@ -1223,9 +1237,18 @@ impl<'w> Batch<'w> {
             self.caches.advance_ledger(head.id, head.next_log_id);
         }
         // Entries read from the cache are there already; only new values and store reads go in.
+        let mut account = (0, String::new());
         for key in self.dirty_volumes.iter().chain(&self.loaded_volumes) {
             if let Some(volumes) = self.volumes.get(key) {
-                self.caches.put_volumes(key, *volumes);
+                account.0 = key.ledger;
+                account.1.clear();
+                account.1.push_str(&key.address);
+                let first_usage = self
+                    .accounts
+                    .get(&account)
+                    .filter(|entry| entry.exists)
+                    .and_then(|entry| entry.first_usage);
+                self.caches.put_volumes(key, *volumes, first_usage);
             }
         }
         for ((ledger, address), entry) in self.accounts {

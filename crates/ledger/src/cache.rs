@@ -83,7 +83,10 @@ impl<K: Hash + Eq, V: Copy> Bounded<K, V> {
 }
 
 pub struct Caches {
-    volumes: Bounded<VolumeKey, (u64, Volumes)>,
+    /// With each entry, a first usage of its account when known: never earlier than the true
+    /// one (a backdated transaction may have lowered it since), so it can only cause a needless
+    /// account upsert, which keeps the earlier date (`MIN`).
+    volumes: Bounded<VolumeKey, (u64, Volumes, Option<Timestamp>)>,
     /// Keyed by ledger and address joined (see `account_key`), so a lookup borrows a `str`.
     accounts: Bounded<String, (u64, Timestamp)>,
     /// Reused to build account keys without allocating.
@@ -138,17 +141,25 @@ impl Caches {
         self.ledgers.get(&ledger).map(|mark| mark.epoch)
     }
 
-    pub fn volumes(&mut self, key: &VolumeKey) -> Option<Volumes> {
+    /// Volumes, and a first usage of their account if known (see `Caches::volumes`' field).
+    pub fn volumes(&mut self, key: &VolumeKey) -> Option<(Volumes, Option<Timestamp>)> {
         let epoch = self.epoch(key.ledger)?;
         match self.volumes.get(key) {
-            Some((entry_epoch, volumes)) if entry_epoch == epoch => Some(volumes),
+            Some((entry_epoch, volumes, first_usage)) if entry_epoch == epoch => {
+                Some((volumes, first_usage))
+            }
             _ => None,
         }
     }
 
-    pub fn put_volumes(&mut self, key: &VolumeKey, volumes: Volumes) {
+    pub fn put_volumes(
+        &mut self,
+        key: &VolumeKey,
+        volumes: Volumes,
+        first_usage: Option<Timestamp>,
+    ) {
         if let Some(epoch) = self.epoch(key.ledger) {
-            self.volumes.put(key, (epoch, volumes));
+            self.volumes.put(key, (epoch, volumes, first_usage));
         }
     }
 
@@ -204,13 +215,17 @@ mod tests {
                 input: 3,
                 output: 0,
             },
+            Some(Timestamp(9)),
         );
         assert_eq!(
             caches.volumes(&key(1)),
-            Some(Volumes {
-                input: 3,
-                output: 0
-            })
+            Some((
+                Volumes {
+                    input: 3,
+                    output: 0
+                },
+                Some(Timestamp(9))
+            ))
         );
         caches.advance_ledger(1, 7);
         caches.validate_ledger(1, 7);
@@ -260,6 +275,7 @@ mod tests {
                     asset: asset.into(),
                 },
                 Volumes::default(),
+                None,
             );
         }
         assert_eq!(caches.volume_entries(), 2);

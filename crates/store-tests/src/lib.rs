@@ -1165,6 +1165,26 @@ pub fn point_in_time(backend: &dyn Backend) {
         .unwrap()
         .data;
     assert_eq!(rows[0].volumes.input, 16);
+    // First usage follows backdated transactions whichever asset they move (the engine caches
+    // a first usage with each balance; one asset's entry may lag behind another's).
+    let moved = |ts: &str, asset: &str| NewTransaction {
+        timestamp: Some(at(ts)),
+        ..new_tx(vec![posting("world", "b", 1, asset)])
+    };
+    let first_usage =
+        |ledgers: &Ledgers| ledgers.get_account("main", "b", None).unwrap().first_usage;
+    commit(&ledgers, "main", moved("2024-03-01T00:00:00Z", "USD")).unwrap();
+    commit(&ledgers, "main", moved("2024-03-02T00:00:00Z", "EUR")).unwrap();
+    commit(&ledgers, "main", moved("2024-01-01T00:00:00Z", "EUR")).unwrap();
+    assert_eq!(first_usage(&ledgers), at("2024-01-01T00:00:00Z"));
+    commit(&ledgers, "main", moved("2024-02-01T00:00:00Z", "USD")).unwrap();
+    assert_eq!(
+        first_usage(&ledgers),
+        at("2024-01-01T00:00:00Z"),
+        "kept the earlier"
+    );
+    commit(&ledgers, "main", moved("2023-06-01T00:00:00Z", "USD")).unwrap();
+    assert_eq!(first_usage(&ledgers), at("2023-06-01T00:00:00Z"));
 }
 
 pub fn export_import(backend: &dyn Backend) {
