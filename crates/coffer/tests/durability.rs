@@ -167,6 +167,13 @@ fn two_processes_on_one_postgres_database_never_double_spend() {
                 .unwrap()
         };
         refused += count("refused=");
+        // The engine's own figures come from its metrics: commits happened, each held requests.
+        let commits = count("commits=");
+        assert!(
+            commits > 0 && commits <= count("transfers=") + count("refused="),
+            "{stdout}"
+        );
+        assert!(count("syncs=") > 0, "{stdout}");
     }
     assert!(refused > 0, "the race never hit the funds check");
     verify(&url);
