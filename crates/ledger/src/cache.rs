@@ -263,6 +263,41 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Against a plain map of every value put: a lookup finds the last value put or
+        /// nothing (never an older one), holds at most the bound, and keeps at least the
+        /// entries of the last `bound / 2` distinct keys used.
+        #[test]
+        fn bounded_never_answers_a_stale_value(
+            bound in 2usize..12,
+            operations in proptest::collection::vec((proptest::bool::ANY, 0u8..24, 0u32..1000), 1..400),
+        ) {
+            let mut cache: Bounded<u8, u32> = Bounded::new(bound);
+            let mut model = std::collections::HashMap::new();
+            let mut recent: Vec<u8> = Vec::new();
+            for (is_put, key, value) in operations {
+                if is_put {
+                    cache.put(&key, value);
+                    model.insert(key, value);
+                } else if let Some(found) = cache.get(&key) {
+                    proptest::prop_assert_eq!(Some(&found), model.get(&key));
+                }
+                proptest::prop_assert!(cache.len() <= bound);
+                proptest::prop_assert!(cache.young.keys().all(|k| !cache.old.contains_key(k)));
+                if is_put || cache.young.contains_key(&key) {
+                    recent.retain(|k| *k != key);
+                    recent.push(key);
+                }
+                for kept in recent.iter().rev().take(bound / 2) {
+                    proptest::prop_assert!(
+                        cache.young.contains_key(kept) || cache.old.contains_key(kept),
+                        "recently used key {} dropped", kept
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn bounded() {
         let mut caches = Caches::new(2, 2);
