@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::error::Error as _;
 use std::sync::Arc;
+use std::time::Instant;
 
 use coffer_ledger::codec;
 use coffer_ledger::durability::CommitSync;
@@ -16,15 +17,24 @@ use coffer_ledger::query::{AddressPattern, Op};
 use coffer_ledger::sql::{Dialect, SqlValue};
 use coffer_ledger::sql_reader::{Row, SqlBackend, SqlReader};
 use coffer_ledger::store::{
-    moves_of, BatchWrites, Durability, LedgerHead, MoveRow, NewLedger, Store, StoreReader,
-    StoreResult, StoreWriter, StoredAccount, VolumeKey,
+    moves_of, BatchWrites, Durability, LedgerHead, NewLedger, Store, StoreReader, StoreResult,
+    StoreWriter, StoredAccount, VolumeKey,
 };
 use coffer_ledger::types::{Amount, LedgerId, Metadata, Transaction, TxId, Volumes};
 use coffer_ledger::Timestamp;
 use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, NoTls, Statement};
 
-const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../migrations/0001_init.sql"))];
+mod moves;
+use moves::{MovesBehind, PendingMoves};
+
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../migrations/0001_init.sql")),
+    (
+        "0002_moves_pending",
+        include_str!("../migrations/0002_moves_pending.sql"),
+    ),
+];
 /// Serialises migrations of processes starting at once.
 const MIGRATION_LOCK_KEY: i64 = 0x636f_6666_6572;
 pub const READ_CONNECTIONS_MAX: usize = 8;
@@ -46,8 +56,10 @@ fn pg_err(e: postgres::Error) -> StoreError {
 pub struct PostgresStore {
     url: String,
     reader: SqlReader<Readers>,
-    /// The writer's commits return before PostgreSQL flushed them; this flushes.
+    /// The writer's commits return before PostgreSQL flushed them; this flushes (and writes
+    /// their moves).
     durable: Arc<CommitSync>,
+    moves: Arc<MovesBehind>,
 }
 
 /// A synchronous commit that writes WAL waits until the WAL is flushed up to its commit
@@ -56,24 +68,35 @@ pub struct PostgresStore {
 const FLUSH_COMMITS: &str =
     "BEGIN; SELECT pg_logical_emit_message(true, 'coffer-sync', ''); COMMIT";
 
-/// The flush of a [`CommitSync`]: its own connection, opened at first use and again after an
-/// error.
-fn commit_sync(url: &str) -> CommitSync {
+fn flush_connection(url: &str) -> StoreResult<Client> {
+    let mut client = connect(url)?;
+    client
+        .batch_execute("SET synchronous_commit = on")
+        .map_err(pg_err)?;
+    Ok(client)
+}
+
+/// The flush of a [`CommitSync`]: writes the moves handed over (see [`moves`]) in a synchronous
+/// commit, on its own connection, which holds the process's owner lock (taken again after a
+/// reconnection); now and then it rebuilds the moves of processes that died.
+fn commit_sync(url: &str, client: Client, behind: Arc<MovesBehind>) -> CommitSync {
     let url = url.to_string();
-    let mut client: Option<Client> = None;
+    let mut client = Some(client);
+    let mut recovered_at = Instant::now();
     CommitSync::new(move || {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
-            let mut fresh = connect(&url)?;
-            fresh
-                .batch_execute("SET synchronous_commit = on")
-                .map_err(pg_err)?;
+            let mut fresh = flush_connection(&url)?;
+            moves::retake_owner(&mut fresh, behind.owner)?;
             client = Some(fresh);
         }
-        let result = client
-            .as_mut()
-            .expect("connected above")
-            .batch_execute(FLUSH_COMMITS)
-            .map_err(pg_err);
+        let connection = client.as_mut().expect("connected above");
+        let result = moves::flush(connection, &behind, FLUSH_COMMITS);
+        if result.is_ok() && recovered_at.elapsed() >= moves::RECOVERY_INTERVAL {
+            recovered_at = Instant::now();
+            if let Err(error) = moves::recover(connection, behind.owner, false) {
+                tracing::warn!(error = %error, "looking for moves a stopped process left failed");
+            }
+        }
         if result.is_err() {
             client = None;
         }
@@ -91,8 +114,15 @@ impl PostgresStore {
     pub fn open(url: &str) -> StoreResult<Arc<PostgresStore>> {
         let mut client = connect(url)?;
         migrate(&mut client)?;
+        let mut flush = flush_connection(url)?;
+        let owner = moves::take_owner(&mut flush)?;
+        moves::recover(&mut flush, owner, true)?;
+        let behind = Arc::new(MovesBehind {
+            owner,
+            pending: Default::default(),
+        });
         let reader_url = url.to_string();
-        let durable = Arc::new(commit_sync(url));
+        let durable = Arc::new(commit_sync(url, flush, behind.clone()));
         let readers = Readers {
             pool: Pool::new(READ_CONNECTIONS_MAX, move || connect(&reader_url)),
             durable: durable.clone(),
@@ -101,6 +131,7 @@ impl PostgresStore {
             url: url.to_string(),
             reader: SqlReader { backend: readers },
             durable,
+            moves: behind,
         }))
     }
 }
@@ -150,6 +181,8 @@ impl Store for PostgresStore {
             in_transaction: false,
             begin_pending: false,
             durable: self.durable.clone(),
+            stash: PendingMoves::default(),
+            moves: self.moves.clone(),
         }))
     }
 
@@ -351,6 +384,9 @@ pub struct PostgresWriter {
     /// `BEGIN` not sent yet: it goes with the first query.
     begin_pending: bool,
     durable: Arc<CommitSync>,
+    /// Moves of the open transaction, handed to `moves` once it commits.
+    stash: PendingMoves,
+    moves: Arc<MovesBehind>,
 }
 
 const LOCK_LEDGERS: &str = "SELECT id, name, next_tx_id, next_log_id, last_hash FROM ledgers \
@@ -382,30 +418,29 @@ const WRITE_BATCH: &str = "WITH \
      updates AS (UPDATE transactions t SET metadata = CAST(u.m AS JSONB), reverted_at = u.ra, updated_at = u.ua \
          FROM unnest($15::bigint[], $16::bigint[], $17::text[], $18::bigint[], $19::bigint[]) AS u(l, i, m, ra, ua) \
          WHERE t.ledger_id = u.l AND t.id = u.i RETURNING 1), \
-     moved AS (INSERT INTO moves (ledger_id, address, asset, tx_id, timestamp, input_delta, output_delta, roles) \
-         SELECT l, a, s, t, ts, CAST(i AS NUMERIC), CAST(o AS NUMERIC), r FROM unnest($20::bigint[], $21::text[], \
-         $22::text[], $23::bigint[], $24::bigint[], $25::text[], $26::text[], $27::int[]) \
-         AS u(l, a, s, t, ts, i, o, r) RETURNING 1), \
+     pending AS (INSERT INTO moves_pending (owner, ledger_id, first_tx, last_tx) \
+         SELECT CAST($23 AS INTEGER), l, f, t FROM unnest($20::bigint[], $21::bigint[], $22::bigint[]) AS u(l, f, t) \
+         RETURNING 1), \
      vols AS (INSERT INTO volumes (ledger_id, address, asset, input, output) \
-         SELECT l, a, s, CAST(i AS NUMERIC), CAST(o AS NUMERIC) FROM unnest($28::bigint[], $29::text[], \
-         $30::text[], $31::text[], $32::text[]) AS u(l, a, s, i, o) \
+         SELECT l, a, s, CAST(i AS NUMERIC), CAST(o AS NUMERIC) FROM unnest($24::bigint[], $25::text[], \
+         $26::text[], $27::text[], $28::text[]) AS u(l, a, s, i, o) \
          ON CONFLICT (ledger_id, address, asset) DO UPDATE SET input = excluded.input, output = excluded.output \
          RETURNING 1), \
      accounts_plain AS (INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) \
-         SELECT l, a, CAST('{}' AS JSONB), f, i, u FROM unnest($33::bigint[], $34::text[], $35::bigint[], \
-         $36::bigint[], $37::bigint[]) AS x(l, a, f, i, u) \
+         SELECT l, a, CAST('{}' AS JSONB), f, i, u FROM unnest($29::bigint[], $30::text[], $31::bigint[], \
+         $32::bigint[], $33::bigint[]) AS x(l, a, f, i, u) \
          ON CONFLICT (ledger_id, address) DO UPDATE SET first_usage = LEAST(accounts.first_usage, excluded.first_usage) \
          RETURNING 1), \
      accounts_meta AS (INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) \
-         SELECT l, a, CAST(m AS JSONB), f, i, u FROM unnest($38::bigint[], $39::text[], $40::text[], $41::bigint[], \
-         $42::bigint[], $43::bigint[]) AS x(l, a, m, f, i, u) \
+         SELECT l, a, CAST(m AS JSONB), f, i, u FROM unnest($34::bigint[], $35::text[], $36::text[], $37::bigint[], \
+         $38::bigint[], $39::bigint[]) AS x(l, a, m, f, i, u) \
          ON CONFLICT (ledger_id, address) DO UPDATE SET first_usage = LEAST(accounts.first_usage, excluded.first_usage), \
          metadata = excluded.metadata, updated_at = excluded.updated_at RETURNING 1), \
      logged AS (INSERT INTO logs (ledger_id, id, type, date, data, idempotency_key, idempotency_hash, hash) \
-         SELECT * FROM unnest($44::bigint[], $45::bigint[], $46::text[], $47::bigint[], $48::text[], $49::text[], \
-         $50::bytea[], $51::bytea[]) RETURNING 1) \
+         SELECT * FROM unnest($40::bigint[], $41::bigint[], $42::text[], $43::bigint[], $44::text[], $45::text[], \
+         $46::bytea[], $47::bytea[]) RETURNING 1) \
      SELECT (SELECT COUNT(*) FROM heads), (SELECT COUNT(*) FROM updates), (SELECT COUNT(*) FROM txs), \
-       (SELECT COUNT(*) FROM moved), (SELECT COUNT(*) FROM vols), (SELECT COUNT(*) FROM accounts_plain), \
+       (SELECT COUNT(*) FROM pending), (SELECT COUNT(*) FROM vols), (SELECT COUNT(*) FROM accounts_plain), \
        (SELECT COUNT(*) FROM accounts_meta), \
        (SELECT COUNT(*) FROM logged)";
 
@@ -518,6 +553,11 @@ impl StoreWriter for PostgresWriter {
         }
         self.durable.commit_begins();
         let committed = self.client.batch_execute("COMMIT").map_err(pg_err);
+        let stash = std::mem::take(&mut self.stash);
+        if committed.is_ok() {
+            // Before the commit counts as returned: the sync that covers it writes these.
+            self.moves.hand_over(stash);
+        }
         self.durable.commit_returned();
         committed
     }
@@ -527,6 +567,7 @@ impl StoreWriter for PostgresWriter {
     }
 
     fn rollback(&mut self) -> StoreResult<()> {
+        self.stash = PendingMoves::default();
         if std::mem::take(&mut self.begin_pending) {
             self.in_transaction = false;
             return Ok(());
@@ -740,18 +781,20 @@ impl StoreWriter for PostgresWriter {
             .collect();
         let up_updated: Vec<i64> = updates.iter().map(|u| u.updated_at.micros()).collect();
 
-        let moves: Vec<MoveRow> = txs
-            .iter()
-            .flat_map(|(ledger, tx)| moves_of(*ledger, tx))
-            .collect();
-        let mv_ledger: Vec<i64> = moves.iter().map(|m| m.ledger).collect();
-        let mv_address: Vec<&str> = moves.iter().map(|m| m.address.as_str()).collect();
-        let mv_asset: Vec<&str> = moves.iter().map(|m| m.asset.as_str()).collect();
-        let mv_tx: Vec<i64> = moves.iter().map(|m| m.tx_id as i64).collect();
-        let mv_ts: Vec<i64> = moves.iter().map(|m| m.timestamp.micros()).collect();
-        let mv_in: Vec<String> = moves.iter().map(|m| m.input_delta.to_string()).collect();
-        let mv_out: Vec<String> = moves.iter().map(|m| m.output_delta.to_string()).collect();
-        let mv_roles: Vec<i32> = moves.iter().map(|m| m.roles as i32).collect();
+        // Moves go behind the commit (see `PendingMoves`); the statement lists their ranges.
+        let mut stash = PendingMoves::default();
+        for (ledger, tx) in txs {
+            stash.rows.extend(moves_of(*ledger, tx));
+            match stash.ranges.last_mut() {
+                Some(range) if range.0 == *ledger && range.2 + 1 == tx.id as i64 => {
+                    range.2 = tx.id as i64
+                }
+                _ => stash.ranges.push((*ledger, tx.id as i64, tx.id as i64)),
+            }
+        }
+        let pending_ledger: Vec<i64> = stash.ranges.iter().map(|r| r.0).collect();
+        let pending_first: Vec<i64> = stash.ranges.iter().map(|r| r.1).collect();
+        let pending_last: Vec<i64> = stash.ranges.iter().map(|r| r.2).collect();
 
         let volumes = &writes.volumes;
         let vol_ledger: Vec<i64> = volumes.iter().map(|(k, _)| k.ledger).collect();
@@ -821,14 +864,10 @@ impl StoreWriter for PostgresWriter {
                         &up_meta,
                         &up_reverted,
                         &up_updated,
-                        &mv_ledger,
-                        &mv_address,
-                        &mv_asset,
-                        &mv_tx,
-                        &mv_ts,
-                        &mv_in,
-                        &mv_out,
-                        &mv_roles,
+                        &pending_ledger,
+                        &pending_first,
+                        &pending_last,
+                        &self.moves.owner,
                         &vol_ledger,
                         &vol_address,
                         &vol_asset,
@@ -869,6 +908,7 @@ impl StoreWriter for PostgresWriter {
             updates.len(),
             "updated transactions missing"
         );
+        self.stash.absorb(stash);
         Ok(())
     }
 }

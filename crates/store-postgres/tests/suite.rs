@@ -46,3 +46,90 @@ fn two_stores_on_one_database_share_it_safely() {
     let tx = commit(&a, "main", new_tx(vec![posting("x", "y", 40, "USD")])).unwrap();
     assert_eq!(tx.id, 3, "a refused transaction takes no id");
 }
+
+/// Moves are written behind the commit by the process's flush connection. A process that died
+/// in between leaves its ranges in `moves_pending`; the next process to start (or a running
+/// one, later) rebuilds those moves from the transactions, but never those of a live process.
+#[test]
+fn moves_a_dead_process_left_are_rebuilt() {
+    use coffer_ledger::service::{PageRequest, TransactionsQuery};
+    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
+    let backend = fresh();
+    let ledgers = service(&backend);
+    create_ledger(&ledgers, "main");
+    for i in 0..6 {
+        commit(
+            &ledgers,
+            "main",
+            new_tx(vec![posting("world", &format!("u:{}", i % 2), 5, "USD")]),
+        )
+        .unwrap();
+    }
+    ledgers.shutdown();
+    drop(ledgers);
+    let history = |ledgers: &coffer_ledger::Ledgers, account: &str| -> Vec<u64> {
+        let page = ledgers
+            .list_transactions(
+                "main",
+                TransactionsQuery {
+                    filter: Some(format!(r#"{{"$match":{{"account":"{account}"}}}}"#)),
+                    ..Default::default()
+                },
+                &PageRequest {
+                    page_size: Some(100),
+                    cursor: None,
+                },
+            )
+            .unwrap();
+        page.data.iter().map(|tx| tx.id).collect()
+    };
+
+    let mut sql = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
+    let pending = |sql: &mut postgres::Client| -> i64 {
+        sql.query_one("SELECT COUNT(*) FROM moves_pending", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(pending(&mut sql), 0, "flushed moves leave no range behind");
+    let ledger: i64 = sql
+        .query_one("SELECT id FROM ledgers WHERE name = 'main'", &[])
+        .unwrap()
+        .get(0);
+    // Owner 7 died after committing transactions 3–6, before writing their moves. Owner 8 is
+    // alive (a session holds its lock) with transaction 2's moves still to write.
+    sql.batch_execute(&format!(
+        "DELETE FROM moves WHERE tx_id >= 2; \
+         INSERT INTO moves_pending VALUES (7, {ledger}, 3, 6), (8, {ledger}, 2, 2);"
+    ))
+    .unwrap();
+    let mut alive = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
+    alive
+        .execute("SELECT pg_advisory_lock($1, 8)", &[&0x636f_6d76i32])
+        .unwrap();
+
+    let ledgers = service(&backend);
+    assert_eq!(
+        history(&ledgers, "u:0"),
+        [5, 3, 1],
+        "owner 7's moves rebuilt"
+    );
+    assert_eq!(
+        history(&ledgers, "u:1"),
+        [6, 4],
+        "owner 8's range left to it"
+    );
+    assert_eq!(pending(&mut sql), 1);
+    ledgers.shutdown();
+    drop(ledgers);
+
+    drop(alive);
+    let ledgers = service(&backend);
+    assert_eq!(
+        history(&ledgers, "u:1"),
+        [6, 4, 2],
+        "rebuilt once its owner is gone"
+    );
+    assert_eq!(pending(&mut sql), 0);
+    let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
