@@ -26,6 +26,7 @@ use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, NoTls, Statement};
 
 mod moves;
+pub use moves::OWNER_LOCK_CLASS;
 use moves::{MovesBehind, PendingMoves};
 
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -62,12 +63,6 @@ pub struct PostgresStore {
     moves: Arc<MovesBehind>,
 }
 
-/// A synchronous commit that writes WAL waits until the WAL is flushed up to its commit
-/// record, which covers every commit before it, the writer's asynchronous ones included. (A
-/// transaction that writes no WAL would not wait: hence the message.)
-const FLUSH_COMMITS: &str =
-    "BEGIN; SELECT pg_logical_emit_message(true, 'coffer-sync', ''); COMMIT";
-
 fn flush_connection(url: &str) -> StoreResult<Client> {
     let mut client = connect(url)?;
     client
@@ -90,7 +85,7 @@ fn commit_sync(url: &str, client: Client, behind: Arc<MovesBehind>) -> CommitSyn
             client = Some(fresh);
         }
         let connection = client.as_mut().expect("connected above");
-        let result = moves::flush(connection, &behind, FLUSH_COMMITS);
+        let result = moves::flush(connection, &behind);
         if result.is_ok() && recovered_at.elapsed() >= moves::RECOVERY_INTERVAL {
             recovered_at = Instant::now();
             if let Err(error) = moves::recover(connection, behind.owner, false) {

@@ -27,7 +27,11 @@ use postgres::{Client, GenericClient};
 use crate::{err, pg_err};
 
 /// First key of the owners' advisory locks (the second is the owner id).
-const OWNER_LOCK_CLASS: i32 = 0x636f_6d76;
+pub const OWNER_LOCK_CLASS: i32 = 0x636f_6d76;
+/// With no moves pending, the flush's synchronous commit still has to write WAL to wait for
+/// it (a transaction that writes none would not wait): hence the message.
+const FLUSH_COMMITS: &str =
+    "BEGIN; SELECT pg_logical_emit_message(true, 'coffer-sync', ''); COMMIT";
 /// How often a running process looks for ranges a dead one left.
 pub const RECOVERY_INTERVAL: Duration = Duration::from_secs(10);
 /// Transactions read at a time when rebuilding.
@@ -90,17 +94,21 @@ pub fn take_owner(client: &mut Client) -> StoreResult<i32> {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
         let owner = hasher.finish() as i32;
-        let locked: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, $2)",
-                &[&OWNER_LOCK_CLASS, &owner],
-            )
-            .map_err(pg_err)?
-            .get(0);
-        if locked {
+        if try_lock_owner(client, owner)? {
             return Ok(owner);
         }
     }
+}
+
+/// Whether `owner`'s lock was free (it is now held by `client`'s session).
+fn try_lock_owner(client: &mut Client, owner: i32) -> StoreResult<bool> {
+    Ok(client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[&OWNER_LOCK_CLASS, &owner],
+        )
+        .map_err(pg_err)?
+        .get(0))
 }
 
 /// Takes `owner`'s lock again on a new flush connection (waits while another process rebuilds
@@ -139,12 +147,13 @@ fn insert_moves(client: &mut impl GenericClient, rows: &[MoveRow]) -> StoreResul
 }
 
 /// Writes the pending moves and deletes their ranges in one transaction; `client` commits
-/// synchronously, so this also makes every earlier commit durable. With nothing pending, runs
-/// `nothing_pending` (a synchronous commit that writes WAL) instead.
-pub fn flush(client: &mut Client, moves: &MovesBehind, nothing_pending: &str) -> StoreResult<()> {
+/// synchronously, so this also makes every earlier commit durable: a synchronous commit waits
+/// until the WAL is flushed up to its commit record, which covers every commit before it, the
+/// writer's asynchronous ones included.
+pub fn flush(client: &mut Client, moves: &MovesBehind) -> StoreResult<()> {
     let taken = moves.take();
     if taken.is_empty() {
-        return client.batch_execute(nothing_pending).map_err(pg_err);
+        return client.batch_execute(FLUSH_COMMITS).map_err(pg_err);
     }
     let result = (|| {
         let mut tx = client.transaction().map_err(pg_err)?;
@@ -178,14 +187,7 @@ pub fn recover(client: &mut Client, me: i32, at_start: bool) -> StoreResult<u64>
             }
             continue;
         }
-        let locked: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, $2)",
-                &[&OWNER_LOCK_CLASS, &owner],
-            )
-            .map_err(pg_err)?
-            .get(0);
-        if !locked {
+        if !try_lock_owner(client, owner)? {
             continue;
         }
         let result = rebuild(client, owner);

@@ -104,7 +104,10 @@ fn moves_a_dead_process_left_are_rebuilt() {
     .unwrap();
     let mut alive = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
     alive
-        .execute("SELECT pg_advisory_lock($1, 8)", &[&0x636f_6d76i32])
+        .execute(
+            "SELECT pg_advisory_lock($1, 8)",
+            &[&coffer_store_postgres::OWNER_LOCK_CLASS],
+        )
         .unwrap();
 
     let ledgers = service(&backend);
