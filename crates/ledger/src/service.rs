@@ -303,6 +303,14 @@ impl Ledgers {
         self.engine.sync_blocking()
     }
 
+    /// Reads of transactions, when the store writes them behind the commit.
+    fn sync_transactions(&self) -> Result<(), LedgerError> {
+        if self.store.transactions_behind_commit() {
+            self.sync_projections()?;
+        }
+        Ok(())
+    }
+
     /// The ledger named `name`, or `LedgerNotFound`.
     pub fn ledger(&self, name: &str) -> Result<LedgerInfo, LedgerError> {
         if let Some(info) = self.known.read().get(name) {
@@ -363,6 +371,7 @@ impl Ledgers {
         pit: Option<Timestamp>,
     ) -> Result<Transaction, LedgerError> {
         let info = self.ledger(ledger)?;
+        self.sync_transactions()?;
         let not_found = || LedgerError::NotFound(format!("transaction {id}"));
         let mut tx = self
             .reader()
@@ -388,6 +397,8 @@ impl Ledgers {
         let info = self.ledger(ledger)?;
         if mentions_accounts(&query.filter)? {
             self.sync_projections()?;
+        } else {
+            self.sync_transactions()?;
         }
         parse_filter(Resource::Transactions, &query.filter)?;
         let effective = query.effective_order;
@@ -453,6 +464,8 @@ impl Ledgers {
         let info = self.ledger(ledger)?;
         if mentions_accounts(&filter.map(str::to_string))? {
             self.sync_projections()?;
+        } else {
+            self.sync_transactions()?;
         }
         let filter = parse_filter(Resource::Transactions, &filter.map(str::to_string))?;
         Ok(self

@@ -384,4 +384,9 @@ pub trait Store: Send + Sync {
     fn durability(&self) -> Option<std::sync::Arc<dyn Durability>> {
         None
     }
+    /// True when transaction rows are written after their commit, with volumes and moves
+    /// (see [`StoreWriter::flush_projections`]): reads of transactions sync with it first.
+    fn transactions_behind_commit(&self) -> bool {
+        false
+    }
 }

@@ -4,12 +4,21 @@
 //! ```sh
 //! cargo run --release -p coffer-pg-harness --example cluster
 //! ```
+//!
+//! `COFFER_PG_SETTINGS` adds server settings, space-separated `name=value` pairs.
 
 use std::io::BufRead;
 
 fn main() {
-    let cluster = coffer_pg_harness::Cluster::start(coffer_pg_harness::Options { durable: true })
-        .unwrap_or_else(|err| panic!("{err}"));
+    let cluster = coffer_pg_harness::Cluster::start(coffer_pg_harness::Options {
+        durable: true,
+        settings: std::env::var("COFFER_PG_SETTINGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+    })
+    .unwrap_or_else(|err| panic!("{err}"));
     let url = cluster
         .create_database("coffer")
         .unwrap_or_else(|err| panic!("{err}"));

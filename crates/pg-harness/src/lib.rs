@@ -21,10 +21,12 @@ pub struct Cluster {
     stopped: Mutex<bool>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Real fsync (benchmarks, crash tests) or none (fast functional tests).
     pub durable: bool,
+    /// More server settings (`name=value`), after the harness's own, so they override them.
+    pub settings: Vec<String>,
 }
 
 fn find_bin() -> Result<PathBuf, String> {
@@ -105,9 +107,14 @@ impl Cluster {
         let fsync = if options.durable { "on" } else { "off" };
         let server_options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={fsync} -c synchronous_commit={fsync} \
-             -c full_page_writes={fsync} -c max_connections=200 -c shared_buffers=128MB",
+             -c full_page_writes={fsync} -c max_connections=200 -c shared_buffers=128MB{}",
             cluster.port,
-            cluster.dir.display()
+            cluster.dir.display(),
+            options
+                .settings
+                .iter()
+                .map(|setting| format!(" -c {setting}"))
+                .collect::<String>()
         );
         cluster.run(
             "pg_ctl",
@@ -253,7 +260,7 @@ extern "C" fn stop_shared() {
 /// One cluster per test process, stopped and removed when the process exits.
 pub fn shared() -> &'static Cluster {
     let cluster = SHARED.get_or_init(|| {
-        let cluster = Cluster::start(Options { durable: false });
+        let cluster = Cluster::start(Options::default());
         if cluster.is_ok() {
             // SAFETY: registering a plain extern "C" function without arguments.
             unsafe { libc::atexit(stop_shared) };

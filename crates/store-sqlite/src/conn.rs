@@ -18,10 +18,19 @@ const MAIN_MIGRATIONS: &[(&str, &str)] = &[(
     "0001_init",
     include_str!("../migrations/main/0001_init.sql"),
 )];
-const PROJECTION_MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init",
-    include_str!("../migrations/projections/0001_init.sql"),
-)];
+/// The main database's second migration is code: it moves the transactions to the projections
+/// database (see [`move_transactions`]).
+const MAIN_TRANSACTIONS_MOVED: &str = "0002_transactions_to_projections";
+const PROJECTION_MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init",
+        include_str!("../migrations/projections/0001_init.sql"),
+    ),
+    (
+        "0002_transactions",
+        include_str!("../migrations/projections/0002_transactions.sql"),
+    ),
+];
 
 /// SQLite page cache per connection, in KiB (bounded so memory does not follow history).
 pub const READ_CACHE_KIB: i64 = 8 * 1024;
@@ -123,7 +132,51 @@ pub fn migrate(path: &Path) -> StoreResult<()> {
     migrate_schema(&main, "main", MAIN_MIGRATIONS)?;
     let projections = open_raw(&projections_path(path), READ_CACHE_KIB, "NORMAL")?;
     migrate_schema(&projections, "main", PROJECTION_MIGRATIONS)?;
+    drop(projections);
+    if !is_applied(&main, "main", MAIN_TRANSACTIONS_MOVED)? {
+        drop(main);
+        move_transactions(&open_main(path, READ_CACHE_KIB)?)?;
+    }
     Ok(())
+}
+
+fn is_applied(conn: &Connection, schema: &str, name: &str) -> StoreResult<bool> {
+    conn.query_row(
+        &format!("SELECT 1 FROM {schema}.coffer_migrations WHERE name = ?1"),
+        [name],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+    .map_err(err)
+}
+
+/// Main migration 0002: transactions leave the main database for the projections database.
+/// Each step is safe to run again if a crash interrupts the next: volumes and moves are first
+/// caught up with `main.transactions`, then the rows are copied (ignoring those copied before)
+/// with the projections marked up to date, then the main table is dropped.
+fn move_transactions(conn: &Connection) -> StoreResult<()> {
+    crate::projections::recover_legacy(conn)?;
+    let columns = "ledger_id, id, timestamp, reference, postings, metadata, post_commit_volumes, \
+                   inserted_at, updated_at, reverted_at";
+    // The copy must be durable before the main table goes (the projections database is not
+    // synced per commit otherwise).
+    conn.execute_batch(&format!(
+        "PRAGMA projections.synchronous=FULL; \
+         BEGIN IMMEDIATE; \
+         INSERT OR IGNORE INTO projections.transactions ({columns}) SELECT {columns} FROM main.transactions; \
+         INSERT INTO projections.projection_state (ledger_id, applied_tx_id, applied_log_id) \
+           SELECT id, next_tx_id - 1, next_log_id - 1 FROM main.ledgers WHERE true \
+           ON CONFLICT (ledger_id) DO UPDATE SET applied_tx_id = excluded.applied_tx_id, \
+           applied_log_id = excluded.applied_log_id; \
+         COMMIT; \
+         BEGIN IMMEDIATE; \
+         DROP TABLE main.transactions; \
+         INSERT INTO main.coffer_migrations (name, applied_at) VALUES ('{MAIN_TRANSACTIONS_MOVED}', {}); \
+         COMMIT;",
+        coffer_ledger::Timestamp::now().micros()
+    ))
+    .map_err(|e| err(format!("migration main/{MAIN_TRANSACTIONS_MOVED} failed: {e}")))
 }
 
 /// Whether both databases hold exactly the migrations this binary knows.
@@ -137,7 +190,7 @@ pub fn schema_is_current(conn: &Connection) -> StoreResult<bool> {
         .map(|n| n as usize)
         .map_err(|e| err(format!("not a Coffer store: {e}")))
     };
-    Ok(count("main")? == MAIN_MIGRATIONS.len()
+    Ok(count("main")? == MAIN_MIGRATIONS.len() + 1
         && count("projections")? == PROJECTION_MIGRATIONS.len())
 }
 

@@ -1,11 +1,11 @@
 //! The embedded store: SQLite in WAL mode. One process owns a store (a lock file enforces it).
 //!
-//! Two database files: `PATH` holds the durable record (ledgers, accounts, transactions, logs;
-//! the writer's commits are made durable by one WAL sync for many, see [`durable`]), and
-//! `PATH-projections` holds volumes and moves, which are derived from the transactions and
-//! written behind the commits by a flusher thread (see [`projections`]). Readers attach both.
-//! Reads of volumes and moves first wait for the flusher to catch up (the engine's sync), so
-//! they always see every acknowledged write.
+//! Two database files: `PATH` holds the durable record (ledgers, accounts, logs; the writer's
+//! commits are made durable by one WAL sync for many, see [`durable`]), and `PATH-projections`
+//! holds transactions, volumes and moves, which are derived from the logs and written behind
+//! the commits by a flusher thread (see [`projections`]). Readers attach both. Reads of
+//! transactions, volumes and moves first wait for the flusher to catch up (the engine's sync),
+//! so they always see every acknowledged write.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -113,7 +113,7 @@ impl Store for SqliteStore {
     fn snapshot(&self) -> StoreResult<Box<dyn StoreReader + '_>> {
         let conn = open_main(&self.path, READ_CACHE_KIB)?;
         // One read transaction over both files. The projections are read first: the main
-        // snapshot, taken after, holds every transaction they cover.
+        // snapshot, taken after, holds every log they cover.
         conn.execute_batch(
             "BEGIN; SELECT COUNT(*) FROM projections.projection_state; SELECT COUNT(*) FROM main.ledgers;",
         )
@@ -146,6 +146,10 @@ impl Store for SqliteStore {
         self.durable
             .clone()
             .map(|durable| durable as Arc<dyn Durability>)
+    }
+
+    fn transactions_behind_commit(&self) -> bool {
+        true
     }
 }
 

@@ -1,10 +1,11 @@
-//! Volumes and moves, written behind the commits by a flusher thread.
+//! Transactions, volumes and moves, written behind the commits by a flusher thread.
 //!
-//! They are derived from the transactions (postings and post-commit volumes), so a commit only
-//! has to make the transactions and logs durable: appended rows, a few pages. Writing the
-//! randomly placed volumes and moves rows in every commit would dominate its cost; the flusher
-//! writes them in bulk to the projections database, on the other core, coalescing whatever
-//! accumulated while it was busy. After a crash, [`recover`] rebuilds what it had not written.
+//! They are all derived from the log, so a commit only has to make the logs (and ledger heads,
+//! accounts) durable: appended rows, a few pages. Writing the transaction rows, their indexes,
+//! and the randomly placed volumes and moves rows in every commit would dominate its cost; the
+//! flusher writes them in bulk to the projections database, on the other core, coalescing
+//! whatever accumulated while it was busy. After a crash, [`recover`] rebuilds what it had not
+//! written by replaying the logs that follow `projection_state.applied_log_id`.
 
 use hashbrown::HashMap;
 use std::path::Path;
@@ -14,15 +15,21 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use coffer_ledger::codec;
+use coffer_ledger::log::{
+    DeleteMetadataPayload, LogId, LogTransaction, LogType, NewTransactionPayload,
+    RevertedTransactionPayload, SetMetadataPayload, TargetId,
+};
 use coffer_ledger::sql::SqlValue;
 use coffer_ledger::sql_reader::{self, Row};
-use coffer_ledger::store::{moves_of, Durability, MoveRow, StoreResult, VolumeKey};
-use coffer_ledger::types::{LedgerId, Transaction, TxId, Volumes};
+use coffer_ledger::store::{
+    moves_of, Durability, MoveRow, StoreResult, TransactionUpdate, VolumeKey,
+};
+use coffer_ledger::types::{LedgerId, Transaction, TxId, Volumes, VolumesByAccount};
 use coffer_ledger::{StoreError, Timestamp};
 use parking_lot::{Condvar, Mutex};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::conn::{amount_value, err, open_projections, run_query, WRITE_CACHE_KIB};
+use crate::conn::{amount_of, amount_value, err, open_projections, run_query, WRITE_CACHE_KIB};
 use crate::wal::{lower_thread_priority, WalCatchUp, WalWatch};
 use coffer_ledger::durability::CommitSync;
 
@@ -38,39 +45,168 @@ pub const FLUSH_GATHER_MS: u64 = 1_000;
 pub const FLUSH_ROWS_MAX: usize = 200_000;
 const RETRY_DELAY: Duration = Duration::from_millis(200);
 
+/// A transaction row, encoded on the writer's thread (shared with the writer's overlay of rows
+/// the flusher has not written yet).
+#[derive(Clone, Debug)]
+pub struct TxRow {
+    pub ledger: LedgerId,
+    pub id: TxId,
+    pub timestamp: i64,
+    pub reference: Option<String>,
+    pub postings: Vec<u8>,
+    pub metadata: String,
+    pub post_commit_volumes: Vec<u8>,
+    pub inserted_at: i64,
+    pub updated_at: i64,
+    pub reverted_at: Option<i64>,
+}
+
+impl TxRow {
+    pub fn encode(ledger: LedgerId, tx: &Transaction) -> TxRow {
+        TxRow {
+            ledger,
+            id: tx.id,
+            timestamp: tx.timestamp.micros(),
+            reference: tx.reference.clone(),
+            postings: codec::compact::encode_postings(&tx.postings),
+            metadata: codec::encode_metadata(&tx.metadata),
+            post_commit_volumes: codec::compact::encode_volumes(&tx.post_commit_volumes),
+            inserted_at: tx.inserted_at.micros(),
+            updated_at: tx.updated_at.micros(),
+            reverted_at: tx.reverted_at.map(|t| t.micros()),
+        }
+    }
+
+    pub fn decode(&self) -> StoreResult<Transaction> {
+        Ok(Transaction {
+            id: self.id,
+            timestamp: Timestamp(self.timestamp),
+            reference: self.reference.clone(),
+            postings: codec::compact::decode_postings(&self.postings)?,
+            metadata: codec::decode_metadata(&self.metadata)?,
+            post_commit_volumes: codec::compact::decode_volumes(&self.post_commit_volumes)?,
+            inserted_at: Timestamp(self.inserted_at),
+            updated_at: Timestamp(self.updated_at),
+            reverted_at: self.reverted_at.map(Timestamp),
+        })
+    }
+}
+
+/// Per ledger, the last transaction and the last log that projections cover.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub tx: TxId,
+    pub log: LogId,
+}
+
 #[derive(Default)]
 pub struct Projections {
+    /// New transactions, in commit order.
+    pub transactions: Vec<Arc<TxRow>>,
+    /// Changes to transactions (metadata, reverts), in commit order, after the inserts.
+    pub updates: Vec<TransactionUpdate>,
     pub volumes: HashMap<VolumeKey, Volumes>,
     pub moves: Vec<MoveRow>,
-    /// Per ledger, the last transaction these projections cover.
-    pub applied: HashMap<LedgerId, TxId>,
+    pub applied: HashMap<LedgerId, Applied>,
 }
 
 impl Projections {
     pub fn is_empty(&self) -> bool {
-        self.volumes.is_empty() && self.moves.is_empty() && self.applied.is_empty()
+        self.transactions.is_empty()
+            && self.updates.is_empty()
+            && self.volumes.is_empty()
+            && self.moves.is_empty()
+            && self.applied.is_empty()
     }
 
     pub fn absorb(&mut self, other: Projections) {
+        self.transactions.extend(other.transactions);
+        self.updates.extend(other.updates);
         self.volumes.extend(other.volumes);
         self.moves.extend(other.moves);
-        for (ledger, id) in other.applied {
-            let applied = self.applied.entry(ledger).or_default();
-            *applied = (*applied).max(id);
+        for (ledger, applied) in other.applied {
+            self.applied_to(ledger, applied);
         }
     }
 
-    pub fn add_transaction(&mut self, ledger: LedgerId, tx: &Transaction) {
+    pub fn applied_to(&mut self, ledger: LedgerId, applied: Applied) {
+        let current = self.applied.entry(ledger).or_default();
+        current.tx = current.tx.max(applied.tx);
+        current.log = current.log.max(applied.log);
+    }
+
+    /// A new transaction: its row, moves and place.
+    pub fn add_transaction(&mut self, ledger: LedgerId, tx: &Transaction, row: Arc<TxRow>) {
+        debug_assert_eq!((row.ledger, row.id), (ledger, tx.id));
+        self.transactions.push(row);
         self.moves.extend(moves_of(ledger, tx));
-        let applied = self.applied.entry(ledger).or_default();
-        *applied = (*applied).max(tx.id);
+        self.applied_to(ledger, Applied { tx: tx.id, log: 0 });
+    }
+
+    /// Rows the number of which bounds a flush.
+    pub fn rows(&self) -> usize {
+        self.transactions.len() + self.updates.len() + self.moves.len() + self.volumes.len()
     }
 }
 
 /// Writes projections in the current transaction of `conn` (unqualified table names resolve to
 /// the projections database, on the flusher's connection as on an attaching one).
 pub fn write(conn: &Connection, projections: &mut Projections) -> StoreResult<()> {
-    // Key order keeps consecutive inserts on the same B-tree pages.
+    // Key order keeps consecutive inserts on the same B-tree pages (commit order nearly is).
+    projections
+        .transactions
+        .sort_unstable_by_key(|row| (row.ledger, row.id));
+    {
+        let mut statement = conn
+            .prepare_cached(
+                "INSERT INTO transactions (ledger_id, id, timestamp, reference, postings, metadata, \
+                 post_commit_volumes, inserted_at, updated_at, reverted_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .map_err(err)?;
+        for row in &projections.transactions {
+            statement
+                .execute(params![
+                    row.ledger,
+                    row.id as i64,
+                    row.timestamp,
+                    row.reference,
+                    row.postings,
+                    row.metadata,
+                    row.post_commit_volumes,
+                    row.inserted_at,
+                    row.updated_at,
+                    row.reverted_at,
+                ])
+                .map_err(err)?;
+        }
+    }
+    {
+        // In commit order: each carries the whole new state, so the last one wins.
+        let mut statement = conn
+            .prepare_cached(
+                "UPDATE transactions SET metadata = ?3, reverted_at = ?4, updated_at = ?5 \
+                 WHERE ledger_id = ?1 AND id = ?2",
+            )
+            .map_err(err)?;
+        for update in &projections.updates {
+            let changed = statement
+                .execute(params![
+                    update.ledger,
+                    update.id as i64,
+                    codec::encode_metadata(&update.metadata),
+                    update.reverted_at.map(|t| t.micros()),
+                    update.updated_at.micros()
+                ])
+                .map_err(err)?;
+            if changed != 1 {
+                return Err(err(format!(
+                    "transaction {} of ledger {} to update is missing",
+                    update.id, update.ledger
+                )));
+            }
+        }
+    }
     projections.moves.sort_unstable_by(|a, b| {
         (a.ledger, &a.address, a.tx_id, &a.asset).cmp(&(b.ledger, &b.address, b.tx_id, &b.asset))
     });
@@ -119,13 +255,15 @@ pub fn write(conn: &Connection, projections: &mut Projections) -> StoreResult<()
     }
     let mut statement = conn
         .prepare_cached(
-            "INSERT INTO projection_state (ledger_id, applied_tx_id) VALUES (?1, ?2) \
-             ON CONFLICT (ledger_id) DO UPDATE SET applied_tx_id = MAX(applied_tx_id, excluded.applied_tx_id)",
+            "INSERT INTO projection_state (ledger_id, applied_tx_id, applied_log_id) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (ledger_id) DO UPDATE SET \
+             applied_tx_id = MAX(applied_tx_id, excluded.applied_tx_id), \
+             applied_log_id = MAX(applied_log_id, excluded.applied_log_id)",
         )
         .map_err(err)?;
     for (ledger, applied) in &projections.applied {
         statement
-            .execute(params![ledger, *applied as i64])
+            .execute(params![ledger, applied.tx as i64, applied.log as i64])
             .map_err(err)?;
     }
     Ok(())
@@ -267,7 +405,7 @@ fn flusher_loop(
             let message = match &gathered {
                 None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some((_, projections)) => {
-                    let rows = projections.moves.len() + projections.volumes.len();
+                    let rows = projections.rows();
                     match gather.checked_sub(started.elapsed()) {
                         Some(left) if rows < FLUSH_ROWS_MAX => receiver.recv_timeout(left),
                         _ => break,
@@ -320,7 +458,7 @@ fn write_until_done(
     shared: &Arc<(Mutex<FlushState>, Condvar)>,
 ) {
     let started = Instant::now();
-    let rows = projections.moves.len() + projections.volumes.len();
+    let rows = projections.rows();
     loop {
         match write_in_transaction(conn, projections) {
             Ok(()) => {
@@ -376,9 +514,290 @@ pub fn load_transaction(
     rows.first().map(transaction_from_row).transpose()
 }
 
-/// Rebuilds the projections of transactions committed after the flusher's last write (after a
-/// crash). `conn` is a main connection with the projections database attached.
+/// Rebuilds the projections of logs committed after the flusher's last write (after a crash,
+/// or when the projections database is lost): replays every ledger's logs that follow its
+/// `applied_log_id`, as the engine wrote them. `conn` is a main connection with the projections
+/// database attached.
 pub fn recover(conn: &Connection) -> StoreResult<u64> {
+    const PAGE: i64 = 10_000;
+    let ledgers: Vec<(LedgerId, Applied)> = {
+        let mut statement = conn
+            .prepare(
+                "SELECT g.id, COALESCE(p.applied_tx_id, 0), COALESCE(p.applied_log_id, 0) \
+                 FROM ledgers g LEFT JOIN projection_state p ON p.ledger_id = g.id",
+            )
+            .map_err(err)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get(0)?,
+                    Applied {
+                        tx: row.get::<_, i64>(1)? as TxId,
+                        log: row.get::<_, i64>(2)? as LogId,
+                    },
+                ))
+            })
+            .map_err(err)?;
+        rows.collect::<Result<_, _>>().map_err(err)?
+    };
+    let mut replayed = 0;
+    for (ledger, mut applied) in ledgers {
+        let mut replay = Replay {
+            conn,
+            ledger,
+            volumes: HashMap::new(),
+        };
+        loop {
+            let logs: Vec<(LogId, String, i64, String)> = {
+                let mut statement = conn
+                    .prepare_cached(
+                        "SELECT id, type, date, data FROM logs WHERE ledger_id = ?1 AND id > ?2 \
+                         ORDER BY id LIMIT ?3",
+                    )
+                    .map_err(err)?;
+                let rows = statement
+                    .query_map(params![ledger, applied.log as i64, PAGE], |row| {
+                        Ok((
+                            row.get::<_, i64>(0)? as LogId,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                        ))
+                    })
+                    .map_err(err)?;
+                rows.collect::<Result<_, _>>().map_err(err)?
+            };
+            if logs.is_empty() {
+                break;
+            }
+            let mut page = PageReplay::default();
+            for (id, kind, date, data) in &logs {
+                let kind = LogType::parse(kind)
+                    .ok_or_else(|| err(format!("log {id} of ledger {ledger} has type {kind:?}")))?;
+                replay.log(&mut page, &mut applied, kind, Timestamp(*date), data)?;
+                applied.log = *id;
+                replayed += 1;
+            }
+            let mut projections = page.into_projections(ledger, applied);
+            write_in_transaction(conn, &mut projections)?;
+        }
+    }
+    if replayed > 0 {
+        tracing::info!(
+            logs = replayed,
+            "rebuilt projections written behind before a stop"
+        );
+    }
+    Ok(replayed)
+}
+
+/// One ledger's replay: volumes as of the last replayed log.
+struct Replay<'c> {
+    conn: &'c Connection,
+    ledger: LedgerId,
+    volumes: HashMap<(String, String), Volumes>,
+}
+
+/// What one page of logs produced.
+#[derive(Default)]
+struct PageReplay {
+    /// New transactions, by id.
+    new: std::collections::BTreeMap<TxId, Transaction>,
+    /// Earlier transactions changed by the page, in their new state.
+    changed: std::collections::BTreeMap<TxId, Transaction>,
+    volumes: HashMap<(String, String), Volumes>,
+}
+
+impl PageReplay {
+    fn into_projections(self, ledger: LedgerId, applied: Applied) -> Projections {
+        let mut projections = Projections::default();
+        for tx in self.new.values() {
+            projections.add_transaction(ledger, tx, Arc::new(TxRow::encode(ledger, tx)));
+        }
+        for tx in self.changed.values() {
+            projections.updates.push(TransactionUpdate {
+                ledger,
+                id: tx.id,
+                metadata: tx.metadata.clone(),
+                reverted_at: tx.reverted_at,
+                updated_at: tx.updated_at,
+            });
+        }
+        for ((address, asset), volumes) in self.volumes {
+            let key = VolumeKey {
+                ledger,
+                address,
+                asset,
+            };
+            projections.volumes.insert(key, volumes);
+        }
+        projections.applied_to(ledger, applied);
+        projections
+    }
+}
+
+impl Replay<'_> {
+    fn log(
+        &mut self,
+        page: &mut PageReplay,
+        applied: &mut Applied,
+        kind: LogType,
+        date: Timestamp,
+        data: &str,
+    ) -> StoreResult<()> {
+        let corrupt = |e: serde_json::Error| err(format!("log of ledger {}: {e}", self.ledger));
+        match kind {
+            LogType::NewTransaction => {
+                let payload: NewTransactionPayload = serde_json::from_str(data).map_err(corrupt)?;
+                self.new_transaction(page, applied, &payload.transaction, date)
+            }
+            LogType::RevertedTransaction => {
+                let payload: RevertedTransactionPayload =
+                    serde_json::from_str(data).map_err(corrupt)?;
+                self.new_transaction(page, applied, &payload.transaction, date)?;
+                self.change(page, payload.reverted_transaction.id, |tx| {
+                    tx.reverted_at = Some(date);
+                    tx.updated_at = date;
+                })
+            }
+            LogType::SetMetadata => {
+                let payload: SetMetadataPayload = serde_json::from_str(data).map_err(corrupt)?;
+                match payload.target_id {
+                    TargetId::Transaction(id) => self.change(page, id, |tx| {
+                        tx.metadata.extend(payload.metadata);
+                        tx.updated_at = date;
+                    }),
+                    // Accounts are written in the commit itself.
+                    TargetId::Account(_) => Ok(()),
+                }
+            }
+            LogType::DeleteMetadata => {
+                let payload: DeleteMetadataPayload = serde_json::from_str(data).map_err(corrupt)?;
+                match payload.target_id {
+                    TargetId::Transaction(id) => self.change(page, id, |tx| {
+                        tx.metadata.remove(&payload.key);
+                        tx.updated_at = date;
+                    }),
+                    TargetId::Account(_) => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// The transaction as the engine stored it: inserted at its log's date, post-commit
+    /// volumes from the volumes before it.
+    fn new_transaction(
+        &mut self,
+        page: &mut PageReplay,
+        applied: &mut Applied,
+        logged: &LogTransaction,
+        date: Timestamp,
+    ) -> StoreResult<()> {
+        if logged.id != applied.tx + 1 {
+            return Err(err(format!(
+                "ledger {}: the log holds transaction {} after transaction {}",
+                self.ledger, logged.id, applied.tx
+            )));
+        }
+        let postings = logged.postings();
+        let mut post_commit_volumes = VolumesByAccount::new();
+        for posting in &postings {
+            for (address, receives) in [(&posting.source, false), (&posting.destination, true)] {
+                let key = (address.clone(), posting.asset.clone());
+                let mut volumes = match page.volumes.get(&key) {
+                    Some(volumes) => *volumes,
+                    None => self.stored_volumes(&key)?,
+                };
+                let moved = if receives {
+                    volumes.receive(posting.amount)
+                } else {
+                    volumes.send(posting.amount)
+                };
+                moved.map_err(|_| err(format!("volumes of {address} overflow in the log")))?;
+                page.volumes.insert(key.clone(), volumes);
+                self.volumes.insert(key, volumes);
+            }
+        }
+        for posting in &postings {
+            for address in [&posting.source, &posting.destination] {
+                let key = (address.clone(), posting.asset.clone());
+                post_commit_volumes
+                    .entry(address.clone())
+                    .or_default()
+                    .insert(posting.asset.clone(), page.volumes[&key]);
+            }
+        }
+        let timestamp = logged
+            .timestamp()
+            .map_err(|e| err(format!("ledger {}: {e}", self.ledger)))?;
+        let tx = Transaction {
+            id: logged.id,
+            timestamp,
+            reference: logged.reference.clone(),
+            postings,
+            metadata: logged.metadata.clone(),
+            post_commit_volumes,
+            inserted_at: date,
+            updated_at: date,
+            reverted_at: None,
+        };
+        applied.tx = tx.id;
+        page.new.insert(tx.id, tx);
+        Ok(())
+    }
+
+    fn stored_volumes(&mut self, key: &(String, String)) -> StoreResult<Volumes> {
+        if let Some(volumes) = self.volumes.get(key) {
+            return Ok(*volumes);
+        }
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT input, output FROM volumes WHERE ledger_id = ?1 AND address = ?2 AND asset = ?3",
+            )
+            .map_err(err)?
+            .query_row(params![self.ledger, key.0, key.1], |row| {
+                Ok((amount_of(row.get_ref(0)?)?, amount_of(row.get_ref(1)?)?))
+            })
+            .optional()
+            .map_err(err)?;
+        Ok(match row {
+            Some((input, output)) => Volumes {
+                input: input.unwrap_or(0),
+                output: output.unwrap_or(0),
+            },
+            None => Volumes::default(),
+        })
+    }
+
+    fn change(
+        &mut self,
+        page: &mut PageReplay,
+        id: TxId,
+        change: impl FnOnce(&mut Transaction),
+    ) -> StoreResult<()> {
+        if let Some(tx) = page.new.get_mut(&id) {
+            change(tx);
+            return Ok(());
+        }
+        if !page.changed.contains_key(&id) {
+            let stored = load_transaction(self.conn, self.ledger, id)?.ok_or_else(|| {
+                err(format!(
+                    "ledger {}: the log changes transaction {id}, which is missing",
+                    self.ledger
+                ))
+            })?;
+            page.changed.insert(id, stored);
+        }
+        change(page.changed.get_mut(&id).expect("inserted above"));
+        Ok(())
+    }
+}
+
+/// Before transactions moved to the projections database: volumes and moves of the
+/// transactions in `main.transactions` that the flusher had not written. Run once, by the
+/// migration that moves them.
+pub fn recover_legacy(conn: &Connection) -> StoreResult<u64> {
     const PAGE: i64 = 10_000;
     let ledgers: Vec<(i64, i64)> = {
         let mut statement = conn
@@ -398,7 +817,7 @@ pub fn recover(conn: &Connection) -> StoreResult<u64> {
             let rows = run_query(
                 conn,
                 &format!(
-                    "SELECT {TRANSACTION_COLUMNS} FROM transactions t WHERE t.ledger_id = $1 AND t.id > $2 \
+                    "SELECT {TRANSACTION_COLUMNS} FROM main.transactions t WHERE t.ledger_id = $1 AND t.id > $2 \
                      ORDER BY t.id LIMIT {PAGE}"
                 ),
                 &[SqlValue::Int(ledger), SqlValue::Int(applied)],
@@ -409,7 +828,8 @@ pub fn recover(conn: &Connection) -> StoreResult<u64> {
             let mut projections = Projections::default();
             for row in &rows {
                 let tx = transaction_from_row(row)?;
-                projections.add_transaction(ledger, &tx);
+                projections.moves.extend(moves_of(ledger, &tx));
+                projections.applied_to(ledger, Applied { tx: tx.id, log: 0 });
                 for (address, assets) in &tx.post_commit_volumes {
                     for (asset, volumes) in assets {
                         let key = VolumeKey {
@@ -425,12 +845,6 @@ pub fn recover(conn: &Connection) -> StoreResult<u64> {
             }
             write_in_transaction(conn, &mut projections)?;
         }
-    }
-    if replayed > 0 {
-        tracing::info!(
-            transactions = replayed,
-            "rebuilt projections written behind before a stop"
-        );
     }
     Ok(replayed)
 }

@@ -1,5 +1,6 @@
-//! The engine's connection: transactions, logs and accounts are written in the commit; volumes
-//! and moves are handed to the flusher after it (see `projections`).
+//! The engine's connection: logs, accounts and ledger heads are written in the commit;
+//! transactions, volumes and moves are handed to the flusher after it (see `projections`), and
+//! kept here until the flusher confirms them, so the writer reads them as they are.
 
 use hashbrown::HashMap;
 use std::path::Path;
@@ -9,6 +10,7 @@ use coffer_ledger::codec;
 use coffer_ledger::log::{Hash, Log};
 use coffer_ledger::sql::SqlValue;
 use coffer_ledger::sql_reader::SqlReader;
+use coffer_ledger::store::TransactionUpdate;
 use coffer_ledger::store::{
     BatchWrites, Durability, LedgerHead, NewLedger, ProjectionTicket, StoreResult, StoreWriter,
     StoredAccount, VolumeKey,
@@ -19,12 +21,12 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::conn::{
     amount_of, err, open_main_alone, open_projections, run_query, READ_CACHE_KIB, WRITE_CACHE_KIB,
 };
-use crate::projections::{self, Flusher, Projections};
+use crate::projections::{self, Applied, Flusher, Projections, TxRow};
 use crate::wal::{WalCatchUp, WalWatch};
 use coffer_ledger::durability::CommitSync;
 
-/// Volumes handed to the flusher are kept until it confirms them; past this many entries the
-/// confirmed ones are dropped.
+/// Volumes and transactions handed to the flusher are kept until it confirms them; past this
+/// many entries (or twice what the last pruning kept) the confirmed ones are dropped.
 const RECENT_PRUNE_ENTRIES: usize = 100_000;
 /// Past this many unconfirmed entries, the writer waits for the flusher.
 const RECENT_ENTRIES_MAX: usize = 500_000;
@@ -41,6 +43,13 @@ pub struct SqliteWriter {
     /// Latest volumes handed over, with their generation: the truth until the flusher has
     /// written them.
     recent: HashMap<VolumeKey, (Volumes, u64)>,
+    /// Transactions handed over (new or changed), in their latest state, with their generation.
+    recent_transactions: HashMap<(LedgerId, TxId), (Arc<TxRow>, u64)>,
+    /// References of the transactions handed over, with their generation.
+    recent_references: HashMap<(LedgerId, String), u64>,
+    /// Entries of the maps above past which confirmed ones are dropped: twice what the last
+    /// pruning kept, so that it runs once for many commits even while the flusher is behind.
+    prune_entries: usize,
     flusher: Flusher,
     wal: WalCatchUp,
     durable: Arc<CommitSync>,
@@ -68,6 +77,9 @@ impl SqliteWriter {
             staged: Projections::default(),
             generation: 0,
             recent: HashMap::new(),
+            recent_transactions: HashMap::new(),
+            recent_references: HashMap::new(),
+            prune_entries: RECENT_PRUNE_ENTRIES,
             flusher: Flusher::start(path, wal_projections, durable.clone())?,
             wal,
             durable: durable.clone(),
@@ -88,16 +100,53 @@ impl SqliteWriter {
     /// Between batches only: a batch reads the projections database after this, so it sees
     /// every write the flusher confirmed.
     fn prune_recent(&mut self) -> StoreResult<()> {
-        if self.recent.len() <= RECENT_PRUNE_ENTRIES {
+        let entries = self.recent.len() + self.recent_transactions.len();
+        if entries <= self.prune_entries {
             return Ok(());
         }
         let flushed = self.flusher.flushed();
         self.recent
             .retain(|_, (_, generation)| *generation > flushed);
-        if self.recent.len() > RECENT_ENTRIES_MAX {
+        self.recent_transactions
+            .retain(|_, (_, generation)| *generation > flushed);
+        self.recent_references
+            .retain(|_, generation| *generation > flushed);
+        if self.recent.len() + self.recent_transactions.len() > RECENT_ENTRIES_MAX {
             self.flusher.ticket(self.generation).wait()?;
             self.recent.clear();
+            self.recent_transactions.clear();
+            self.recent_references.clear();
         }
+        let kept = self.recent.len() + self.recent_transactions.len();
+        self.prune_entries = (2 * kept).clamp(RECENT_PRUNE_ENTRIES, RECENT_ENTRIES_MAX);
+        Ok(())
+    }
+
+    /// A transaction as the writer must see it: handed over and not yet written, or written.
+    fn current_transaction(&self, ledger: LedgerId, id: TxId) -> StoreResult<Option<Transaction>> {
+        match self.recent_transactions.get(&(ledger, id)) {
+            Some((row, _)) => row.decode().map(Some),
+            None => projections::load_transaction(&self.projections, ledger, id),
+        }
+    }
+
+    /// Records a handed-over change of a transaction in its latest state.
+    fn remember_update(&mut self, update: &TransactionUpdate) -> StoreResult<()> {
+        let key = (update.ledger, update.id);
+        let mut row = match self.recent_transactions.get(&key) {
+            Some((row, _)) => TxRow::clone(row),
+            None => {
+                let stored =
+                    projections::load_transaction(&self.projections, update.ledger, update.id)?
+                        .ok_or_else(|| err(format!("updated transaction {} missing", update.id)))?;
+                TxRow::encode(update.ledger, &stored)
+            }
+        };
+        row.metadata = codec::encode_metadata(&update.metadata);
+        row.reverted_at = update.reverted_at.map(|t| t.micros());
+        row.updated_at = update.updated_at.micros();
+        self.recent_transactions
+            .insert(key, (Arc::new(row), self.generation));
         Ok(())
     }
 }
@@ -132,7 +181,22 @@ impl StoreWriter for SqliteWriter {
                     }
                 }
             }
-            // The commit is done: whatever happens to its projections now, the transactions are
+            for row in &staged.transactions {
+                if let Some(reference) = &row.reference {
+                    self.recent_references
+                        .insert((row.ledger, reference.clone()), self.generation);
+                }
+                self.recent_transactions
+                    .insert((row.ledger, row.id), (row.clone(), self.generation));
+            }
+            for update in &staged.updates {
+                // The writer must see its own change until the flusher wrote it; failing that,
+                // it stops (a stale transaction could be reverted twice).
+                if let Err(error) = self.remember_update(update) {
+                    panic!("cannot keep a transaction change for the writer: {error}");
+                }
+            }
+            // The commit is done: whatever happens to its projections now, the logs are
             // durable, and projections can always be rebuilt from them at the next open.
             if let Err(error) = self.flusher.hand_over(self.generation, staged) {
                 tracing::error!(error = %error, "projections not handed over; rebuilt at next open");
@@ -266,7 +330,7 @@ impl StoreWriter for SqliteWriter {
     }
 
     fn load_transaction(&mut self, ledger: LedgerId, id: TxId) -> StoreResult<Option<Transaction>> {
-        projections::load_transaction(&self.conn, ledger, id)
+        self.current_transaction(ledger, id)
     }
 
     fn find_logs_by_idempotency_keys(
@@ -295,12 +359,17 @@ impl StoreWriter for SqliteWriter {
         references: &[String],
     ) -> StoreResult<Vec<String>> {
         let mut statement = self
-            .conn
+            .projections
             .prepare_cached("SELECT 1 FROM transactions WHERE ledger_id = ?1 AND reference = ?2")
             .map_err(err)?;
         let mut out = Vec::new();
         for reference in references {
-            if statement.exists(params![ledger, reference]).map_err(err)? {
+            // A reference is never removed: handed over or written, it is taken.
+            let used = self
+                .recent_references
+                .contains_key(&(ledger, reference.clone()))
+                || statement.exists(params![ledger, reference]).map_err(err)?;
+            if used {
                 out.push(reference.clone());
             }
         }
@@ -332,51 +401,6 @@ impl StoreWriter for SqliteWriter {
                 params![ledger, codec::encode_metadata(metadata)],
             )
             .map_err(err)?;
-        }
-        {
-            let mut statement = conn
-                .prepare_cached(
-                    "INSERT INTO transactions (ledger_id, id, timestamp, reference, postings, metadata, \
-                     post_commit_volumes, inserted_at, updated_at, reverted_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
-                .map_err(err)?;
-            for (ledger, tx) in &writes.transactions {
-                statement
-                    .execute(params![
-                        ledger,
-                        tx.id as i64,
-                        tx.timestamp.micros(),
-                        tx.reference,
-                        codec::compact::encode_postings(&tx.postings),
-                        codec::encode_metadata(&tx.metadata),
-                        codec::compact::encode_volumes(&tx.post_commit_volumes),
-                        tx.inserted_at.micros(),
-                        tx.updated_at.micros(),
-                        tx.reverted_at.map(|t| t.micros()),
-                    ])
-                    .map_err(err)?;
-            }
-        }
-        {
-            let mut statement = conn
-                .prepare_cached(
-                    "UPDATE transactions SET metadata = ?3, reverted_at = ?4, updated_at = ?5 \
-                     WHERE ledger_id = ?1 AND id = ?2",
-                )
-                .map_err(err)?;
-            for update in &writes.transaction_updates {
-                let changed = statement
-                    .execute(params![
-                        update.ledger,
-                        update.id as i64,
-                        codec::encode_metadata(&update.metadata),
-                        update.reverted_at.map(|t| t.micros()),
-                        update.updated_at.micros()
-                    ])
-                    .map_err(err)?;
-                assert_eq!(changed, 1, "updated transaction missing");
-            }
         }
         {
             let mut plain = conn
@@ -444,7 +468,15 @@ impl StoreWriter for SqliteWriter {
             self.staged.volumes.insert(key.clone(), *volumes);
         }
         for (ledger, tx) in &writes.transactions {
-            self.staged.add_transaction(*ledger, tx);
+            let row = Arc::new(TxRow::encode(*ledger, tx));
+            self.staged.add_transaction(*ledger, tx, row);
+        }
+        self.staged
+            .updates
+            .extend(writes.transaction_updates.iter().cloned());
+        for (ledger, log) in &writes.logs {
+            self.staged
+                .applied_to(*ledger, Applied { tx: 0, log: log.id });
         }
         Ok(())
     }

@@ -41,41 +41,86 @@ fn a_second_process_cannot_open_the_store() {
     assert!(reader.writer().is_err());
 }
 
-/// Volumes and moves are written behind the commits; whatever the projections database lost
-/// (a crash before the flusher wrote, or the file itself), reopening rebuilds it from the
-/// transactions.
+/// Transactions, volumes and moves are written behind the commits; whatever the projections
+/// database lost (a crash before the flusher wrote, or the file itself), reopening rebuilds it
+/// from the logs, exactly as the engine wrote it: references, metadata changes and reverts
+/// included.
 #[test]
-fn lost_projections_are_rebuilt_from_transactions() {
-    use coffer_store_tests::{balance, commit, create_ledger, new_tx, posting, service};
+fn lost_projections_are_rebuilt_from_the_logs() {
+    use coffer_ledger::command::{Command, Request, Target};
+    use coffer_store_tests::{balance, commit, create_ledger, meta, new_tx, posting, service};
     let backend = fresh();
     let path = backend.dir.path().join("coffer.db");
     let ledgers = service(&backend);
     create_ledger(&ledgers, "main");
-    for i in 0..40 {
-        commit(
-            &ledgers,
-            "main",
-            new_tx(vec![posting("world", &format!("u:{}", i % 4), 5, "USD")]),
-        )
-        .unwrap();
+    for i in 1..=40 {
+        let mut tx = new_tx(vec![posting("world", &format!("u:{}", i % 4), 5, "USD")]);
+        if i % 3 == 0 {
+            tx.reference = Some(format!("ref-{i}"));
+        }
+        commit(&ledgers, "main", tx).unwrap();
     }
+    // Log 41: metadata of a transaction before the cut; 42: a revert of one before it and
+    // one after; 43: a key deleted from a transaction after the cut; 44: account metadata.
+    let write = |command| {
+        ledgers
+            .write_blocking(Request::new("main", command))
+            .unwrap()
+    };
+    write(Command::SaveMetadata {
+        target: Target::Transaction(10),
+        metadata: meta(&[("k", "v"), ("gone", "soon")]),
+    });
+    write(Command::RevertTransaction {
+        id: 7,
+        force: true,
+        at_effective_date: false,
+        metadata: meta(&[("why", "test")]),
+    });
+    write(Command::DeleteMetadata {
+        target: Target::Transaction(10),
+        key: "gone".into(),
+    });
+    write(Command::SaveMetadata {
+        target: Target::Account("u:1".into()),
+        metadata: meta(&[("a", "b")]),
+    });
+    let all = |ledgers: &coffer_ledger::service::Ledgers| -> Vec<_> {
+        (1..=41)
+            .map(|id| ledgers.get_transaction("main", id, None).unwrap())
+            .collect()
+    };
+    let before = all(&ledgers);
+    assert_eq!(before[40].reference, None);
+    assert!(before[6].reverted_at.is_some());
     ledgers.shutdown();
     drop(ledgers);
 
-    // As if the flusher had written only up to transaction 25 (every account moves again after
-    // it, so every volumes row is stale).
+    // As if the flusher had written only up to transaction (and log) 25: later rows gone,
+    // volumes back to what they were then (they are written with the state, atomically).
     let projections =
         rusqlite::Connection::open(coffer_store_sqlite::projections_path(&path)).unwrap();
     projections
         .execute_batch(
-            "DELETE FROM moves WHERE tx_id > 25; UPDATE projection_state SET applied_tx_id = 25; \
-             UPDATE volumes SET input = 0, output = 0;",
+            "DELETE FROM moves WHERE tx_id > 25; DELETE FROM transactions WHERE id > 25; \
+             UPDATE transactions SET metadata = '{}', reverted_at = NULL, updated_at = inserted_at; \
+             UPDATE projection_state SET applied_tx_id = 25, applied_log_id = 25; \
+             UPDATE volumes SET \
+               input = (SELECT COALESCE(SUM(input_delta), 0) FROM moves m WHERE m.ledger_id = volumes.ledger_id \
+                        AND m.address = volumes.address AND m.asset = volumes.asset), \
+               output = (SELECT COALESCE(SUM(output_delta), 0) FROM moves m WHERE m.ledger_id = volumes.ledger_id \
+                        AND m.address = volumes.address AND m.asset = volumes.asset);",
         )
         .unwrap();
     drop(projections);
     let ledgers = service(&backend);
+    assert_eq!(all(&ledgers), before, "transactions rebuilt as they were");
     assert_eq!(balance(&ledgers, "main", "u:1", "USD"), 50);
-    assert_eq!(balance(&ledgers, "main", "world", "USD"), -200);
+    assert_eq!(balance(&ledgers, "main", "world", "USD"), -195);
+    // A reference rebuilt is taken again.
+    let mut again = new_tx(vec![posting("world", "u:9", 1, "USD")]);
+    again.reference = Some("ref-39".into());
+    assert!(commit(&ledgers, "main", again).is_err());
     let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(report.is_ok(), "{report}");
     ledgers.shutdown();
@@ -90,7 +135,9 @@ fn lost_projections_are_rebuilt_from_transactions() {
         let _ = std::fs::remove_file(file);
     }
     let ledgers = service(&backend);
-    assert_eq!(balance(&ledgers, "main", "u:3", "USD"), 50);
+    assert_eq!(all(&ledgers), before, "transactions rebuilt as they were");
+    // Transaction 7 (to u:3) was reverted.
+    assert_eq!(balance(&ledgers, "main", "u:3", "USD"), 45);
     let account = ledgers
         .list_transactions(
             "main",
@@ -107,6 +154,88 @@ fn lost_projections_are_rebuilt_from_transactions() {
     assert_eq!(account.data.len(), 10, "moves rebuilt");
     let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(report.is_ok(), "{report}");
+}
+
+/// Stores written before transactions moved to the projections database: opening one moves
+/// them (after catching up volumes and moves the flusher had not written), and every
+/// transaction, balance and check reads as before.
+#[test]
+fn transactions_of_an_older_layout_move_to_the_projections() {
+    use coffer_store_tests::{balance, commit, create_ledger, new_tx, posting, service};
+    let backend = fresh();
+    let path = backend.dir.path().join("coffer.db");
+    let ledgers = service(&backend);
+    create_ledger(&ledgers, "main");
+    for i in 1..=30 {
+        let mut tx = new_tx(vec![posting("world", &format!("u:{}", i % 3), i, "USD")]);
+        tx.reference = Some(format!("r{i}"));
+        commit(&ledgers, "main", tx).unwrap();
+    }
+    let before: Vec<_> = (1..=30)
+        .map(|id| ledgers.get_transaction("main", id, None).unwrap())
+        .collect();
+    ledgers.shutdown();
+    drop(ledgers);
+
+    // Back to the older layout: transactions in the main database, the projections (volumes,
+    // moves) written up to transaction 20 only.
+    let main = rusqlite::Connection::open(&path).unwrap();
+    main.execute(
+        "ATTACH DATABASE ?1 AS projections",
+        [coffer_store_sqlite::projections_path(&path)
+            .to_string_lossy()
+            .as_ref()],
+    )
+    .unwrap();
+    main.execute_batch(
+        "CREATE TABLE main.transactions (ledger_id INTEGER NOT NULL, id INTEGER NOT NULL, \
+           timestamp INTEGER NOT NULL, reference TEXT, postings TEXT NOT NULL, metadata TEXT NOT NULL, \
+           post_commit_volumes TEXT NOT NULL, inserted_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, \
+           reverted_at INTEGER, PRIMARY KEY (ledger_id, id)) WITHOUT ROWID; \
+         CREATE UNIQUE INDEX main.transactions_reference ON transactions (ledger_id, reference) \
+           WHERE reference IS NOT NULL; \
+         CREATE INDEX main.transactions_timestamp ON transactions (ledger_id, timestamp, id); \
+         INSERT INTO main.transactions SELECT * FROM projections.transactions; \
+         DELETE FROM main.coffer_migrations WHERE name = '0002_transactions_to_projections'; \
+         DROP TABLE projections.transactions; \
+         ALTER TABLE projections.projection_state DROP COLUMN applied_log_id; \
+         DELETE FROM projections.coffer_migrations WHERE name = '0002_transactions'; \
+         DELETE FROM projections.moves WHERE tx_id > 20; \
+         UPDATE projections.projection_state SET applied_tx_id = 20; \
+         UPDATE projections.volumes SET input = 0;",
+    )
+    .unwrap();
+    drop(main);
+
+    let ledgers = service(&backend);
+    let after: Vec<_> = (1..=30)
+        .map(|id| ledgers.get_transaction("main", id, None).unwrap())
+        .collect();
+    assert_eq!(after, before);
+    // u:0 received 3 + 6 + ... + 30.
+    assert_eq!(balance(&ledgers, "main", "u:0", "USD"), 165);
+    let mut taken = new_tx(vec![posting("world", "u:0", 1, "USD")]);
+    taken.reference = Some("r30".into());
+    assert!(commit(&ledgers, "main", taken).is_err(), "references kept");
+    commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "u:0", 1, "USD")]),
+    )
+    .unwrap();
+    let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(report.is_ok(), "{report}");
+    ledgers.shutdown();
+    drop(ledgers);
+    let main = rusqlite::Connection::open(&path).unwrap();
+    let tables: i64 = main
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'transactions'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0, "the main table is gone");
 }
 
 /// Postings and post-commit volumes are stored in a compact binary form; rows written as JSON
@@ -137,7 +266,7 @@ fn transactions_stored_as_json_text_still_read() {
     ledgers.shutdown();
     drop(ledgers);
 
-    let main = rusqlite::Connection::open(&path).unwrap();
+    let main = rusqlite::Connection::open(coffer_store_sqlite::projections_path(&path)).unwrap();
     let stored: Vec<String> = main
         .prepare("SELECT typeof(postings) || ' ' || typeof(post_commit_volumes) FROM transactions ORDER BY id")
         .unwrap()
