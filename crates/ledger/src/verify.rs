@@ -1,12 +1,14 @@
 //! `coffer verify`: recompute what the store claims and report every discrepancy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
 use crate::error::StoreError;
-use crate::log::chain_hash;
+use crate::log::{
+    chain_hash, Log, LogTransaction, LogType, NewTransactionPayload, RevertedTransactionPayload,
+};
 use crate::store::{Store, StoreReader};
-use crate::types::{Amount, LedgerInfo, Volumes};
+use crate::types::{Amount, LedgerId, LedgerInfo, Transaction, TxId, Volumes};
 
 const SCAN_PAGE: u32 = 10_000;
 
@@ -84,8 +86,12 @@ fn verify_ledger(
         ..LedgerReport::default()
     };
     let head = reader.ledger_head(ledger.id)?;
+    let projected = reader.projected_tx_id(ledger.id)?;
 
-    // 1. The hash chain, from the first log.
+    // 1. The hash chain, from the first log; and each stored transaction is the one its log
+    //    created (stores may derive transaction rows from the log).
+    let mut stored = TxCursor::new(reader, ledger.id);
+    let mut created = 0;
     let mut previous = None;
     let mut expected_id = 1;
     loop {
@@ -116,7 +122,17 @@ fn verify_ledger(
             previous = Some(log.hash);
             expected_id = log.id + 1;
             out.logs += 1;
+            if let Some(logged) = created_transaction(&log, &mut out.problems) {
+                created = logged.id;
+                check_against_log(&mut stored, &log, &logged, projected, &mut out.problems)?;
+            }
         }
+    }
+    if let Some(extra) = stored.next()?.filter(|_| !stored.lost) {
+        out.problems.push(format!(
+            "transaction {} is stored but no log created it (the last created is {created})",
+            extra.id
+        ));
     }
     if head.next_log_id != expected_id {
         out.problems.push(format!(
@@ -132,7 +148,6 @@ fn verify_ledger(
 
     // 2. Volumes recomputed from every posting (up to what the store has projected, when it
     //    writes projections lazily; the rest is rebuilt from the log when it reopens).
-    let projected = reader.projected_tx_id(ledger.id)?;
     out.unprojected = 0;
     let mut computed: BTreeMap<(String, String), Volumes> = BTreeMap::new();
     let mut after = 0;
@@ -240,4 +255,109 @@ fn verify_ledger(
         }
     }
     Ok(out)
+}
+
+/// The transaction a log entry creates, if any; an unreadable payload is a problem.
+fn created_transaction(log: &Log, problems: &mut Vec<String>) -> Option<LogTransaction> {
+    let parsed = match log.kind {
+        LogType::NewTransaction => serde_json::from_str::<NewTransactionPayload>(&log.data)
+            .map(|payload| payload.transaction),
+        LogType::RevertedTransaction => {
+            serde_json::from_str::<RevertedTransactionPayload>(&log.data)
+                .map(|payload| payload.transaction)
+        }
+        LogType::SetMetadata | LogType::DeleteMetadata => return None,
+    };
+    match parsed {
+        Ok(logged) => Some(logged),
+        Err(error) => {
+            problems.push(format!("log {}: unreadable payload: {error}", log.id));
+            None
+        }
+    }
+}
+
+/// Compares the next stored transaction with the one `log` created: same id, postings,
+/// timestamp, reference, and inserted at the log's date. Metadata and reverts change later,
+/// through later logs.
+fn check_against_log(
+    stored: &mut TxCursor<'_>,
+    log: &Log,
+    logged: &LogTransaction,
+    projected: Option<TxId>,
+    problems: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    if stored.lost {
+        return Ok(());
+    }
+    let Some(tx) = stored.next()? else {
+        // Not written yet by a store that writes transaction rows behind the commit.
+        if projected.is_none_or(|last| logged.id <= last) {
+            problems.push(format!(
+                "log {} created transaction {}, which is not stored",
+                log.id, logged.id
+            ));
+            stored.lost = true;
+        }
+        return Ok(());
+    };
+    if tx.id != logged.id {
+        problems.push(format!(
+            "log {} created transaction {}, but the next stored one is {} (later ones not compared)",
+            log.id, logged.id, tx.id
+        ));
+        stored.lost = true;
+        return Ok(());
+    }
+    let timestamp = logged.timestamp().ok();
+    let same = tx.postings == logged.postings()
+        && Some(tx.timestamp) == timestamp
+        && tx.reference == logged.reference
+        && tx.inserted_at == log.date;
+    if !same {
+        problems.push(format!(
+            "transaction {} differs from what log {} created (postings, timestamp, reference or insertion date)",
+            tx.id, log.id
+        ));
+    }
+    Ok(())
+}
+
+/// Stored transactions in id order, a page at a time.
+struct TxCursor<'r> {
+    reader: &'r dyn StoreReader,
+    ledger: LedgerId,
+    after: TxId,
+    page: VecDeque<Transaction>,
+    done: bool,
+    /// Out of step with the log: later transactions are not compared.
+    lost: bool,
+}
+
+impl<'r> TxCursor<'r> {
+    fn new(reader: &'r dyn StoreReader, ledger: LedgerId) -> TxCursor<'r> {
+        TxCursor {
+            reader,
+            ledger,
+            after: 0,
+            page: VecDeque::new(),
+            done: false,
+            lost: false,
+        }
+    }
+
+    fn next(&mut self) -> Result<Option<Transaction>, StoreError> {
+        if self.page.is_empty() && !self.done {
+            self.page = self
+                .reader
+                .scan_transactions(self.ledger, self.after, SCAN_PAGE)?
+                .into();
+            self.done = self.page.is_empty();
+        }
+        let next = self.page.pop_front();
+        if let Some(tx) = &next {
+            self.after = tx.id;
+        }
+        Ok(next)
+    }
 }

@@ -342,3 +342,72 @@ fn the_wal_starts_over_under_steady_commits() {
     let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(report.is_ok(), "{report}");
 }
+
+/// `verify` finds what was changed behind the engine's back: one store per tampering, each
+/// reported by the check that covers it.
+#[test]
+fn verify_reports_tampering() {
+    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service, Backend};
+    fn check(tamper_main: &str, tamper_projections: &str, expected: &[&str]) {
+        let backend = fresh();
+        let path = backend.dir.path().join("coffer.db");
+        let ledgers = service(&backend);
+        create_ledger(&ledgers, "main");
+        for i in 1..=5 {
+            commit(
+                &ledgers,
+                "main",
+                new_tx(vec![posting(
+                    "world",
+                    &format!("u:{}", i % 2),
+                    10 * i,
+                    "USD",
+                )]),
+            )
+            .unwrap();
+        }
+        let clean = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+        assert!(clean.is_ok(), "{clean}");
+        ledgers.shutdown();
+        drop(ledgers);
+        let main = rusqlite::Connection::open(&path).unwrap();
+        main.execute_batch(tamper_main).unwrap();
+        drop(main);
+        let projections =
+            rusqlite::Connection::open(coffer_store_sqlite::projections_path(&path)).unwrap();
+        projections.execute_batch(tamper_projections).unwrap();
+        drop(projections);
+        let store = backend.open();
+        let report = coffer_ledger::verify::verify(store.as_ref()).unwrap();
+        let text = report.to_string();
+        assert!(!report.is_ok(), "{text}");
+        for needle in expected {
+            assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+        }
+    }
+    check(
+        "",
+        "UPDATE volumes SET input = input + 1 WHERE address = 'u:1'",
+        &["volumes of u:1 USD: stored in=91"],
+    );
+    check(
+        "",
+        "UPDATE transactions SET reference = 'forged' WHERE id = 3",
+        &["transaction 3 differs from what log 3 created"],
+    );
+    check(
+        "",
+        "DELETE FROM transactions WHERE id = 2",
+        &["log 2 created transaction 2, but the next stored one is 3"],
+    );
+    check(
+        "UPDATE logs SET data = replace(data, '\"amount\":40', '\"amount\":41') WHERE id = 4",
+        "",
+        &["log 4: hash does not match the chain"],
+    );
+    check(
+        "",
+        "UPDATE volumes SET output = output - 5 WHERE address = 'world'",
+        &["asset USD sums to 5, not 0"],
+    );
+}
