@@ -9,7 +9,7 @@ use crate::log::{Hash, Log, LogId, LogType};
 use crate::query::{Filter, Resource};
 use crate::sql::{compile_filter, Dialect, FilterContext, Params, SqlValue};
 use crate::store::{
-    Direction, LedgerHead, ListAccounts, ListLogs, ListTransactions, ListVolumes, SortKey,
+    Direction, LedgerHead, ListAccounts, ListLogs, ListTransactions, ListVolumes, MoveRow, SortKey,
     StoreReader, StoreResult, TxOrder, VolumeRow,
 };
 use crate::time::Timestamp;
@@ -23,6 +23,11 @@ pub trait SqlBackend: Send + Sync {
     /// True when volumes and moves are written after their transactions, tracked in the
     /// `projection_state` table.
     fn lazy_projections(&self) -> bool {
+        false
+    }
+    /// True when moves of listed transaction ranges (`moves_pending`) are written after their
+    /// commit.
+    fn pending_moves(&self) -> bool {
         false
     }
 }
@@ -620,6 +625,66 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         ))
     }
 
+    fn scan_moves(
+        &self,
+        ledger: LedgerId,
+        after: Option<&(String, TxId, String)>,
+        count: u32,
+    ) -> StoreResult<Vec<MoveRow>> {
+        let d = self.dialect();
+        let mut params = Params::default();
+        let mut sql = format!(
+            "SELECT m.address, m.tx_id, m.asset, m.timestamp, {}, {}, m.roles FROM moves m \
+             WHERE m.ledger_id = {}",
+            d.amount_out("m.input_delta"),
+            d.amount_out("m.output_delta"),
+            params.int(ledger)
+        );
+        if let Some((address, tx_id, asset)) = after {
+            let address = params.text(address.clone());
+            let tx_id = params.int(*tx_id as i64);
+            let asset = params.text(asset.clone());
+            // A row value, which both databases turn into one range of the primary key.
+            sql.push_str(&format!(
+                " AND (m.address, m.tx_id, m.asset) > ({address}, {tx_id}, {asset})"
+            ));
+        }
+        sql.push_str(&format!(
+            " ORDER BY m.address, m.tx_id, m.asset LIMIT {}",
+            limit(count)
+        ));
+        self.backend
+            .query(&sql, &params.values)?
+            .iter()
+            .map(|row| {
+                Ok(MoveRow {
+                    ledger,
+                    address: text(row, 0)?,
+                    tx_id: int(row, 1)? as TxId,
+                    asset: text(row, 2)?,
+                    timestamp: timestamp(row, 3)?,
+                    input_delta: amount(row, 4)?,
+                    output_delta: amount(row, 5)?,
+                    roles: int(row, 6)?,
+                })
+            })
+            .collect()
+    }
+
+    fn pending_move_ranges(&self, ledger: LedgerId) -> StoreResult<Vec<(TxId, TxId)>> {
+        if !self.backend.pending_moves() {
+            return Ok(Vec::new());
+        }
+        self.backend
+            .query(
+                "SELECT first_tx, last_tx FROM moves_pending WHERE ledger_id = $1 ORDER BY first_tx",
+                &[SqlValue::Int(ledger)],
+            )?
+            .iter()
+            .map(|row| Ok((int(row, 0)? as TxId, int(row, 1)? as TxId)))
+            .collect()
+    }
+
     fn scan_volumes(
         &self,
         ledger: LedgerId,
@@ -637,9 +702,7 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         if let Some((address, asset)) = after {
             let address = params.text(address.clone());
             let asset = params.text(asset.clone());
-            sql.push_str(&format!(
-                " AND (v.address > {address} OR (v.address = {address} AND v.asset > {asset}))"
-            ));
+            sql.push_str(&format!(" AND (v.address, v.asset) > ({address}, {asset})"));
         }
         sql.push_str(&format!(
             " ORDER BY v.address, v.asset LIMIT {}",

@@ -363,6 +363,18 @@ pub trait StoreReader: Send + Sync {
         after: Option<&(String, String)>,
         limit: u32,
     ) -> StoreResult<Vec<VolumeRow>>;
+    /// Moves in (address, transaction, asset) order.
+    fn scan_moves(
+        &self,
+        ledger: LedgerId,
+        after: Option<&(String, TxId, String)>,
+        limit: u32,
+    ) -> StoreResult<Vec<MoveRow>>;
+    /// Transaction ranges whose moves are written after their commit and not yet stored.
+    fn pending_move_ranges(&self, ledger: LedgerId) -> StoreResult<Vec<(TxId, TxId)>> {
+        let _ = ledger;
+        Ok(Vec::new())
+    }
     fn all_ledgers(&self) -> StoreResult<Vec<LedgerInfo>>;
     /// The last transaction whose volumes and moves are stored (`None`: all of them are).
     /// Stores that write projections lazily may lag behind their transactions.

@@ -7,7 +7,7 @@ use crate::error::StoreError;
 use crate::log::{
     chain_hash, Log, LogTransaction, LogType, NewTransactionPayload, RevertedTransactionPayload,
 };
-use crate::store::{Store, StoreReader};
+use crate::store::{Store, StoreReader, VolumeRow};
 use crate::types::{Amount, LedgerId, LedgerInfo, Transaction, TxId, Volumes};
 
 const SCAN_PAGE: u32 = 10_000;
@@ -18,6 +18,7 @@ pub struct LedgerReport {
     pub logs: u64,
     pub transactions: u64,
     pub volumes_rows: u64,
+    pub moves_rows: u64,
     pub assets: u64,
     /// Transactions whose volumes the store has not written yet (rebuilt when it reopens).
     pub unprojected: u64,
@@ -40,8 +41,13 @@ impl fmt::Display for Report {
         for ledger in &self.ledgers {
             writeln!(
                 f,
-                "ledger {}: {} logs (hash chain recomputed), {} transactions, {} volume rows, {} assets summed",
-                ledger.name, ledger.logs, ledger.transactions, ledger.volumes_rows, ledger.assets
+                "ledger {}: {} logs (hash chain recomputed), {} transactions, {} volume rows, {} moves, {} assets summed",
+                ledger.name,
+                ledger.logs,
+                ledger.transactions,
+                ledger.volumes_rows,
+                ledger.moves_rows,
+                ledger.assets
             )?;
             if ledger.unprojected > 0 {
                 writeln!(
@@ -254,7 +260,207 @@ fn verify_ledger(
                 .push(format!("asset {asset} sums to {sum}, not 0"));
         }
     }
+
+    // 4. The moves of each account and asset sum to its volumes (less the transactions whose
+    //    moves the store writes after their commit and has not written yet).
+    let mut check = MovesCheck {
+        volumes: VolumeCursor::new(reader, ledger.id),
+        pending: pending_moves(reader, ledger.id)?,
+        problems: &mut out.problems,
+    };
+    let mut cursor: Option<(String, TxId, String)> = None;
+    let mut address: Option<String> = None;
+    let mut moved: BTreeMap<String, Volumes> = BTreeMap::new();
+    loop {
+        let rows = reader.scan_moves(ledger.id, cursor.as_ref(), SCAN_PAGE)?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            out.moves_rows += 1;
+            if address.as_deref() != Some(row.address.as_str()) {
+                if let Some(done) = address.take() {
+                    check.account(&done, std::mem::take(&mut moved))?;
+                }
+                address = Some(row.address.clone());
+            }
+            let sum = moved.entry(row.asset.clone()).or_default();
+            let added = sum
+                .receive(row.input_delta)
+                .and_then(|()| sum.send(row.output_delta));
+            if added.is_err() {
+                check
+                    .problems
+                    .push(format!("moves of {} {} overflow", row.address, row.asset));
+            }
+            cursor = Some((row.address, row.tx_id, row.asset));
+        }
+    }
+    if let Some(done) = address.take() {
+        check.account(&done, moved)?;
+    }
+    check.rest()?;
     Ok(out)
+}
+
+/// Per account and asset, what the transactions whose moves are not written yet moved.
+fn pending_moves(
+    reader: &dyn StoreReader,
+    ledger: LedgerId,
+) -> Result<BTreeMap<(String, String), Volumes>, StoreError> {
+    let mut pending: BTreeMap<(String, String), Volumes> = BTreeMap::new();
+    for (first, last) in reader.pending_move_ranges(ledger)? {
+        let mut after = first.saturating_sub(1);
+        'range: loop {
+            let transactions = reader.scan_transactions(ledger, after, SCAN_PAGE)?;
+            if transactions.is_empty() {
+                break;
+            }
+            for tx in transactions {
+                if tx.id > last {
+                    break 'range;
+                }
+                after = tx.id;
+                for posting in &tx.postings {
+                    // Overflows are reported by the volumes check.
+                    let _ = pending
+                        .entry((posting.source.clone(), posting.asset.clone()))
+                        .or_default()
+                        .send(posting.amount);
+                    let _ = pending
+                        .entry((posting.destination.clone(), posting.asset.clone()))
+                        .or_default()
+                        .receive(posting.amount);
+                }
+            }
+        }
+    }
+    Ok(pending)
+}
+
+/// Compares sums of moves, account by account in key order, with the volumes rows, read in the
+/// same order.
+struct MovesCheck<'a, 'r> {
+    volumes: VolumeCursor<'r>,
+    pending: BTreeMap<(String, String), Volumes>,
+    problems: &'a mut Vec<String>,
+}
+
+impl MovesCheck<'_, '_> {
+    /// Volumes less what pending moves will add.
+    fn expected(&self, address: &str, asset: &str, stored: Volumes) -> Option<Volumes> {
+        let pending = self
+            .pending
+            .get(&(address.to_string(), asset.to_string()))
+            .copied()
+            .unwrap_or_default();
+        Some(Volumes {
+            input: stored.input.checked_sub(pending.input)?,
+            output: stored.output.checked_sub(pending.output)?,
+        })
+    }
+
+    fn account(
+        &mut self,
+        address: &str,
+        moved: BTreeMap<String, Volumes>,
+    ) -> Result<(), StoreError> {
+        for (asset, sum) in moved {
+            let key = (address.to_string(), asset);
+            // Volumes rows before this one have no moves at all.
+            while let Some(row) = self.volumes.peek()? {
+                if (row.address.as_str(), row.asset.as_str()) >= (key.0.as_str(), key.1.as_str()) {
+                    break;
+                }
+                let row = self.volumes.next()?.expect("peeked");
+                self.unmoved(&row.address, &row.asset, row.volumes);
+            }
+            let stored = match self.volumes.peek()? {
+                Some(row) if row.address == key.0 && row.asset == key.1 => {
+                    self.volumes.next()?.expect("peeked").volumes
+                }
+                _ => Volumes::default(),
+            };
+            let expected = self.expected(&key.0, &key.1, stored);
+            if expected != Some(sum) {
+                self.problems.push(format!(
+                    "moves of {} {} sum to in={} out={}, volumes (less moves not written yet) say {}",
+                    key.0,
+                    key.1,
+                    sum.input,
+                    sum.output,
+                    match expected {
+                        Some(v) => format!("in={} out={}", v.input, v.output),
+                        None => "less than the pending moves".to_string(),
+                    }
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn unmoved(&mut self, address: &str, asset: &str, stored: Volumes) {
+        if self.expected(address, asset, stored) != Some(Volumes::default()) {
+            self.problems.push(format!(
+                "volumes of {address} {asset} are in={} out={} but it has no moves",
+                stored.input, stored.output
+            ));
+        }
+    }
+
+    /// Volumes rows after the last account with moves.
+    fn rest(&mut self) -> Result<(), StoreError> {
+        while let Some(row) = self.volumes.next()? {
+            self.unmoved(&row.address, &row.asset, row.volumes);
+        }
+        Ok(())
+    }
+}
+
+/// Volumes rows in (address, asset) order, a page at a time.
+struct VolumeCursor<'r> {
+    reader: &'r dyn StoreReader,
+    ledger: LedgerId,
+    after: Option<(String, String)>,
+    page: VecDeque<VolumeRow>,
+    done: bool,
+}
+
+impl<'r> VolumeCursor<'r> {
+    fn new(reader: &'r dyn StoreReader, ledger: LedgerId) -> VolumeCursor<'r> {
+        VolumeCursor {
+            reader,
+            ledger,
+            after: None,
+            page: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    fn fill(&mut self) -> Result<(), StoreError> {
+        if self.page.is_empty() && !self.done {
+            self.page = self
+                .reader
+                .scan_volumes(self.ledger, self.after.as_ref(), SCAN_PAGE)?
+                .into();
+            self.done = self.page.is_empty();
+        }
+        Ok(())
+    }
+
+    fn peek(&mut self) -> Result<Option<&VolumeRow>, StoreError> {
+        self.fill()?;
+        Ok(self.page.front())
+    }
+
+    fn next(&mut self) -> Result<Option<VolumeRow>, StoreError> {
+        self.fill()?;
+        let next = self.page.pop_front();
+        if let Some(row) = &next {
+            self.after = Some((row.address.clone(), row.asset.clone()));
+        }
+        Ok(next)
+    }
 }
 
 /// The transaction a log entry creates, if any; an unreadable payload is a problem.

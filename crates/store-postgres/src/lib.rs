@@ -339,6 +339,10 @@ impl SqlBackend for Snapshot {
         &PostgresDialect
     }
 
+    fn pending_moves(&self) -> bool {
+        true
+    }
+
     fn query(&self, sql: &str, params: &[SqlValue]) -> StoreResult<Vec<Row>> {
         let mut client = self
             .client
@@ -361,6 +365,10 @@ pub struct Readers {
 impl SqlBackend for Readers {
     fn dialect(&self) -> &dyn Dialect {
         &PostgresDialect
+    }
+
+    fn pending_moves(&self) -> bool {
+        true
     }
 
     fn query(&self, sql: &str, params: &[SqlValue]) -> StoreResult<Vec<Row>> {

@@ -410,4 +410,14 @@ fn verify_reports_tampering() {
         "UPDATE volumes SET output = output - 5 WHERE address = 'world'",
         &["asset USD sums to 5, not 0"],
     );
+    check(
+        "",
+        "DELETE FROM moves WHERE tx_id = 5 AND address = 'u:1'",
+        &["moves of u:1 USD sum to in=40 out=0, volumes (less moves not written yet) say in=90 out=0"],
+    );
+    check(
+        "",
+        "DELETE FROM moves WHERE address = 'u:0'",
+        &["volumes of u:0 USD are in=60 out=0 but it has no moves"],
+    );
 }
