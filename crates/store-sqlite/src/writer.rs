@@ -25,11 +25,16 @@ use crate::projections::{self, Applied, Flusher, Projections, TxRow};
 use crate::wal::{WalCatchUp, WalWatch};
 use coffer_ledger::durability::CommitSync;
 
-/// Volumes and transactions handed to the flusher are kept until it confirms them; past this
-/// many entries (or twice what the last pruning kept) the confirmed ones are dropped.
+/// Volumes handed to the flusher are kept until it confirms them; past this many entries (or
+/// twice what the last pruning kept) the confirmed ones are dropped.
 const RECENT_PRUNE_ENTRIES: usize = 100_000;
-/// Past this many unconfirmed entries, the writer waits for the flusher.
+/// Past this many unconfirmed entries (volumes, or transactions), the writer waits for the
+/// flusher.
 const RECENT_ENTRIES_MAX: usize = 500_000;
+/// Confirmed transactions dropped per commit at most: they leave a little at a time, in the
+/// order they were handed over, rather than in one sweep that would hold up a batch for
+/// milliseconds (more than are handed over per commit, so they cannot pile up).
+const RECENT_TRANSACTIONS_DROPPED_PER_COMMIT: usize = 1024;
 
 pub struct SqliteWriter {
     conn: Connection,
@@ -47,8 +52,11 @@ pub struct SqliteWriter {
     recent_transactions: HashMap<(LedgerId, TxId), (Arc<TxRow>, u64)>,
     /// References of the transactions handed over, with their generation.
     recent_references: HashMap<(LedgerId, String), u64>,
-    /// Entries of the maps above past which confirmed ones are dropped: twice what the last
-    /// pruning kept, so that it runs once for many commits even while the flusher is behind.
+    /// Transactions in `recent_transactions` in hand-over order, with the generation of that
+    /// hand-over (an entry whose generation changed since was handed over again).
+    recent_order: std::collections::VecDeque<(u64, LedgerId, TxId)>,
+    /// Volumes entries past which confirmed ones are dropped: twice what the last pruning
+    /// kept, so that it runs once for many commits even while the flusher is behind.
     prune_entries: usize,
     flusher: Flusher,
     wal: WalCatchUp,
@@ -79,6 +87,7 @@ impl SqliteWriter {
             recent: HashMap::new(),
             recent_transactions: HashMap::new(),
             recent_references: HashMap::new(),
+            recent_order: std::collections::VecDeque::new(),
             prune_entries: RECENT_PRUNE_ENTRIES,
             flusher: Flusher::start(path, wal_projections, durable.clone())?,
             wal,
@@ -100,26 +109,55 @@ impl SqliteWriter {
     /// Between batches only: a batch reads the projections database after this, so it sees
     /// every write the flusher confirmed.
     fn prune_recent(&mut self) -> StoreResult<()> {
-        let entries = self.recent.len() + self.recent_transactions.len();
-        if entries <= self.prune_entries {
-            return Ok(());
-        }
         let flushed = self.flusher.flushed();
-        self.recent
-            .retain(|_, (_, generation)| *generation > flushed);
-        self.recent_transactions
-            .retain(|_, (_, generation)| *generation > flushed);
-        self.recent_references
-            .retain(|_, generation| *generation > flushed);
-        if self.recent.len() + self.recent_transactions.len() > RECENT_ENTRIES_MAX {
+        self.drop_confirmed_transactions(flushed);
+        if self.recent_transactions.len() > RECENT_ENTRIES_MAX {
             self.flusher.ticket(self.generation).wait()?;
-            self.recent.clear();
             self.recent_transactions.clear();
             self.recent_references.clear();
+            self.recent_order.clear();
         }
-        let kept = self.recent.len() + self.recent_transactions.len();
-        self.prune_entries = (2 * kept).clamp(RECENT_PRUNE_ENTRIES, RECENT_ENTRIES_MAX);
+        if self.recent.len() <= self.prune_entries {
+            return Ok(());
+        }
+        self.recent
+            .retain(|_, (_, generation)| *generation > flushed);
+        if self.recent.len() > RECENT_ENTRIES_MAX {
+            self.flusher.ticket(self.generation).wait()?;
+            self.recent.clear();
+        }
+        self.prune_entries =
+            (2 * self.recent.len()).clamp(RECENT_PRUNE_ENTRIES, RECENT_ENTRIES_MAX);
         Ok(())
+    }
+
+    /// Drops up to `RECENT_TRANSACTIONS_DROPPED_PER_COMMIT` transactions (and their
+    /// references) the flusher has written, oldest first.
+    fn drop_confirmed_transactions(&mut self, flushed: u64) {
+        for _ in 0..RECENT_TRANSACTIONS_DROPPED_PER_COMMIT {
+            match self.recent_order.front() {
+                Some(&(generation, ledger, id)) if generation <= flushed => {
+                    self.recent_order.pop_front();
+                    let key = (ledger, id);
+                    if self.recent_transactions.get(&key).map(|(_, g)| *g) != Some(generation) {
+                        continue; // handed over again since: a later entry drops it
+                    }
+                    let (row, _) = self.recent_transactions.remove(&key).expect("found");
+                    if let Some(reference) = &row.reference {
+                        // Handed over with the transaction's first hand-over, so written too.
+                        let reference_key = (ledger, reference.clone());
+                        if self
+                            .recent_references
+                            .get(&reference_key)
+                            .is_some_and(|written| *written <= flushed)
+                        {
+                            self.recent_references.remove(&reference_key);
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
     }
 
     /// A transaction as the writer must see it: handed over and not yet written, or written.
@@ -147,6 +185,8 @@ impl SqliteWriter {
         row.updated_at = update.updated_at.micros();
         self.recent_transactions
             .insert(key, (Arc::new(row), self.generation));
+        self.recent_order
+            .push_back((self.generation, update.ledger, update.id));
         Ok(())
     }
 }
@@ -188,6 +228,8 @@ impl StoreWriter for SqliteWriter {
                 }
                 self.recent_transactions
                     .insert((row.ledger, row.id), (row.clone(), self.generation));
+                self.recent_order
+                    .push_back((self.generation, row.ledger, row.id));
             }
             for update in &staged.updates {
                 // The writer must see its own change until the flusher wrote it; failing that,
