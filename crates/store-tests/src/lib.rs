@@ -1353,7 +1353,8 @@ macro_rules! store_suite {
         $crate::store_suite!(@tests $open;
             ledger_lifecycle, postings_and_volumes, scripts, idempotency_and_references,
             revert_and_metadata, lists_and_filters, grouped_volumes, atomic_groups, point_in_time,
-            export_import, restart, concurrent_transfers, random_workload, durable_answers);
+            export_import, restart, concurrent_transfers, random_workload, durable_answers,
+            transactions_of_every_age);
     };
     (@tests $open:expr; $($name:ident),*) => {
         $(
@@ -1364,6 +1365,109 @@ macro_rules! store_suite {
             }
         )*
     };
+}
+
+/// Writes that read earlier transactions (references, reverts, metadata) see them whatever
+/// their age: committed by the batch just before, written by the store since, or long written
+/// and then changed. (Stores may write transactions behind their commits and keep what they have
+/// not written in memory; this crosses each of those states.)
+pub fn transactions_of_every_age(backend: &dyn Backend) {
+    let ledgers = service(backend);
+    create_ledger(&ledgers, "main");
+    let with_reference = |reference: &str, amount| {
+        let mut tx = new_tx(vec![posting("world", "a", amount, "USD")]);
+        tx.reference = Some(reference.to_string());
+        tx
+    };
+    let revert = |id| {
+        Request::new(
+            "main",
+            Command::RevertTransaction {
+                id,
+                force: true,
+                at_effective_date: false,
+                metadata: Metadata::new(),
+            },
+        )
+    };
+    let set = |id, pairs: &[(&str, &str)]| {
+        Request::new(
+            "main",
+            Command::SaveMetadata {
+                target: Target::Transaction(id),
+                metadata: meta(pairs),
+            },
+        )
+    };
+    // Young: each write follows the one it depends on at once.
+    let young = commit(&ledgers, "main", with_reference("young", 10)).unwrap();
+    assert!(matches!(
+        commit(&ledgers, "main", with_reference("young", 1)),
+        Err(LedgerError::DuplicateReference(_))
+    ));
+    ledgers
+        .write_blocking(set(young.id, &[("k", "1")]))
+        .unwrap();
+    ledgers.write_blocking(revert(young.id)).unwrap();
+    assert!(matches!(
+        ledgers.write_blocking(revert(young.id)),
+        Err(LedgerError::AlreadyReverted(_))
+    ));
+    // Old: read back (which waits for whatever the store writes behind), then many commits
+    // after it, so that nothing of it is held back any more.
+    let old = commit(&ledgers, "main", with_reference("old", 20)).unwrap();
+    assert_eq!(ledgers.get_transaction("main", old.id, None).unwrap(), old);
+    for i in 0..3_000 {
+        commit(
+            &ledgers,
+            "main",
+            new_tx(vec![posting("world", &format!("u:{}", i % 7), 1, "USD")]),
+        )
+        .unwrap();
+    }
+    ledgers.get_transaction("main", 1, None).unwrap();
+    for _ in 0..50 {
+        commit(
+            &ledgers,
+            "main",
+            new_tx(vec![posting("world", "u:x", 1, "USD")]),
+        )
+        .unwrap();
+    }
+    assert!(matches!(
+        commit(&ledgers, "main", with_reference("old", 1)),
+        Err(LedgerError::DuplicateReference(_))
+    ));
+    ledgers.write_blocking(set(old.id, &[("k", "2")])).unwrap();
+    // Changed, then changed again before the store wrote the first change.
+    ledgers.write_blocking(set(old.id, &[("j", "3")])).unwrap();
+    ledgers.write_blocking(revert(old.id)).unwrap();
+    assert!(matches!(
+        ledgers.write_blocking(revert(old.id)),
+        Err(LedgerError::AlreadyReverted(_))
+    ));
+    let check = |ledgers: &Ledgers| {
+        let young_now = ledgers.get_transaction("main", young.id, None).unwrap();
+        assert_eq!(young_now.metadata, meta(&[("k", "1")]));
+        assert!(young_now.reverted_at.is_some());
+        let old_now = ledgers.get_transaction("main", old.id, None).unwrap();
+        assert_eq!(old_now.metadata, meta(&[("k", "2"), ("j", "3")]));
+        assert!(old_now.reverted_at.is_some());
+        assert_eq!(balance(ledgers, "main", "a", "USD"), 0);
+    };
+    check(&ledgers);
+    ledgers.shutdown();
+    drop(ledgers);
+    let ledgers = service(backend);
+    check(&ledgers);
+    for reference in ["young", "old"] {
+        assert!(matches!(
+            commit(&ledgers, "main", with_reference(reference, 1)),
+            Err(LedgerError::DuplicateReference(_))
+        ));
+    }
+    let verified = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(verified.is_ok(), "{verified}");
 }
 
 pub fn run(name: &str, backend: &dyn Backend) {
@@ -1382,6 +1486,7 @@ pub fn run(name: &str, backend: &dyn Backend) {
         "concurrent_transfers" => workload::concurrent_transfers(backend),
         "random_workload" => workload::random_workload(backend),
         "durable_answers" => durable_answers(backend),
+        "transactions_of_every_age" => transactions_of_every_age(backend),
         other => panic!("unknown scenario {other}"),
     }
 }
