@@ -87,6 +87,15 @@ impl SqliteStore {
         if !path.exists() {
             return Err(err(format!("no store at {}", path.display())));
         }
+        let projections = projections_path(path);
+        if !projections.exists() {
+            // Attaching would create an empty one; only a read-write open rebuilds it.
+            return Err(err(format!(
+                "{} is missing: open the store read-write once (coffer serve or coffer bench) \
+                 to rebuild it from the logs",
+                projections.display()
+            )));
+        }
         let conn = open_main(path, READ_CACHE_KIB)?;
         if !conn::schema_is_current(&conn)? {
             return Err(err("the store's schema version differs from this binary's"));

@@ -119,16 +119,6 @@ impl Projections {
             && self.applied.is_empty()
     }
 
-    pub fn absorb(&mut self, other: Projections) {
-        self.transactions.extend(other.transactions);
-        self.updates.extend(other.updates);
-        self.volumes.extend(other.volumes);
-        self.moves.extend(other.moves);
-        for (ledger, applied) in other.applied {
-            self.applied_to(ledger, applied);
-        }
-    }
-
     pub fn applied_to(&mut self, ledger: LedgerId, applied: Applied) {
         let current = self.applied.entry(ledger).or_default();
         current.tx = current.tx.max(applied.tx);
@@ -149,13 +139,17 @@ impl Projections {
     }
 }
 
-/// Writes projections in the current transaction of `conn` (unqualified table names resolve to
-/// the projections database, on the flusher's connection as on an attaching one).
-pub fn write(conn: &Connection, projections: &mut Projections) -> StoreResult<()> {
+/// Writes projections, hand-overs in commit order, in the current transaction of `conn`
+/// (unqualified table names resolve to the projections database, on the flusher's connection as
+/// on an attaching one). They are read where they lie rather than merged first: a key's last
+/// volumes win, everything else is written once.
+pub fn write(conn: &Connection, batches: &[Projections]) -> StoreResult<()> {
     // Key order keeps consecutive inserts on the same B-tree pages (commit order nearly is).
-    projections
-        .transactions
-        .sort_unstable_by_key(|row| (row.ledger, row.id));
+    let mut transactions: Vec<&TxRow> = batches
+        .iter()
+        .flat_map(|batch| batch.transactions.iter().map(|row| &**row))
+        .collect();
+    transactions.sort_unstable_by_key(|row| (row.ledger, row.id));
     {
         let mut statement = conn
             .prepare_cached(
@@ -164,7 +158,7 @@ pub fn write(conn: &Connection, projections: &mut Projections) -> StoreResult<()
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .map_err(err)?;
-        for row in &projections.transactions {
+        for row in transactions {
             statement
                 .execute(params![
                     row.ledger,
@@ -189,7 +183,7 @@ pub fn write(conn: &Connection, projections: &mut Projections) -> StoreResult<()
                  WHERE ledger_id = ?1 AND id = ?2",
             )
             .map_err(err)?;
-        for update in &projections.updates {
+        for update in batches.iter().flat_map(|batch| &batch.updates) {
             let changed = statement
                 .execute(params![
                     update.ledger,
@@ -207,7 +201,8 @@ pub fn write(conn: &Connection, projections: &mut Projections) -> StoreResult<()
             }
         }
     }
-    projections.moves.sort_unstable_by(|a, b| {
+    let mut moves: Vec<&MoveRow> = batches.iter().flat_map(|batch| &batch.moves).collect();
+    moves.sort_unstable_by(|a, b| {
         (a.ledger, &a.address, a.tx_id, &a.asset).cmp(&(b.ledger, &b.address, b.tx_id, &b.asset))
     });
     {
@@ -217,7 +212,7 @@ pub fn write(conn: &Connection, projections: &mut Projections) -> StoreResult<()
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .map_err(err)?;
-        for row in &projections.moves {
+        for row in moves {
             statement
                 .execute(params![
                     row.ledger,
@@ -232,7 +227,14 @@ pub fn write(conn: &Connection, projections: &mut Projections) -> StoreResult<()
                 .map_err(err)?;
         }
     }
-    let mut volumes: Vec<(&VolumeKey, &Volumes)> = projections.volumes.iter().collect();
+    // The latest volumes of each key: the last hand-over that has it.
+    let mut latest: HashMap<&VolumeKey, &Volumes> = HashMap::new();
+    for batch in batches.iter().rev() {
+        for (key, volumes) in &batch.volumes {
+            latest.entry(key).or_insert(volumes);
+        }
+    }
+    let mut volumes: Vec<(&VolumeKey, &Volumes)> = latest.into_iter().collect();
     volumes.sort_unstable_by(|a, b| a.0.cmp(b.0));
     {
         let mut statement = conn
@@ -253,6 +255,12 @@ pub fn write(conn: &Connection, projections: &mut Projections) -> StoreResult<()
                 .map_err(err)?;
         }
     }
+    let mut applied = Projections::default();
+    for batch in batches {
+        for (ledger, covered) in &batch.applied {
+            applied.applied_to(*ledger, *covered);
+        }
+    }
     let mut statement = conn
         .prepare_cached(
             "INSERT INTO projection_state (ledger_id, applied_tx_id, applied_log_id) VALUES (?1, ?2, ?3) \
@@ -261,17 +269,17 @@ pub fn write(conn: &Connection, projections: &mut Projections) -> StoreResult<()
              applied_log_id = MAX(applied_log_id, excluded.applied_log_id)",
         )
         .map_err(err)?;
-    for (ledger, applied) in &projections.applied {
+    for (ledger, covered) in &applied.applied {
         statement
-            .execute(params![ledger, applied.tx as i64, applied.log as i64])
+            .execute(params![ledger, covered.tx as i64, covered.log as i64])
             .map_err(err)?;
     }
     Ok(())
 }
 
-fn write_in_transaction(conn: &Connection, projections: &mut Projections) -> StoreResult<()> {
+fn write_in_transaction(conn: &Connection, batches: &[Projections]) -> StoreResult<()> {
     conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
-    match write(conn, projections) {
+    match write(conn, batches) {
         Ok(()) => conn.execute_batch("COMMIT").map_err(err),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
@@ -398,31 +406,32 @@ fn flusher_loop(
     loop {
         // Wait for data, then gather more until the delay passes, a reader kicks, or the rows
         // pile up.
-        let mut gathered: Option<(u64, Projections)> = None;
+        let mut gathered: Option<(u64, Vec<Projections>)> = None;
+        let mut rows = 0;
         let mut disconnected = false;
         let mut started = Instant::now();
         loop {
             let message = match &gathered {
                 None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some((_, projections)) => {
-                    let rows = projections.rows();
-                    match gather.checked_sub(started.elapsed()) {
-                        Some(left) if rows < FLUSH_ROWS_MAX => receiver.recv_timeout(left),
-                        _ => break,
-                    }
-                }
+                Some(_) => match gather.checked_sub(started.elapsed()) {
+                    Some(left) if rows < FLUSH_ROWS_MAX => receiver.recv_timeout(left),
+                    _ => break,
+                },
             };
             match message {
-                Ok(Message::Data(generation, projections)) => match &mut gathered {
-                    Some((last, all)) => {
-                        all.absorb(projections);
-                        *last = (*last).max(generation);
+                Ok(Message::Data(generation, projections)) => {
+                    rows += projections.rows();
+                    match &mut gathered {
+                        Some((last, all)) => {
+                            all.push(projections);
+                            *last = (*last).max(generation);
+                        }
+                        None => {
+                            gathered = Some((generation, vec![projections]));
+                            started = Instant::now();
+                        }
                     }
-                    None => {
-                        gathered = Some((generation, projections));
-                        started = Instant::now();
-                    }
-                },
+                }
                 Ok(Message::Kick) if gathered.is_some() => break,
                 Ok(Message::Kick) => {}
                 Err(RecvTimeoutError::Timeout) => break,
@@ -432,14 +441,14 @@ fn flusher_loop(
                 }
             }
         }
-        if let Some((generation, mut projections)) = gathered {
+        if let Some((generation, batches)) = gathered {
             catch_up.run(&conn, "main");
             // Every hand-over follows its commit's return, so this covers all gathered.
             while let Err(error) = durable.sync() {
                 tracing::error!(error = %error, "syncing the transactions failed; retrying");
                 std::thread::sleep(RETRY_DELAY);
             }
-            write_until_done(&conn, generation, &mut projections, &shared);
+            write_until_done(&conn, generation, &batches, rows, &shared);
         }
         if disconnected {
             break;
@@ -454,13 +463,13 @@ fn flusher_loop(
 fn write_until_done(
     conn: &Connection,
     generation: u64,
-    projections: &mut Projections,
+    batches: &[Projections],
+    rows: usize,
     shared: &Arc<(Mutex<FlushState>, Condvar)>,
 ) {
     let started = Instant::now();
-    let rows = projections.rows();
     loop {
-        match write_in_transaction(conn, projections) {
+        match write_in_transaction(conn, batches) {
             Ok(()) => {
                 let (lock, condvar) = &**shared;
                 let mut state = lock.lock();
@@ -578,8 +587,8 @@ pub fn recover(conn: &Connection) -> StoreResult<u64> {
                 applied.log = *id;
                 replayed += 1;
             }
-            let mut projections = page.into_projections(ledger, applied);
-            write_in_transaction(conn, &mut projections)?;
+            let projections = page.into_projections(ledger, applied);
+            write_in_transaction(conn, std::slice::from_ref(&projections))?;
         }
     }
     if replayed > 0 {
@@ -843,7 +852,7 @@ pub fn recover_legacy(conn: &Connection) -> StoreResult<u64> {
                 applied = tx.id as i64;
                 replayed += 1;
             }
-            write_in_transaction(conn, &mut projections)?;
+            write_in_transaction(conn, std::slice::from_ref(&projections))?;
         }
     }
     Ok(replayed)

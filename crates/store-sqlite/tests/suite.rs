@@ -41,6 +41,27 @@ fn a_second_process_cannot_open_the_store() {
     assert!(reader.writer().is_err());
 }
 
+/// A read-only open (`coffer verify` beside a server) of a store whose projections file is gone
+/// says so, and creates nothing; a read-write open rebuilds it.
+#[test]
+fn a_read_only_open_without_projections_says_what_to_do() {
+    let backend = fresh();
+    let path = backend.dir.path().join("coffer.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let projections = coffer_store_sqlite::projections_path(&path);
+    std::fs::remove_file(&projections).unwrap();
+    let error = SqliteStore::open_read_only(&path).err().expect("refused");
+    assert!(
+        error
+            .to_string()
+            .contains("is missing: open the store read-write"),
+        "{error}"
+    );
+    assert!(!projections.exists());
+    drop(SqliteStore::open(&path).unwrap());
+    assert!(SqliteStore::open_read_only(&path).is_ok());
+}
+
 /// Transactions, volumes and moves are written behind the commits; whatever the projections
 /// database lost (a crash before the flusher wrote, or the file itself), reopening rebuilds it
 /// from the logs, exactly as the engine wrote it: references, metadata changes and reverts
