@@ -550,6 +550,7 @@ pub fn recover(conn: &Connection) -> StoreResult<u64> {
         rows.collect::<Result<_, _>>().map_err(err)?
     };
     let mut replayed = 0;
+    let mut pages = 0;
     for (ledger, mut applied) in ledgers {
         let mut replay = Replay {
             conn,
@@ -589,6 +590,7 @@ pub fn recover(conn: &Connection) -> StoreResult<u64> {
             }
             let projections = page.into_projections(ledger, applied);
             write_in_transaction(conn, std::slice::from_ref(&projections))?;
+            bound_wal(conn, &mut pages)?;
         }
     }
     if replayed > 0 {
@@ -598,6 +600,21 @@ pub fn recover(conn: &Connection) -> StoreResult<u64> {
         );
     }
     Ok(replayed)
+}
+
+/// Pages rebuilt between two checkpoints of the projections WAL. No checkpointer runs before the
+/// store is open, so a rebuild of a large store would otherwise grow the WAL to the size of
+/// everything it writes.
+const REBUILD_PAGES_PER_CHECKPOINT: u32 = 4;
+
+fn bound_wal(conn: &Connection, pages: &mut u32) -> StoreResult<()> {
+    *pages += 1;
+    if *pages % REBUILD_PAGES_PER_CHECKPOINT == 0 {
+        // Nothing else has the store open yet: the checkpoint completes and the WAL restarts.
+        conn.execute_batch("PRAGMA projections.wal_checkpoint(TRUNCATE)")
+            .map_err(err)?;
+    }
+    Ok(())
 }
 
 /// One ledger's replay: volumes as of the last replayed log.
@@ -821,6 +838,7 @@ pub fn recover_legacy(conn: &Connection) -> StoreResult<u64> {
         rows.collect::<Result<_, _>>().map_err(err)?
     };
     let mut replayed = 0;
+    let mut pages = 0;
     for (ledger, mut applied) in ledgers {
         loop {
             let rows = run_query(
@@ -853,6 +871,7 @@ pub fn recover_legacy(conn: &Connection) -> StoreResult<u64> {
                 replayed += 1;
             }
             write_in_transaction(conn, std::slice::from_ref(&projections))?;
+            bound_wal(conn, &mut pages)?;
         }
     }
     Ok(replayed)
