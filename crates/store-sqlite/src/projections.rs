@@ -552,11 +552,7 @@ pub fn recover(conn: &Connection) -> StoreResult<u64> {
     let mut replayed = 0;
     let mut pages = 0;
     for (ledger, mut applied) in ledgers {
-        let mut replay = Replay {
-            conn,
-            ledger,
-            volumes: HashMap::new(),
-        };
+        let mut replay = Replay { conn, ledger };
         loop {
             let logs: Vec<(LogId, String, i64, String)> = {
                 let mut statement = conn
@@ -617,11 +613,11 @@ fn bound_wal(conn: &Connection, pages: &mut u32) -> StoreResult<()> {
     Ok(())
 }
 
-/// One ledger's replay: volumes as of the last replayed log.
+/// One ledger's replay. Volumes come from the page's own, then from the projections database,
+/// which holds every page written before: memory follows the page, not the accounts replayed.
 struct Replay<'c> {
     conn: &'c Connection,
     ledger: LedgerId,
-    volumes: HashMap<(String, String), Volumes>,
 }
 
 /// What one page of logs produced.
@@ -740,8 +736,7 @@ impl Replay<'_> {
                     volumes.send(posting.amount)
                 };
                 moved.map_err(|_| err(format!("volumes of {address} overflow in the log")))?;
-                page.volumes.insert(key.clone(), volumes);
-                self.volumes.insert(key, volumes);
+                page.volumes.insert(key, volumes);
             }
         }
         for posting in &postings {
@@ -773,9 +768,6 @@ impl Replay<'_> {
     }
 
     fn stored_volumes(&mut self, key: &(String, String)) -> StoreResult<Volumes> {
-        if let Some(volumes) = self.volumes.get(key) {
-            return Ok(*volumes);
-        }
         let row = self
             .conn
             .prepare_cached(
