@@ -196,6 +196,27 @@ fn verify_ledger(
                         .push(format!("volumes of {} overflow", posting.destination));
                 }
             }
+            // Its post-commit volumes are the volumes right after it, in id order.
+            for posting in &tx.postings {
+                for address in [&posting.source, &posting.destination] {
+                    let key = (address.clone(), posting.asset.clone());
+                    let after_it = computed.get(&key).copied().unwrap_or_default();
+                    let stored = tx
+                        .post_commit_volumes
+                        .get(address)
+                        .and_then(|assets| assets.get(&posting.asset));
+                    if stored != Some(&after_it) {
+                        out.problems.push(format!(
+                            "transaction {}: post-commit volumes of {address} {} are {}, its postings and those before give in={} out={}",
+                            tx.id,
+                            posting.asset,
+                            stored.map_or("missing".to_string(), |v| format!("in={} out={}", v.input, v.output)),
+                            after_it.input,
+                            after_it.output
+                        ));
+                    }
+                }
+            }
         }
     }
     // A store that writes transaction rows behind the commit holds them up to its projected

@@ -438,6 +438,12 @@ fn verify_reports_tampering() {
     );
     check(
         "",
+        "UPDATE transactions SET post_commit_volumes = \
+           (SELECT post_commit_volumes FROM transactions WHERE id = 1) WHERE id = 3",
+        &["transaction 3: post-commit volumes of world USD are in=0 out=10, its postings and those before give in=0 out=60"],
+    );
+    check(
+        "",
         "DELETE FROM moves WHERE address = 'u:0'",
         &["volumes of u:0 USD are in=60 out=0 but it has no moves"],
     );
