@@ -8,7 +8,7 @@ use crate::log::{
     chain_hash, Log, LogTransaction, LogType, NewTransactionPayload, RevertedTransactionPayload,
 };
 use crate::store::{Store, StoreReader, VolumeRow};
-use crate::types::{Amount, LedgerId, LedgerInfo, Transaction, TxId, Volumes};
+use crate::types::{Amount, LedgerId, LedgerInfo, Posting, Transaction, TxId, Volumes};
 
 const SCAN_PAGE: u32 = 10_000;
 
@@ -157,64 +157,48 @@ fn verify_ledger(
     out.unprojected = 0;
     let mut computed: BTreeMap<(String, String), Volumes> = BTreeMap::new();
     let mut after = 0;
-    loop {
-        let transactions = reader.scan_transactions(ledger.id, after, SCAN_PAGE)?;
-        if transactions.is_empty() {
-            break;
+    let mut transactions = TxCursor::new(reader, ledger.id);
+    while let Some(tx) = transactions.next()? {
+        if tx.id != after + 1 {
+            out.problems.push(format!(
+                "transaction {} follows transaction {after} (gap)",
+                tx.id
+            ));
         }
-        for tx in transactions {
-            if tx.id != after + 1 {
-                out.problems.push(format!(
-                    "transaction {} follows transaction {after} (gap)",
-                    tx.id
-                ));
-            }
-            after = tx.id;
-            out.transactions += 1;
-            if projected.is_some_and(|last| tx.id > last) {
-                out.unprojected += 1;
+        after = tx.id;
+        out.transactions += 1;
+        if projected.is_some_and(|last| tx.id > last) {
+            out.unprojected += 1;
+            continue;
+        }
+        for posting in &tx.postings {
+            if posting.amount < 0 {
+                out.problems
+                    .push(format!("transaction {} has a negative posting", tx.id));
                 continue;
             }
-            for posting in &tx.postings {
-                if posting.amount < 0 {
-                    out.problems
-                        .push(format!("transaction {} has a negative posting", tx.id));
-                    continue;
-                }
-                let source = computed
-                    .entry((posting.source.clone(), posting.asset.clone()))
-                    .or_default();
-                if source.send(posting.amount).is_err() {
-                    out.problems
-                        .push(format!("volumes of {} overflow", posting.source));
-                }
-                let destination = computed
-                    .entry((posting.destination.clone(), posting.asset.clone()))
-                    .or_default();
-                if destination.receive(posting.amount).is_err() {
-                    out.problems
-                        .push(format!("volumes of {} overflow", posting.destination));
-                }
+            for address in apply_posting(&mut computed, posting) {
+                out.problems.push(format!("volumes of {address} overflow"));
             }
-            // Its post-commit volumes are the volumes right after it, in id order.
-            for posting in &tx.postings {
-                for address in [&posting.source, &posting.destination] {
-                    let key = (address.clone(), posting.asset.clone());
-                    let after_it = computed.get(&key).copied().unwrap_or_default();
-                    let stored = tx
-                        .post_commit_volumes
-                        .get(address)
-                        .and_then(|assets| assets.get(&posting.asset));
-                    if stored != Some(&after_it) {
-                        out.problems.push(format!(
-                            "transaction {}: post-commit volumes of {address} {} are {}, its postings and those before give in={} out={}",
-                            tx.id,
-                            posting.asset,
-                            stored.map_or("missing".to_string(), |v| format!("in={} out={}", v.input, v.output)),
-                            after_it.input,
-                            after_it.output
-                        ));
-                    }
+        }
+        // Its post-commit volumes are the volumes right after it, in id order.
+        for posting in &tx.postings {
+            for address in [&posting.source, &posting.destination] {
+                let key = (address.clone(), posting.asset.clone());
+                let after_it = computed.get(&key).copied().unwrap_or_default();
+                let stored = tx
+                    .post_commit_volumes
+                    .get(address)
+                    .and_then(|assets| assets.get(&posting.asset));
+                if stored != Some(&after_it) {
+                    out.problems.push(format!(
+                        "transaction {}: post-commit volumes of {address} {} are {}, its postings and those before give in={} out={}",
+                        tx.id,
+                        posting.asset,
+                        stored.map_or("missing".to_string(), |v| format!("in={} out={}", v.input, v.output)),
+                        after_it.input,
+                        after_it.output
+                    ));
                 }
             }
         }
@@ -324,6 +308,30 @@ fn verify_ledger(
     Ok(out)
 }
 
+/// Moves a posting's amount out of its source and into its destination; the addresses whose
+/// volumes would overflow.
+fn apply_posting<'p>(
+    volumes: &mut BTreeMap<(String, String), Volumes>,
+    posting: &'p Posting,
+) -> impl Iterator<Item = &'p str> {
+    let source = volumes
+        .entry((posting.source.clone(), posting.asset.clone()))
+        .or_default()
+        .send(posting.amount)
+        .is_err();
+    let destination = volumes
+        .entry((posting.destination.clone(), posting.asset.clone()))
+        .or_default()
+        .receive(posting.amount)
+        .is_err();
+    [
+        source.then_some(posting.source.as_str()),
+        destination.then_some(posting.destination.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// Per account and asset, what the transactions whose moves are not written yet moved.
 fn pending_moves(
     reader: &dyn StoreReader,
@@ -344,14 +352,7 @@ fn pending_moves(
                 after = tx.id;
                 for posting in &tx.postings {
                     // Overflows are reported by the volumes check.
-                    let _ = pending
-                        .entry((posting.source.clone(), posting.asset.clone()))
-                        .or_default()
-                        .send(posting.amount);
-                    let _ = pending
-                        .entry((posting.destination.clone(), posting.asset.clone()))
-                        .or_default()
-                        .receive(posting.amount);
+                    let _ = apply_posting(&mut pending, posting);
                 }
             }
         }
