@@ -94,9 +94,16 @@ fn verify_ledger(
     let head = reader.ledger_head(ledger.id)?;
     let projected = reader.projected_tx_id(ledger.id)?;
 
-    // 1. The hash chain, from the first log; and each stored transaction is the one its log
-    //    created (stores may derive transaction rows from the log).
+    // 1. The hash chain, from the first log; each stored transaction is the one its log created
+    //    (stores may derive transaction rows from the log); and, in the same pass over the
+    //    transactions, volumes recomputed from every posting (up to what the store has
+    //    projected, when it writes projections lazily: the rest is rebuilt from the log when it
+    //    reopens).
     let mut stored = TxCursor::new(reader, ledger.id);
+    let mut volumes = VolumesPass {
+        projected,
+        ..VolumesPass::default()
+    };
     let mut created = 0;
     let mut previous = None;
     let mut expected_id = 1;
@@ -130,15 +137,24 @@ fn verify_ledger(
             out.logs += 1;
             if let Some(logged) = created_transaction(&log, &mut out.problems) {
                 created = logged.id;
-                check_against_log(&mut stored, &log, &logged, projected, &mut out.problems)?;
+                let tx = check_against_log(&mut stored, &log, &logged, projected, &mut out)?;
+                if let Some(tx) = tx {
+                    volumes.visit(&tx, &mut out);
+                }
             }
         }
     }
-    if let Some(extra) = stored.next()?.filter(|_| !stored.lost) {
-        out.problems.push(format!(
-            "transaction {} is stored but no log created it (the last created is {created})",
-            extra.id
-        ));
+    // Transactions no log created, or not compared once out of step with the log.
+    let mut extra_reported = stored.lost;
+    while let Some(tx) = stored.next()? {
+        if !extra_reported {
+            out.problems.push(format!(
+                "transaction {} is stored but no log created it (the last created is {created})",
+                tx.id
+            ));
+            extra_reported = true;
+        }
+        volumes.visit(&tx, &mut out);
     }
     if head.next_log_id != expected_id {
         out.problems.push(format!(
@@ -152,59 +168,9 @@ fn verify_ledger(
             .push("head's last hash differs from the last log's hash".to_string());
     }
 
-    // 2. Volumes recomputed from every posting (up to what the store has projected, when it
-    //    writes projections lazily; the rest is rebuilt from the log when it reopens).
-    out.unprojected = 0;
-    let mut computed: BTreeMap<(String, String), Volumes> = BTreeMap::new();
-    let mut after = 0;
-    let mut transactions = TxCursor::new(reader, ledger.id);
-    while let Some(tx) = transactions.next()? {
-        if tx.id != after + 1 {
-            out.problems.push(format!(
-                "transaction {} follows transaction {after} (gap)",
-                tx.id
-            ));
-        }
-        after = tx.id;
-        out.transactions += 1;
-        if projected.is_some_and(|last| tx.id > last) {
-            out.unprojected += 1;
-            continue;
-        }
-        for posting in &tx.postings {
-            if posting.amount < 0 {
-                out.problems
-                    .push(format!("transaction {} has a negative posting", tx.id));
-                continue;
-            }
-            for address in apply_posting(&mut computed, posting) {
-                out.problems.push(format!("volumes of {address} overflow"));
-            }
-        }
-        // Its post-commit volumes are the volumes right after it, in id order.
-        for posting in &tx.postings {
-            for address in [&posting.source, &posting.destination] {
-                let key = (address.clone(), posting.asset.clone());
-                let after_it = computed.get(&key).copied().unwrap_or_default();
-                let stored = tx
-                    .post_commit_volumes
-                    .get(address)
-                    .and_then(|assets| assets.get(&posting.asset));
-                if stored != Some(&after_it) {
-                    out.problems.push(format!(
-                        "transaction {}: post-commit volumes of {address} {} are {}, its postings and those before give in={} out={}",
-                        tx.id,
-                        posting.asset,
-                        stored.map_or("missing".to_string(), |v| format!("in={} out={}", v.input, v.output)),
-                        after_it.input,
-                        after_it.output
-                    ));
-                }
-            }
-        }
-    }
     // A store that writes transaction rows behind the commit holds them up to its projected
     // point; the later ones are in the log and rebuilt from it when the store reopens.
+    let after = volumes.after;
     let behind = projected.is_some_and(|last| last == after && head.next_tx_id > after + 1);
     if behind {
         let missing = head.next_tx_id - 1 - after;
@@ -216,6 +182,7 @@ fn verify_ledger(
             head.next_tx_id
         ));
     }
+    let mut computed = volumes.computed;
 
     // 3. Stored volumes equal the recomputed ones, and each asset sums to zero.
     let mut sums: BTreeMap<String, Amount> = BTreeMap::new();
@@ -507,35 +474,35 @@ fn created_transaction(log: &Log, problems: &mut Vec<String>) -> Option<LogTrans
 
 /// Compares the next stored transaction with the one `log` created: same id, postings,
 /// timestamp, reference, and inserted at the log's date. Metadata and reverts change later,
-/// through later logs.
+/// through later logs. Returns the transaction read, for the volumes pass.
 fn check_against_log(
     stored: &mut TxCursor<'_>,
     log: &Log,
     logged: &LogTransaction,
     projected: Option<TxId>,
-    problems: &mut Vec<String>,
-) -> Result<(), StoreError> {
+    out: &mut LedgerReport,
+) -> Result<Option<Transaction>, StoreError> {
     if stored.lost {
-        return Ok(());
+        return Ok(None);
     }
     let Some(tx) = stored.next()? else {
         // Not written yet by a store that writes transaction rows behind the commit.
         if projected.is_none_or(|last| logged.id <= last) {
-            problems.push(format!(
+            out.problems.push(format!(
                 "log {} created transaction {}, which is not stored",
                 log.id, logged.id
             ));
             stored.lost = true;
         }
-        return Ok(());
+        return Ok(None);
     };
     if tx.id != logged.id {
-        problems.push(format!(
+        out.problems.push(format!(
             "log {} created transaction {}, but the next stored one is {} (later ones not compared)",
             log.id, logged.id, tx.id
         ));
         stored.lost = true;
-        return Ok(());
+        return Ok(Some(tx));
     }
     let timestamp = logged.timestamp().ok();
     let same = tx.postings == logged.postings()
@@ -543,12 +510,69 @@ fn check_against_log(
         && tx.reference == logged.reference
         && tx.inserted_at == log.date;
     if !same {
-        problems.push(format!(
+        out.problems.push(format!(
             "transaction {} differs from what log {} created (postings, timestamp, reference or insertion date)",
             tx.id, log.id
         ));
     }
-    Ok(())
+    Ok(Some(tx))
+}
+
+/// Volumes recomputed from the stored transactions, visited in id order.
+#[derive(Default)]
+struct VolumesPass {
+    projected: Option<TxId>,
+    computed: BTreeMap<(String, String), Volumes>,
+    /// The last transaction visited.
+    after: TxId,
+}
+
+impl VolumesPass {
+    fn visit(&mut self, tx: &Transaction, out: &mut LedgerReport) {
+        if tx.id != self.after + 1 {
+            out.problems.push(format!(
+                "transaction {} follows transaction {} (gap)",
+                tx.id, self.after
+            ));
+        }
+        self.after = tx.id;
+        out.transactions += 1;
+        if self.projected.is_some_and(|last| tx.id > last) {
+            out.unprojected += 1;
+            return;
+        }
+        for posting in &tx.postings {
+            if posting.amount < 0 {
+                out.problems
+                    .push(format!("transaction {} has a negative posting", tx.id));
+                continue;
+            }
+            for address in apply_posting(&mut self.computed, posting) {
+                out.problems.push(format!("volumes of {address} overflow"));
+            }
+        }
+        // Its post-commit volumes are the volumes right after it, in id order.
+        for posting in &tx.postings {
+            for address in [&posting.source, &posting.destination] {
+                let key = (address.clone(), posting.asset.clone());
+                let after_it = self.computed.get(&key).copied().unwrap_or_default();
+                let stored = tx
+                    .post_commit_volumes
+                    .get(address)
+                    .and_then(|assets| assets.get(&posting.asset));
+                if stored != Some(&after_it) {
+                    out.problems.push(format!(
+                        "transaction {}: post-commit volumes of {address} {} are {}, its postings and those before give in={} out={}",
+                        tx.id,
+                        posting.asset,
+                        stored.map_or("missing".to_string(), |v| format!("in={} out={}", v.input, v.output)),
+                        after_it.input,
+                        after_it.output
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// Stored transactions in id order, a page at a time.
