@@ -54,6 +54,16 @@ impl SqliteStore {
     /// Opens (creating it if needed) the store at `path` for reading and writing, and rebuilds
     /// projections a crash may have left behind.
     pub fn open(path: &Path) -> StoreResult<Arc<SqliteStore>> {
+        SqliteStore::open_rebuilding_in_pages(path, projections::REBUILD_PAGE_LOGS)
+    }
+
+    /// `open`, rebuilding lost projections `page_logs` logs at a time: lets tests cover a
+    /// rebuild of many pages with a few logs.
+    #[doc(hidden)]
+    pub fn open_rebuilding_in_pages(
+        path: &Path,
+        page_logs: usize,
+    ) -> StoreResult<Arc<SqliteStore>> {
         if let Some(parent) = path.parent() {
             if !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent)
@@ -63,7 +73,7 @@ impl SqliteStore {
         let lock = lock_file(path)?;
         conn::migrate(path)?;
         let main = open_main(path, READ_CACHE_KIB)?;
-        projections::recover(&main)?;
+        projections::recover(&main, page_logs)?;
         drop(main);
         let wal_main = Arc::new(WalWatch::default());
         let wal_projections = Arc::new(WalWatch::default());

@@ -525,10 +525,10 @@ pub fn load_transaction(
 
 /// Rebuilds the projections of logs committed after the flusher's last write (after a crash,
 /// or when the projections database is lost): replays every ledger's logs that follow its
-/// `applied_log_id`, as the engine wrote them. `conn` is a main connection with the projections
-/// database attached.
-pub fn recover(conn: &Connection) -> StoreResult<u64> {
-    const PAGE: i64 = 10_000;
+/// `applied_log_id`, as the engine wrote them, `page_logs` at a time. `conn` is a main
+/// connection with the projections database attached.
+pub fn recover(conn: &Connection, page_logs: usize) -> StoreResult<u64> {
+    assert!(page_logs > 0, "a rebuild page holds at least one log");
     let ledgers: Vec<(LedgerId, Applied)> = {
         let mut statement = conn
             .prepare(
@@ -562,14 +562,17 @@ pub fn recover(conn: &Connection) -> StoreResult<u64> {
                     )
                     .map_err(err)?;
                 let rows = statement
-                    .query_map(params![ledger, applied.log as i64, PAGE], |row| {
-                        Ok((
-                            row.get::<_, i64>(0)? as LogId,
-                            row.get(1)?,
-                            row.get(2)?,
-                            row.get(3)?,
-                        ))
-                    })
+                    .query_map(
+                        params![ledger, applied.log as i64, page_logs as i64],
+                        |row| {
+                            Ok((
+                                row.get::<_, i64>(0)? as LogId,
+                                row.get(1)?,
+                                row.get(2)?,
+                                row.get(3)?,
+                            ))
+                        },
+                    )
                     .map_err(err)?;
                 rows.collect::<Result<_, _>>().map_err(err)?
             };
@@ -597,6 +600,9 @@ pub fn recover(conn: &Connection) -> StoreResult<u64> {
     }
     Ok(replayed)
 }
+
+/// Logs replayed per page of a rebuild: what it holds in memory follows this, not the history.
+pub const REBUILD_PAGE_LOGS: usize = 10_000;
 
 /// Pages rebuilt between two checkpoints of the projections WAL. No checkpointer runs before the
 /// store is open, so a rebuild of a large store would otherwise grow the WAL to the size of

@@ -7,17 +7,24 @@ use coffer_store_sqlite::SqliteStore;
 
 struct Sqlite {
     dir: tempfile::TempDir,
+    /// Logs per page when lost projections are rebuilt at open.
+    rebuild_page_logs: usize,
 }
 
 impl coffer_store_tests::Backend for Sqlite {
     fn open(&self) -> Arc<dyn Store> {
-        SqliteStore::open(&self.dir.path().join("coffer.db")).expect("store opens")
+        SqliteStore::open_rebuilding_in_pages(
+            &self.dir.path().join("coffer.db"),
+            self.rebuild_page_logs,
+        )
+        .expect("store opens")
     }
 }
 
 fn fresh() -> Sqlite {
     Sqlite {
         dir: tempfile::tempdir().expect("temporary directory"),
+        rebuild_page_logs: coffer_store_sqlite::projections::REBUILD_PAGE_LOGS,
     }
 }
 
@@ -68,9 +75,22 @@ fn a_read_only_open_without_projections_says_what_to_do() {
 /// included.
 #[test]
 fn lost_projections_are_rebuilt_from_the_logs() {
+    rebuilt_from_the_logs(fresh());
+}
+
+/// The same, rebuilt 3 logs at a time: volumes carried from page to page, reverts and metadata
+/// changes of transactions rebuilt in an earlier page, and the WAL checkpoints between pages.
+#[test]
+fn lost_projections_are_rebuilt_over_many_pages() {
+    rebuilt_from_the_logs(Sqlite {
+        rebuild_page_logs: 3,
+        ..fresh()
+    });
+}
+
+fn rebuilt_from_the_logs(backend: Sqlite) {
     use coffer_ledger::command::{Command, Request, Target};
     use coffer_store_tests::{balance, commit, create_ledger, meta, new_tx, posting, service};
-    let backend = fresh();
     let path = backend.dir.path().join("coffer.db");
     let ledgers = service(&backend);
     create_ledger(&ledgers, "main");
