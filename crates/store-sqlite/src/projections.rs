@@ -611,7 +611,7 @@ const REBUILD_PAGES_PER_CHECKPOINT: u32 = 4;
 
 fn bound_wal(conn: &Connection, pages: &mut u32) -> StoreResult<()> {
     *pages += 1;
-    if *pages % REBUILD_PAGES_PER_CHECKPOINT == 0 {
+    if pages.is_multiple_of(REBUILD_PAGES_PER_CHECKPOINT) {
         // Nothing else has the store open yet: the checkpoint completes and the WAL restarts.
         conn.execute_batch("PRAGMA projections.wal_checkpoint(TRUNCATE)")
             .map_err(err)?;
@@ -804,16 +804,19 @@ impl Replay<'_> {
             change(tx);
             return Ok(());
         }
-        if !page.changed.contains_key(&id) {
-            let stored = load_transaction(self.conn, self.ledger, id)?.ok_or_else(|| {
-                err(format!(
-                    "ledger {}: the log changes transaction {id}, which is missing",
-                    self.ledger
-                ))
-            })?;
-            page.changed.insert(id, stored);
-        }
-        change(page.changed.get_mut(&id).expect("inserted above"));
+        let tx = match page.changed.entry(id) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                let stored = load_transaction(self.conn, self.ledger, id)?.ok_or_else(|| {
+                    err(format!(
+                        "ledger {}: the log changes transaction {id}, which is missing",
+                        self.ledger
+                    ))
+                })?;
+                entry.insert(stored)
+            }
+        };
+        change(tx);
         Ok(())
     }
 }
