@@ -345,7 +345,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "store={description} mode={} submitters={} accounts={} duration={:.1}s transfers={done} refused={refused} \
          rate={rate:.0}/s p50={}us p99={}us max={}us peak_rss={}MiB \
          cpu_per_transfer={cpu_us:.1}us writer_cpu_per_transfer={writer_cpu_us:.1}us \
-         commits={} requests_per_commit={:.1} batch_mean={:.0}us sync_mean={:.0}us syncs={}",
+         commits={} requests_per_commit={:.1} batch_mean={:.0}us sync_mean={:.0}us syncs={} \
+         projection_queue_waits={} projection_queue_wait={:.0}ms",
         if args.hot { "hot" } else { "uniform" },
         args.submitters,
         args.accounts,
@@ -359,6 +360,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         engine.batch_seconds / engine.commits.max(1.0) * 1e6,
         engine.sync_seconds / engine.syncs.max(1.0) * 1e6,
         engine.syncs,
+        engine.queue_waits,
+        engine.queue_wait_seconds * 1e3,
     );
     ledgers.shutdown();
     Ok(ExitCode::SUCCESS)
@@ -373,6 +376,9 @@ struct EngineFigures {
     batch_seconds: f64,
     syncs: f64,
     sync_seconds: f64,
+    /// Times the writer waited for room in the SQLite flusher's queue, and how long in all.
+    queue_waits: f64,
+    queue_wait_seconds: f64,
 }
 
 impl EngineFigures {
@@ -392,6 +398,8 @@ impl EngineFigures {
                 "coffer_batch_seconds_sum" => figures.batch_seconds = value,
                 "coffer_sync_seconds_count" => figures.syncs = value,
                 "coffer_sync_seconds_sum" => figures.sync_seconds = value,
+                "coffer_projection_queue_wait_seconds_count" => figures.queue_waits = value,
+                "coffer_projection_queue_wait_seconds_sum" => figures.queue_wait_seconds = value,
                 _ => {}
             }
         }
@@ -405,6 +413,8 @@ impl EngineFigures {
             batch_seconds: self.batch_seconds - before.batch_seconds,
             syncs: self.syncs - before.syncs,
             sync_seconds: self.sync_seconds - before.sync_seconds,
+            queue_waits: self.queue_waits - before.queue_waits,
+            queue_wait_seconds: self.queue_wait_seconds - before.queue_wait_seconds,
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use hashbrown::HashMap;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -366,9 +366,19 @@ impl Flusher {
     /// Hands a generation over; blocks while the flusher is `FLUSH_QUEUE_MAX` behind.
     pub fn hand_over(&self, generation: u64, projections: Projections) -> StoreResult<()> {
         let sender = self.sender.as_ref().expect("flusher running");
-        sender
-            .send(Message::Data(generation, projections))
-            .map_err(|_| err("the projection flusher stopped"))
+        let stopped = |_| err("the projection flusher stopped");
+        match sender.try_send(Message::Data(generation, projections)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(message)) => {
+                // The writer, and every request behind it, waits: a sign the flusher falls behind.
+                let started = Instant::now();
+                let sent = sender.send(message).map_err(stopped);
+                metrics::histogram!("coffer_projection_queue_wait_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                sent
+            }
+            Err(TrySendError::Disconnected(_)) => Err(err("the projection flusher stopped")),
+        }
     }
 
     pub fn ticket(&self, generation: u64) -> Ticket {
