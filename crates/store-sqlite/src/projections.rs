@@ -43,6 +43,10 @@ pub const FLUSH_QUEUE_MAX: usize = 16_384;
 /// cost of a write grows much less than what it holds). 3 s instead of 1 s: 2 µs less CPU per
 /// transfer and a lower p99 over HTTP (BENCHMARKS.md), for about 150 MiB more memory at full load.
 pub const FLUSH_GATHER_MS: u64 = 3_000;
+/// The gathering while readers wait for the flusher now and then (one did within
+/// `FLUSH_READERS_RECENT_MS`): a reader waits for what is gathered to be written, so it gathers less.
+pub const FLUSH_GATHER_READERS_MS: u64 = 1_000;
+pub const FLUSH_READERS_RECENT_MS: u64 = 10_000;
 /// Rows past which the flusher writes without gathering longer: bounds a write's duration and
 /// the memory of what waits for it.
 pub const FLUSH_ROWS_MAX: usize = 600_000;
@@ -415,8 +419,15 @@ fn flusher_loop(
     durable: Arc<CommitSync>,
 ) {
     lower_thread_priority();
-    let gather = Duration::from_millis(FLUSH_GATHER_MS);
+    let mut reader_waited: Option<Instant> = None;
     loop {
+        let readers_recent = reader_waited
+            .is_some_and(|at| at.elapsed() < Duration::from_millis(FLUSH_READERS_RECENT_MS));
+        let gather = Duration::from_millis(if readers_recent {
+            FLUSH_GATHER_READERS_MS
+        } else {
+            FLUSH_GATHER_MS
+        });
         // Wait for data, then gather more until the delay passes, a reader kicks, or the rows
         // pile up.
         let mut gathered: Option<(u64, Vec<Projections>)> = None;
@@ -445,8 +456,12 @@ fn flusher_loop(
                         }
                     }
                 }
-                Ok(Message::Kick) if gathered.is_some() => break,
-                Ok(Message::Kick) => {}
+                Ok(Message::Kick) => {
+                    reader_waited = Some(Instant::now());
+                    if gathered.is_some() {
+                        break;
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
                     disconnected = true;
