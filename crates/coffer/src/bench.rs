@@ -346,7 +346,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
          rate={rate:.0}/s p50={}us p99={}us max={}us peak_rss={}MiB \
          cpu_per_transfer={cpu_us:.1}us writer_cpu_per_transfer={writer_cpu_us:.1}us \
          commits={} requests_per_commit={:.1} batch_mean={:.0}us sync_mean={:.0}us syncs={} \
-         projection_queue_waits={} projection_queue_wait={:.0}ms",
+         flusher_waits={} flusher_wait={:.0}ms",
         if args.hot { "hot" } else { "uniform" },
         args.submitters,
         args.accounts,
@@ -376,7 +376,8 @@ struct EngineFigures {
     batch_seconds: f64,
     syncs: f64,
     sync_seconds: f64,
-    /// Times the writer waited for room in the SQLite flusher's queue, and how long in all.
+    /// Times the writer waited for the SQLite flusher (its queue full, or too much not yet
+    /// confirmed), and how long in all.
     queue_waits: f64,
     queue_wait_seconds: f64,
 }
@@ -398,8 +399,8 @@ impl EngineFigures {
                 "coffer_batch_seconds_sum" => figures.batch_seconds = value,
                 "coffer_sync_seconds_count" => figures.syncs = value,
                 "coffer_sync_seconds_sum" => figures.sync_seconds = value,
-                "coffer_projection_queue_wait_seconds_count" => figures.queue_waits = value,
-                "coffer_projection_queue_wait_seconds_sum" => figures.queue_wait_seconds = value,
+                "coffer_writer_flusher_wait_seconds_count" => figures.queue_waits = value,
+                "coffer_writer_flusher_wait_seconds_sum" => figures.queue_wait_seconds = value,
                 _ => {}
             }
         }

@@ -27,6 +27,9 @@ pub struct ServeArgs {
     /// Most requests committed together.
     #[arg(long, env = "COFFER_BATCH_REQUESTS_MAX", default_value_t = EngineConfig::default().batch_requests_max)]
     batch_requests_max: usize,
+    /// Most postings committed together (bounds a batch's memory when requests are big).
+    #[arg(long, env = "COFFER_BATCH_POSTINGS_MAX", default_value_t = EngineConfig::default().batch_postings_max)]
+    batch_postings_max: usize,
     /// Cached (account, asset) balances kept between batches.
     #[arg(long, env = "COFFER_VOLUME_CACHE_ENTRIES_MAX", default_value_t = EngineConfig::default().volume_cache_entries_max)]
     volume_cache_entries_max: usize,
@@ -65,6 +68,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = EngineConfig {
         batch_requests_max: args.batch_requests_max.max(1),
+        batch_postings_max: args.batch_postings_max.max(1),
         volume_cache_entries_max: args.volume_cache_entries_max.max(1),
         ..EngineConfig::default()
     };

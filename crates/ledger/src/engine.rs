@@ -27,6 +27,9 @@ use crate::time::Timestamp;
 pub struct EngineConfig {
     /// Most requests committed together.
     pub batch_requests_max: usize,
+    /// Most postings committed together (a batch closes once it holds this many, though a
+    /// single larger request still runs, alone): bounds a batch's memory when requests are big.
+    pub batch_postings_max: usize,
     /// Requests waiting for the writer; beyond this, callers are told to retry.
     pub queue_requests_max: usize,
     /// Cached (account, asset) volumes kept between batches.
@@ -45,6 +48,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             batch_requests_max: 4096,
+            batch_postings_max: 16_384,
             queue_requests_max: 65_536,
             volume_cache_entries_max: 500_000,
             account_cache_entries_max: 500_000,
@@ -67,6 +71,18 @@ impl Job {
     /// Imports run alone so that a failure rolls back nothing but themselves.
     fn exclusive(&self) -> bool {
         matches!(self.request.command, Command::ImportLogs { .. })
+    }
+
+    /// Postings the request is expected to write, for `batch_postings_max`: its postings, or
+    /// for a script (whose postings are known only once it runs) one per 64 bytes of source.
+    fn postings(&self) -> usize {
+        match &self.request.command {
+            Command::CreateTransaction(tx) => match &tx.body {
+                TxBody::Postings(postings) => postings.len().max(1),
+                TxBody::Script { plain, .. } => 1 + plain.len() / 64,
+            },
+            _ => 1,
+        }
     }
 }
 
@@ -118,7 +134,11 @@ impl Pending {
 
 impl Engine {
     pub fn start(store: Arc<dyn Store>, config: EngineConfig) -> Result<Engine, LedgerError> {
-        assert!(config.batch_requests_max > 0 && config.queue_requests_max > 0);
+        assert!(
+            config.batch_requests_max > 0
+                && config.batch_postings_max > 0
+                && config.queue_requests_max > 0
+        );
         let writer = store.writer()?;
         let (sender, receiver) = crossbeam_channel::bounded(config.queue_requests_max);
         let thread_config = config.clone();
@@ -377,7 +397,7 @@ fn writer_loop_with(
                 }
             },
         };
-        let mut jobs = Vec::new();
+        let mut jobs: Vec<Job> = Vec::new();
         let mut syncs = Vec::new();
         let mut atomic = None;
         match first {
@@ -387,7 +407,11 @@ fn writer_loop_with(
         }
         // Imports and atomic groups run alone.
         let exclusive = atomic.is_some() || jobs.first().is_some_and(Job::exclusive);
-        while !exclusive && jobs.len() < config.batch_requests_max {
+        let mut postings: usize = jobs.iter().map(Job::postings).sum();
+        while !exclusive
+            && jobs.len() < config.batch_requests_max
+            && postings < config.batch_postings_max
+        {
             match receiver.try_recv() {
                 Ok(Message::Write(job)) if job.exclusive() => {
                     pending = Some(Message::Write(job));
@@ -397,7 +421,10 @@ fn writer_loop_with(
                     pending = Some(message);
                     break;
                 }
-                Ok(Message::Write(job)) => jobs.push(job),
+                Ok(Message::Write(job)) => {
+                    postings = postings.saturating_add(job.postings());
+                    jobs.push(job);
+                }
                 Ok(Message::Sync(reply)) => syncs.push(reply),
                 Err(_) => break,
             }

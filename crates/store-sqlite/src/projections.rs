@@ -34,7 +34,7 @@ use crate::wal::{lower_thread_priority, WalCatchUp, WalWatch};
 use coffer_ledger::durability::CommitSync;
 
 /// Hand-overs queued for the flusher; beyond this the writer waits (back-pressure, measured by
-/// `coffer_projection_queue_wait_seconds`). Room for several seconds of commits: while the
+/// `coffer_writer_flusher_wait_seconds`). Room for several seconds of commits: while the
 /// flusher writes what it gathered, the writer must not wait for it.
 pub const FLUSH_QUEUE_MAX: usize = 16_384;
 /// How long the flusher gathers hand-overs before writing them, unless a reader waits: the more
@@ -380,7 +380,7 @@ impl Flusher {
                 // The writer, and every request behind it, waits: a sign the flusher falls behind.
                 let started = Instant::now();
                 let sent = sender.send(message).map_err(stopped);
-                metrics::histogram!("coffer_projection_queue_wait_seconds")
+                metrics::histogram!("coffer_writer_flusher_wait_seconds")
                     .record(started.elapsed().as_secs_f64());
                 sent
             }

@@ -112,7 +112,7 @@ impl SqliteWriter {
         let flushed = self.flusher.flushed();
         self.drop_confirmed_transactions(flushed);
         if self.recent_transactions.len() > RECENT_ENTRIES_MAX {
-            self.flusher.ticket(self.generation).wait()?;
+            self.wait_for_flusher()?;
             self.recent_transactions.clear();
             self.recent_references.clear();
             self.recent_order.clear();
@@ -123,12 +123,21 @@ impl SqliteWriter {
         self.recent
             .retain(|_, (_, generation)| *generation > flushed);
         if self.recent.len() > RECENT_ENTRIES_MAX {
-            self.flusher.ticket(self.generation).wait()?;
+            self.wait_for_flusher()?;
             self.recent.clear();
         }
         self.prune_entries =
             (2 * self.recent.len()).clamp(RECENT_PRUNE_ENTRIES, RECENT_ENTRIES_MAX);
         Ok(())
+    }
+
+    /// Waits until everything handed over is written: requests wait meanwhile, so it is measured.
+    fn wait_for_flusher(&self) -> StoreResult<()> {
+        let started = std::time::Instant::now();
+        let written = self.flusher.ticket(self.generation).wait();
+        metrics::histogram!("coffer_writer_flusher_wait_seconds")
+            .record(started.elapsed().as_secs_f64());
+        written
     }
 
     /// Drops up to `RECENT_TRANSACTIONS_DROPPED_PER_COMMIT` transactions (and their

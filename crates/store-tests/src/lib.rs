@@ -16,6 +16,7 @@ use coffer_ledger::{
     EngineConfig, LedgerError, Ledgers, Metadata, Posting, Timestamp, Transaction,
 };
 
+pub mod batching;
 pub mod workload;
 
 /// A store under test. `open` must return the same store each time (a restart).
@@ -1354,7 +1355,7 @@ macro_rules! store_suite {
             ledger_lifecycle, postings_and_volumes, scripts, idempotency_and_references,
             revert_and_metadata, lists_and_filters, grouped_volumes, atomic_groups, point_in_time,
             export_import, restart, concurrent_transfers, random_workload, durable_answers,
-            transactions_of_every_age);
+            transactions_of_every_age, batches_bounded_by_postings);
     };
     (@tests $open:expr; $($name:ident),*) => {
         $(
@@ -1487,6 +1488,7 @@ pub fn run(name: &str, backend: &dyn Backend) {
         "random_workload" => workload::random_workload(backend),
         "durable_answers" => durable_answers(backend),
         "transactions_of_every_age" => transactions_of_every_age(backend),
+        "batches_bounded_by_postings" => batching::batches_bounded_by_postings(backend),
         other => panic!("unknown scenario {other}"),
     }
 }
