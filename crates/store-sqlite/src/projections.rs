@@ -46,6 +46,7 @@ pub const FLUSH_GATHER_MS: u64 = 3_000;
 /// The gathering while readers wait for the flusher now and then (one did within
 /// `FLUSH_READERS_RECENT_MS`): a reader waits for what is gathered to be written, so it gathers less.
 pub const FLUSH_GATHER_READERS_MS: u64 = 1_000;
+/// How long after a reader (or the writer) last waited for the flusher it keeps gathering less.
 pub const FLUSH_READERS_RECENT_MS: u64 = 10_000;
 /// Rows past which the flusher writes without gathering longer: bounds a write's duration and
 /// the memory of what waits for it.
@@ -373,19 +374,18 @@ impl Flusher {
     /// Hands a generation over; blocks while the flusher is `FLUSH_QUEUE_MAX` behind.
     pub fn hand_over(&self, generation: u64, projections: Projections) -> StoreResult<()> {
         let sender = self.sender.as_ref().expect("flusher running");
-        let stopped = |_| err("the projection flusher stopped");
-        match sender.try_send(Message::Data(generation, projections)) {
-            Ok(()) => Ok(()),
+        let sent = match sender.try_send(Message::Data(generation, projections)) {
             Err(TrySendError::Full(message)) => {
                 // The writer, and every request behind it, waits: a sign the flusher falls behind.
                 let started = Instant::now();
-                let sent = sender.send(message).map_err(stopped);
+                let sent = sender.send(message).map_err(|_| ());
                 metrics::histogram!("coffer_writer_flusher_wait_seconds")
                     .record(started.elapsed().as_secs_f64());
                 sent
             }
-            Err(TrySendError::Disconnected(_)) => Err(err("the projection flusher stopped")),
-        }
+            other => other.map_err(|_| ()),
+        };
+        sent.map_err(|()| err("the projection flusher stopped"))
     }
 
     pub fn ticket(&self, generation: u64) -> Ticket {
