@@ -184,7 +184,7 @@ fn verify_ledger(
     }
     let mut computed = volumes.computed;
 
-    // 3. Stored volumes equal the recomputed ones, and each asset sums to zero.
+    // 2. Stored volumes equal the recomputed ones, and each asset sums to zero.
     let mut sums: BTreeMap<String, Amount> = BTreeMap::new();
     let mut cursor: Option<(String, String)> = None;
     loop {
@@ -233,7 +233,7 @@ fn verify_ledger(
         }
     }
 
-    // 4. The moves of each account and asset sum to its volumes (less the transactions whose
+    // 3. The moves of each account and asset sum to its volumes (less the transactions whose
     //    moves the store writes after their commit and has not written yet).
     let mut check = MovesCheck {
         volumes: VolumeCursor::new(reader, ledger.id),
