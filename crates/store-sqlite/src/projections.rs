@@ -51,6 +51,9 @@ pub const FLUSH_READERS_RECENT_MS: u64 = 10_000;
 /// Rows past which the flusher writes without gathering longer: bounds a write's duration and
 /// the memory of what waits for it.
 pub const FLUSH_ROWS_MAX: usize = 600_000;
+/// Rows handed over and not yet taken by the flusher; beyond this the writer waits. With
+/// `FLUSH_QUEUE_MAX` it bounds the queue's memory whatever the size of each hand-over.
+pub const FLUSH_QUEUED_ROWS_MAX: usize = 1_000_000;
 const RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// A transaction row, encoded on the writer's thread (shared with the writer's overlay of rows
@@ -313,6 +316,8 @@ enum Message {
 
 pub struct Flusher {
     sender: Option<SyncSender<Message>>,
+    /// Rows handed over and not yet taken by the flusher (see `FLUSH_QUEUED_ROWS_MAX`).
+    queued_rows: Arc<(Mutex<usize>, Condvar)>,
     shared: Arc<(Mutex<FlushState>, Condvar)>,
     thread: Option<JoinHandle<()>>,
 }
@@ -359,21 +364,45 @@ impl Flusher {
         conn.set_prepared_statement_cache_capacity(16);
         let (sender, receiver) = sync_channel(FLUSH_QUEUE_MAX);
         let shared = Arc::new((Mutex::new(FlushState::default()), Condvar::new()));
+        let queued_rows = Arc::new((Mutex::new(0), Condvar::new()));
         let thread_shared = shared.clone();
+        let thread_queued_rows = queued_rows.clone();
         let thread = std::thread::Builder::new()
             .name("coffer-flusher".into())
-            .spawn(move || flusher_loop(conn, receiver, thread_shared, catch_up, durable))
+            .spawn(move || {
+                let queue = Queue {
+                    receiver,
+                    queued_rows: thread_queued_rows,
+                };
+                flusher_loop(conn, queue, thread_shared, catch_up, durable)
+            })
             .map_err(|e| err(format!("cannot start the projection flusher: {e}")))?;
         Ok(Flusher {
             sender: Some(sender),
+            queued_rows,
             shared,
             thread: Some(thread),
         })
     }
 
-    /// Hands a generation over; blocks while the flusher is `FLUSH_QUEUE_MAX` behind.
+    /// Hands a generation over; blocks while the flusher is `FLUSH_QUEUE_MAX` hand-overs or
+    /// `FLUSH_QUEUED_ROWS_MAX` rows behind.
     pub fn hand_over(&self, generation: u64, projections: Projections) -> StoreResult<()> {
         let sender = self.sender.as_ref().expect("flusher running");
+        let rows = projections.rows();
+        {
+            let (lock, condvar) = &*self.queued_rows;
+            let mut queued = lock.lock();
+            if *queued > 0 && *queued + rows > FLUSH_QUEUED_ROWS_MAX {
+                let started = Instant::now();
+                while *queued > 0 && *queued + rows > FLUSH_QUEUED_ROWS_MAX {
+                    condvar.wait(&mut queued);
+                }
+                metrics::histogram!("coffer_writer_flusher_wait_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+            *queued += rows;
+        }
         let sent = match sender.try_send(Message::Data(generation, projections)) {
             Err(TrySendError::Full(message)) => {
                 // The writer, and every request behind it, waits: a sign the flusher falls behind.
@@ -411,9 +440,26 @@ impl Drop for Flusher {
     }
 }
 
+/// The flusher's end of the queue: taking a hand-over frees its rows for the writer.
+struct Queue {
+    receiver: Receiver<Message>,
+    queued_rows: Arc<(Mutex<usize>, Condvar)>,
+}
+
+impl Queue {
+    fn taken(&self, rows: usize) {
+        let (lock, condvar) = &*self.queued_rows;
+        let mut queued = lock.lock();
+        *queued = queued
+            .checked_sub(rows)
+            .expect("rows taken were handed over");
+        condvar.notify_all();
+    }
+}
+
 fn flusher_loop(
     conn: Connection,
-    receiver: Receiver<Message>,
+    queue: Queue,
     shared: Arc<(Mutex<FlushState>, Condvar)>,
     mut catch_up: WalCatchUp,
     durable: Arc<CommitSync>,
@@ -436,14 +482,18 @@ fn flusher_loop(
         let mut started = Instant::now();
         loop {
             let message = match &gathered {
-                None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                None => queue
+                    .receiver
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
                 Some(_) => match gather.checked_sub(started.elapsed()) {
-                    Some(left) if rows < FLUSH_ROWS_MAX => receiver.recv_timeout(left),
+                    Some(left) if rows < FLUSH_ROWS_MAX => queue.receiver.recv_timeout(left),
                     _ => break,
                 },
             };
             match message {
                 Ok(Message::Data(generation, projections)) => {
+                    queue.taken(projections.rows());
                     rows += projections.rows();
                     match &mut gathered {
                         Some((last, all)) => {
