@@ -186,38 +186,30 @@ fn verify_ledger(
 
     // 2. Stored volumes equal the recomputed ones, and each asset sums to zero.
     let mut sums: BTreeMap<String, Amount> = BTreeMap::new();
-    let mut cursor: Option<(String, String)> = None;
-    loop {
-        let rows = reader.scan_volumes(ledger.id, cursor.as_ref(), SCAN_PAGE)?;
-        if rows.is_empty() {
-            break;
+    let mut volume_rows = VolumeCursor::new(reader, ledger.id);
+    while let Some(row) = volume_rows.next()? {
+        out.volumes_rows += 1;
+        match computed.remove(&(row.address.clone(), row.asset.clone())) {
+            Some(expected) if expected == row.volumes => {}
+            Some(expected) => out.problems.push(format!(
+                "volumes of {} {}: stored in={} out={}, postings give in={} out={}",
+                row.address,
+                row.asset,
+                row.volumes.input,
+                row.volumes.output,
+                expected.input,
+                expected.output
+            )),
+            None if row.volumes == Volumes::default() => {}
+            None => out.problems.push(format!(
+                "volumes of {} {} have no postings",
+                row.address, row.asset
+            )),
         }
-        for row in rows {
-            out.volumes_rows += 1;
-            let key = (row.address.clone(), row.asset.clone());
-            match computed.remove(&key) {
-                Some(expected) if expected == row.volumes => {}
-                Some(expected) => out.problems.push(format!(
-                    "volumes of {} {}: stored in={} out={}, postings give in={} out={}",
-                    row.address,
-                    row.asset,
-                    row.volumes.input,
-                    row.volumes.output,
-                    expected.input,
-                    expected.output
-                )),
-                None if row.volumes == Volumes::default() => {}
-                None => out.problems.push(format!(
-                    "volumes of {} {} have no postings",
-                    row.address, row.asset
-                )),
-            }
-            let sum = sums.entry(row.asset.clone()).or_default();
-            match row.volumes.balance().ok().and_then(|b| sum.checked_add(b)) {
-                Some(total) => *sum = total,
-                None => out.problems.push(format!("sum of {} overflows", row.asset)),
-            }
-            cursor = Some(key);
+        let sum = sums.entry(row.asset.clone()).or_default();
+        match row.volumes.balance().ok().and_then(|b| sum.checked_add(b)) {
+            Some(total) => *sum = total,
+            None => out.problems.push(format!("sum of {} overflows", row.asset)),
         }
     }
     for ((address, asset), _) in computed {
