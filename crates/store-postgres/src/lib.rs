@@ -27,7 +27,7 @@ use postgres::{Client, NoTls, Statement};
 
 mod moves;
 pub use moves::OWNER_LOCK_CLASS;
-use moves::{MovesBehind, PendingMoves};
+use moves::{FlushConnection, MovesBehind, PendingMoves};
 
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../migrations/0001_init.sql")),
@@ -74,26 +74,26 @@ fn flush_connection(url: &str) -> StoreResult<Client> {
 /// The flush of a [`CommitSync`]: writes the moves handed over (see [`moves`]) in a synchronous
 /// commit, on its own connection, which holds the process's owner lock (taken again after a
 /// reconnection); now and then it rebuilds the moves of processes that died.
-fn commit_sync(url: &str, client: Client, behind: Arc<MovesBehind>) -> CommitSync {
+fn commit_sync(url: &str, connection: FlushConnection, behind: Arc<MovesBehind>) -> CommitSync {
     let url = url.to_string();
-    let mut client = Some(client);
+    let mut connection = Some(connection);
     let mut recovered_at = Instant::now();
     CommitSync::new(move || {
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
+        if connection.as_ref().is_none_or(|c| c.client.is_closed()) {
             let mut fresh = flush_connection(&url)?;
             moves::retake_owner(&mut fresh, behind.owner)?;
-            client = Some(fresh);
+            connection = Some(FlushConnection::new(fresh)?);
         }
-        let connection = client.as_mut().expect("connected above");
-        let result = moves::flush(connection, &behind);
+        let live = connection.as_mut().expect("connected above");
+        let result = moves::flush(live, &behind);
         if result.is_ok() && recovered_at.elapsed() >= moves::RECOVERY_INTERVAL {
             recovered_at = Instant::now();
-            if let Err(error) = moves::recover(connection, behind.owner, false) {
+            if let Err(error) = moves::recover(&mut live.client, behind.owner, false) {
                 tracing::warn!(error = %error, "looking for moves a stopped process left failed");
             }
         }
         if result.is_err() {
-            client = None;
+            connection = None;
         }
         result
     })
@@ -117,7 +117,11 @@ impl PostgresStore {
             pending: Default::default(),
         });
         let reader_url = url.to_string();
-        let durable = Arc::new(commit_sync(url, flush, behind.clone()));
+        let durable = Arc::new(commit_sync(
+            url,
+            FlushConnection::new(flush)?,
+            behind.clone(),
+        ));
         let readers = Readers {
             pool: Pool::new(READ_CONNECTIONS_MAX, move || connect(&reader_url)),
             durable: durable.clone(),

@@ -25,7 +25,7 @@ use coffer_ledger::store::{moves_of, MoveRow, StoreResult};
 use coffer_ledger::types::{LedgerId, Transaction, TxId};
 use coffer_ledger::Timestamp;
 use postgres::error::SqlState;
-use postgres::{Client, GenericClient};
+use postgres::{Client, Statement};
 
 use crate::{err, pg_err};
 
@@ -33,8 +33,7 @@ use crate::{err, pg_err};
 pub const OWNER_LOCK_CLASS: i32 = 0x636f_6d76;
 /// With no moves pending, the flush's synchronous commit still has to write WAL to wait for
 /// it (a transaction that writes none would not wait): hence the message.
-const FLUSH_COMMITS: &str =
-    "BEGIN; SELECT pg_logical_emit_message(true, 'coffer-sync', ''); COMMIT";
+const FLUSH_COMMITS: &str = "SELECT pg_logical_emit_message(true, 'coffer-sync', '')";
 /// How often a running process looks for ranges a dead one left.
 pub const RECOVERY_INTERVAL: Duration = Duration::from_secs(10);
 /// Transactions read at a time when rebuilding.
@@ -47,13 +46,49 @@ macro_rules! insert_moves {
          $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::int[]) AS u(l, a, s, t, ts, i, o, r)"
     };
 }
-/// A plain insert: checking every row for a conflict first costs PostgreSQL an index descent
-/// per row (5–7 % of the rate, BENCHMARKS.md), and conflicts are rare (see `Existing`).
-const INSERT_MOVES: &str = insert_moves!();
+macro_rules! flush_moves {
+    ($on_conflict:literal) => {
+        concat!(
+            "WITH moved AS (",
+            insert_moves!(),
+            $on_conflict,
+            "), cleared AS (DELETE FROM moves_pending p USING unnest($10::bigint[], $11::bigint[]) AS u(l, f) \
+             WHERE p.owner = $9 AND p.ledger_id = u.l AND p.first_tx = u.f) SELECT 1"
+        )
+    };
+}
+/// A flush is this one statement, run outside `BEGIN`: its implicit transaction commits
+/// (synchronously) in the same round trip. The insert is plain: checking every row for a
+/// conflict first costs PostgreSQL an index descent per row (5–7 % of the rate,
+/// BENCHMARKS.md), and conflicts are rare (see `Existing`).
+const FLUSH_MOVES: &str = flush_moves!("");
+const FLUSH_MOVES_SKIPPING_EXISTING: &str = flush_moves!(" ON CONFLICT DO NOTHING");
 const INSERT_MOVES_SKIPPING_EXISTING: &str = concat!(insert_moves!(), " ON CONFLICT DO NOTHING");
-const DELETE_RANGES: &str =
-    "DELETE FROM moves_pending p USING unnest($2::bigint[], $3::bigint[]) AS u(l, f) \
-     WHERE p.owner = $1 AND p.ledger_id = u.l AND p.first_tx = u.f";
+
+/// The flush connection, with its statements prepared once (a flush runs hundreds of times a
+/// second; parsing and planning each time cost more than the round trips).
+pub struct FlushConnection {
+    pub client: Client,
+    flush: Statement,
+    flush_skipping_existing: Statement,
+    flush_commits: Statement,
+}
+
+impl FlushConnection {
+    pub fn new(mut client: Client) -> StoreResult<FlushConnection> {
+        let mut prepare = |sql: &str| {
+            client
+                .prepare(sql)
+                .map_err(|e| err(format!("{} in {sql}", pg_err(e))))
+        };
+        Ok(FlushConnection {
+            flush: prepare(FLUSH_MOVES)?,
+            flush_skipping_existing: prepare(FLUSH_MOVES_SKIPPING_EXISTING)?,
+            flush_commits: prepare(FLUSH_COMMITS)?,
+            client,
+        })
+    }
+}
 
 /// Moves of committed batches not written yet, with the ranges they cover.
 #[derive(Default)]
@@ -133,40 +168,56 @@ pub fn retake_owner(client: &mut Client, owner: i32) -> StoreResult<()> {
     Ok(())
 }
 
-/// What inserting a move that is already written does.
+/// What writing a move that is already written does.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Existing {
-    /// Fails the insert: a flush's moves are new, unless a rebuild wrote them meanwhile.
+    /// Fails the flush: a flush's moves are new, unless a rebuild wrote them meanwhile.
     Refused,
     /// Keeps the row written: rebuilds, and a flush that found moves written by a rebuild (its
     /// process's flush connection was lost, and another process rebuilt its ranges).
     Skipped,
 }
 
-fn insert_moves(
-    client: &mut impl GenericClient,
+/// The moves as the column arrays the statements unnest (`$1`–`$8`).
+struct MoveColumns<'a> {
+    ledger: Vec<i64>,
+    address: Vec<&'a str>,
+    asset: Vec<&'a str>,
+    tx: Vec<i64>,
+    timestamp: Vec<i64>,
+    input: Vec<String>,
+    output: Vec<String>,
+    roles: Vec<i32>,
+}
+
+impl<'a> MoveColumns<'a> {
+    fn of(rows: &'a [MoveRow]) -> MoveColumns<'a> {
+        MoveColumns {
+            ledger: rows.iter().map(|m| m.ledger).collect(),
+            address: rows.iter().map(|m| m.address.as_str()).collect(),
+            asset: rows.iter().map(|m| m.asset.as_str()).collect(),
+            tx: rows.iter().map(|m| m.tx_id as i64).collect(),
+            timestamp: rows.iter().map(|m| m.timestamp.micros()).collect(),
+            input: rows.iter().map(|m| m.input_delta.to_string()).collect(),
+            output: rows.iter().map(|m| m.output_delta.to_string()).collect(),
+            roles: rows.iter().map(|m| m.roles as i32).collect(),
+        }
+    }
+}
+
+/// Inserts moves, skipping those already written (rebuilds).
+fn insert_moves_skipping_existing(
+    client: &mut postgres::Transaction<'_>,
     rows: &[MoveRow],
-    existing: Existing,
 ) -> Result<(), postgres::Error> {
     if rows.is_empty() {
         return Ok(());
     }
-    let ledger: Vec<i64> = rows.iter().map(|m| m.ledger).collect();
-    let address: Vec<&str> = rows.iter().map(|m| m.address.as_str()).collect();
-    let asset: Vec<&str> = rows.iter().map(|m| m.asset.as_str()).collect();
-    let tx: Vec<i64> = rows.iter().map(|m| m.tx_id as i64).collect();
-    let timestamp: Vec<i64> = rows.iter().map(|m| m.timestamp.micros()).collect();
-    let input: Vec<String> = rows.iter().map(|m| m.input_delta.to_string()).collect();
-    let output: Vec<String> = rows.iter().map(|m| m.output_delta.to_string()).collect();
-    let roles: Vec<i32> = rows.iter().map(|m| m.roles as i32).collect();
-    let statement = match existing {
-        Existing::Refused => INSERT_MOVES,
-        Existing::Skipped => INSERT_MOVES_SKIPPING_EXISTING,
-    };
+    let c = MoveColumns::of(rows);
     client.execute(
-        statement,
+        INSERT_MOVES_SKIPPING_EXISTING,
         &[
-            &ledger, &address, &asset, &tx, &timestamp, &input, &output, &roles,
+            &c.ledger, &c.address, &c.asset, &c.tx, &c.timestamp, &c.input, &c.output, &c.roles,
         ],
     )?;
     Ok(())
@@ -176,19 +227,23 @@ fn moves_error(e: postgres::Error) -> StoreError {
     err(format!("{} writing moves", pg_err(e)))
 }
 
-/// Writes the pending moves and deletes their ranges in one transaction; `client` commits
+/// Writes the pending moves and deletes their ranges in one transaction; `connection` commits
 /// synchronously, so this also makes every earlier commit durable: a synchronous commit waits
 /// until the WAL is flushed up to its commit record, which covers every commit before it, the
 /// writer's asynchronous ones included.
-pub fn flush(client: &mut Client, moves: &MovesBehind) -> StoreResult<()> {
+pub fn flush(connection: &mut FlushConnection, moves: &MovesBehind) -> StoreResult<()> {
     let taken = moves.take();
     if taken.is_empty() {
-        return client.batch_execute(FLUSH_COMMITS).map_err(pg_err);
+        return connection
+            .client
+            .execute(&connection.flush_commits, &[])
+            .map(|_| ())
+            .map_err(pg_err);
     }
-    let result = match write_taken(client, &taken, moves.owner, Existing::Refused) {
+    let result = match write_taken(connection, &taken, moves.owner, Existing::Refused) {
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             tracing::info!("moves written meanwhile by a rebuild; writing the others");
-            write_taken(client, &taken, moves.owner, Existing::Skipped)
+            write_taken(connection, &taken, moves.owner, Existing::Skipped)
         }
         other => other,
     }
@@ -199,19 +254,37 @@ pub fn flush(client: &mut Client, moves: &MovesBehind) -> StoreResult<()> {
     result
 }
 
-/// Inserts the moves and deletes their ranges in one transaction (rolled back on error).
+/// Inserts the moves and deletes their ranges: one statement, committed on its own.
 fn write_taken(
-    client: &mut Client,
+    connection: &mut FlushConnection,
     taken: &PendingMoves,
     owner: i32,
     existing: Existing,
 ) -> Result<(), postgres::Error> {
-    let mut tx = client.transaction()?;
-    insert_moves(&mut tx, &taken.rows, existing)?;
+    let c = MoveColumns::of(&taken.rows);
     let ledgers: Vec<i64> = taken.ranges.iter().map(|r| r.0).collect();
     let firsts: Vec<i64> = taken.ranges.iter().map(|r| r.1).collect();
-    tx.execute(DELETE_RANGES, &[&owner, &ledgers, &firsts])?;
-    tx.commit()
+    let statement = match existing {
+        Existing::Refused => &connection.flush,
+        Existing::Skipped => &connection.flush_skipping_existing,
+    };
+    connection.client.execute(
+        statement,
+        &[
+            &c.ledger,
+            &c.address,
+            &c.asset,
+            &c.tx,
+            &c.timestamp,
+            &c.input,
+            &c.output,
+            &c.roles,
+            &owner,
+            &ledgers,
+            &firsts,
+        ],
+    )?;
+    Ok(())
 }
 
 /// Rebuilds the moves of ranges left by owners that are gone (and, at start, by an earlier
@@ -291,7 +364,7 @@ fn rebuild(client: &mut Client, owner: i32) -> StoreResult<u64> {
                 };
                 moves.extend(moves_of(ledger, &transaction));
             }
-            insert_moves(&mut tx, &moves, Existing::Skipped).map_err(moves_error)?;
+            insert_moves_skipping_existing(&mut tx, &moves).map_err(moves_error)?;
             rebuilt += rows.len() as u64;
             from = to + 1;
         }
@@ -329,7 +402,8 @@ mod tests {
     fn a_flush_writes_what_a_rebuild_left_out() {
         let url = coffer_pg_harness::shared().fresh_database().unwrap();
         drop(crate::PostgresStore::open(&url).unwrap());
-        let mut client = Client::connect(&url, postgres::NoTls).unwrap();
+        let mut connection =
+            FlushConnection::new(Client::connect(&url, postgres::NoTls).unwrap()).unwrap();
         let behind = MovesBehind {
             owner: 5,
             pending: Mutex::new(PendingMoves::default()),
@@ -349,14 +423,16 @@ mod tests {
                 .unwrap();
         };
 
-        pending_range(&mut client, 1, 1);
+        pending_range(&mut connection.client, 1, 1);
         hand_over(vec![move_row("a", 1, 10), move_row("b", 1, 10)], (1, 1, 1));
-        flush(&mut client, &behind).unwrap();
-        assert_eq!(count(&mut client, "SELECT COUNT(*) FROM moves"), 2);
+        flush(&mut connection, &behind).unwrap();
+        assert_eq!(count(&mut connection.client, "SELECT COUNT(*) FROM moves"), 2);
 
         // Transaction 2's move of `a` is already there (a rebuild by another process).
-        pending_range(&mut client, 2, 3);
-        insert_moves(&mut client, &[move_row("a", 2, 7)], Existing::Refused).unwrap();
+        pending_range(&mut connection.client, 2, 3);
+        let mut rebuild = connection.client.transaction().unwrap();
+        insert_moves_skipping_existing(&mut rebuild, &[move_row("a", 2, 7)]).unwrap();
+        rebuild.commit().unwrap();
         hand_over(
             vec![
                 move_row("a", 2, 7),
@@ -365,11 +441,12 @@ mod tests {
             ],
             (1, 2, 3),
         );
-        flush(&mut client, &behind).unwrap();
-        assert_eq!(count(&mut client, "SELECT COUNT(*) FROM moves"), 5);
-        assert_eq!(count(&mut client, "SELECT COUNT(*) FROM moves_pending"), 0);
+        flush(&mut connection, &behind).unwrap();
+        assert_eq!(count(&mut connection.client, "SELECT COUNT(*) FROM moves"), 5);
+        assert_eq!(count(&mut connection.client, "SELECT COUNT(*) FROM moves_pending"), 0);
         assert!(behind.take().is_empty(), "nothing left to write");
-        let a: String = client
+        let a: String = connection
+            .client
             .query_one(
                 "SELECT CAST(SUM(input_delta) AS TEXT) FROM moves WHERE address = 'a'",
                 &[],
