@@ -46,23 +46,46 @@ macro_rules! insert_moves {
          $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::int[]) AS u(l, a, s, t, ts, i, o, r)"
     };
 }
+/// Deletes a process's written ranges of one ledger. `first_tx >= $min` makes PostgreSQL start
+/// its index scan at the flush's first range: the entries of ranges deleted earlier, dead until
+/// a vacuum, come before it (matching on the owner alone, a bitmap scan went through all of
+/// them at every flush; BENCHMARKS.md).
+macro_rules! clear_ranges {
+    ($owner:literal, $ledger:literal, $min:literal, $firsts:literal) => {
+        concat!(
+            "DELETE FROM moves_pending p WHERE p.owner = ",
+            $owner,
+            " AND p.ledger_id = ",
+            $ledger,
+            " AND p.first_tx >= ",
+            $min,
+            " AND p.first_tx = ANY(CAST(",
+            $firsts,
+            " AS BIGINT[]))"
+        )
+    };
+}
 macro_rules! flush_moves {
     ($on_conflict:literal) => {
         concat!(
             "WITH moved AS (",
             insert_moves!(),
             $on_conflict,
-            "), cleared AS (DELETE FROM moves_pending p USING unnest($10::bigint[], $11::bigint[]) AS u(l, f) \
-             WHERE p.owner = $9 AND p.ledger_id = u.l AND p.first_tx = u.f) SELECT 1"
+            "), cleared AS (",
+            clear_ranges!("$9", "$10", "$11", "$12"),
+            ") SELECT 1"
         )
     };
 }
 /// A flush is this one statement, run outside `BEGIN`: its implicit transaction commits
-/// (synchronously) in the same round trip. The insert is plain: checking every row for a
-/// conflict first costs PostgreSQL an index descent per row (5–7 % of the rate,
-/// BENCHMARKS.md), and conflicts are rare (see `Existing`).
+/// (synchronously) in the same round trip. It clears the ranges of one ledger; those of any other
+/// ledger are cleared right after (a range cleared late only costs a rebuild that finds its moves
+/// written). The insert is plain: checking every row for a conflict first costs PostgreSQL an
+/// index descent per row (5–7 % of the rate, BENCHMARKS.md), and conflicts are rare (see
+/// `Existing`).
 const FLUSH_MOVES: &str = flush_moves!("");
 const FLUSH_MOVES_SKIPPING_EXISTING: &str = flush_moves!(" ON CONFLICT DO NOTHING");
+const CLEAR_RANGES: &str = clear_ranges!("$1", "$2", "$3", "$4");
 const INSERT_MOVES_SKIPPING_EXISTING: &str = concat!(insert_moves!(), " ON CONFLICT DO NOTHING");
 
 /// The flush connection, with its statements prepared once (a flush runs hundreds of times a
@@ -71,6 +94,7 @@ pub struct FlushConnection {
     pub client: Client,
     flush: Statement,
     flush_skipping_existing: Statement,
+    clear_ranges: Statement,
     flush_commits: Statement,
 }
 
@@ -84,10 +108,36 @@ impl FlushConnection {
         Ok(FlushConnection {
             flush: prepare(FLUSH_MOVES)?,
             flush_skipping_existing: prepare(FLUSH_MOVES_SKIPPING_EXISTING)?,
+            clear_ranges: prepare(CLEAR_RANGES)?,
             flush_commits: prepare(FLUSH_COMMITS)?,
             client,
         })
     }
+}
+
+/// A flush's ranges of one ledger: the smallest first transaction and every first transaction.
+struct LedgerRanges {
+    ledger: LedgerId,
+    first_min: i64,
+    firsts: Vec<i64>,
+}
+
+fn ranges_by_ledger(ranges: &[(LedgerId, i64, i64)]) -> Vec<LedgerRanges> {
+    let mut by_ledger: Vec<LedgerRanges> = Vec::new();
+    for &(ledger, first, _) in ranges {
+        match by_ledger.iter_mut().find(|r| r.ledger == ledger) {
+            Some(r) => {
+                r.first_min = r.first_min.min(first);
+                r.firsts.push(first);
+            }
+            None => by_ledger.push(LedgerRanges {
+                ledger,
+                first_min: first,
+                firsts: vec![first],
+            }),
+        }
+    }
+    by_ledger
 }
 
 /// Moves of committed batches not written yet, with the ranges they cover.
@@ -217,7 +267,14 @@ fn insert_moves_skipping_existing(
     client.execute(
         INSERT_MOVES_SKIPPING_EXISTING,
         &[
-            &c.ledger, &c.address, &c.asset, &c.tx, &c.timestamp, &c.input, &c.output, &c.roles,
+            &c.ledger,
+            &c.address,
+            &c.asset,
+            &c.tx,
+            &c.timestamp,
+            &c.input,
+            &c.output,
+            &c.roles,
         ],
     )?;
     Ok(())
@@ -254,7 +311,8 @@ pub fn flush(connection: &mut FlushConnection, moves: &MovesBehind) -> StoreResu
     result
 }
 
-/// Inserts the moves and deletes their ranges: one statement, committed on its own.
+/// Inserts the moves and deletes their ranges: one statement, committed on its own (then one
+/// more per further ledger, if the flush covers several).
 fn write_taken(
     connection: &mut FlushConnection,
     taken: &PendingMoves,
@@ -262,8 +320,17 @@ fn write_taken(
     existing: Existing,
 ) -> Result<(), postgres::Error> {
     let c = MoveColumns::of(&taken.rows);
-    let ledgers: Vec<i64> = taken.ranges.iter().map(|r| r.0).collect();
-    let firsts: Vec<i64> = taken.ranges.iter().map(|r| r.1).collect();
+    let ledgers = ranges_by_ledger(&taken.ranges);
+    let (first, others) = match ledgers.split_first() {
+        Some((first, others)) => (first, others),
+        None => {
+            // Moves without ranges are never handed over; nothing to clear.
+            return connection
+                .client
+                .execute(&connection.flush_commits, &[])
+                .map(|_| ());
+        }
+    };
     let statement = match existing {
         Existing::Refused => &connection.flush,
         Existing::Skipped => &connection.flush_skipping_existing,
@@ -280,10 +347,17 @@ fn write_taken(
             &c.output,
             &c.roles,
             &owner,
-            &ledgers,
-            &firsts,
+            &first.ledger,
+            &first.first_min,
+            &first.firsts,
         ],
     )?;
+    for ranges in others {
+        connection.client.execute(
+            &connection.clear_ranges,
+            &[&owner, &ranges.ledger, &ranges.first_min, &ranges.firsts],
+        )?;
+    }
     Ok(())
 }
 
@@ -426,7 +500,10 @@ mod tests {
         pending_range(&mut connection.client, 1, 1);
         hand_over(vec![move_row("a", 1, 10), move_row("b", 1, 10)], (1, 1, 1));
         flush(&mut connection, &behind).unwrap();
-        assert_eq!(count(&mut connection.client, "SELECT COUNT(*) FROM moves"), 2);
+        assert_eq!(
+            count(&mut connection.client, "SELECT COUNT(*) FROM moves"),
+            2
+        );
 
         // Transaction 2's move of `a` is already there (a rebuild by another process).
         pending_range(&mut connection.client, 2, 3);
@@ -442,8 +519,14 @@ mod tests {
             (1, 2, 3),
         );
         flush(&mut connection, &behind).unwrap();
-        assert_eq!(count(&mut connection.client, "SELECT COUNT(*) FROM moves"), 5);
-        assert_eq!(count(&mut connection.client, "SELECT COUNT(*) FROM moves_pending"), 0);
+        assert_eq!(
+            count(&mut connection.client, "SELECT COUNT(*) FROM moves"),
+            5
+        );
+        assert_eq!(
+            count(&mut connection.client, "SELECT COUNT(*) FROM moves_pending"),
+            0
+        );
         assert!(behind.take().is_empty(), "nothing left to write");
         let a: String = connection
             .client
@@ -454,5 +537,63 @@ mod tests {
             .unwrap()
             .get(0);
         assert_eq!(a, "18");
+    }
+
+    /// A flush deletes exactly its own ranges, in every ledger it covers: not the ranges its
+    /// process committed since, nor another process's.
+    #[test]
+    fn a_flush_clears_its_ranges_of_every_ledger() {
+        let url = coffer_pg_harness::shared().fresh_database().unwrap();
+        drop(crate::PostgresStore::open(&url).unwrap());
+        let mut connection =
+            FlushConnection::new(Client::connect(&url, postgres::NoTls).unwrap()).unwrap();
+        let behind = MovesBehind {
+            owner: 5,
+            pending: Mutex::new(PendingMoves::default()),
+        };
+        let ranges = [
+            (5, 1, 1, 2),
+            (5, 2, 1, 1),
+            (5, 1, 3, 3),
+            (5, 1, 4, 4),
+            (6, 1, 3, 3),
+        ];
+        for (owner, ledger, first, last) in ranges {
+            connection
+                .client
+                .execute(
+                    "INSERT INTO moves_pending (owner, ledger_id, first_tx, last_tx) VALUES ($1, $2, $3, $4)",
+                    &[&owner, &(ledger as i64), &(first as i64), &(last as i64)],
+                )
+                .unwrap();
+        }
+        let mut in_ledger_2 = move_row("b", 1, 4);
+        in_ledger_2.ledger = 2;
+        // Ledger 1's transactions 1–3 and ledger 2's transaction 1; ledger 1's 4 is not handed over.
+        behind.hand_over(PendingMoves {
+            rows: vec![
+                move_row("a", 1, 1),
+                move_row("a", 2, 2),
+                move_row("a", 3, 3),
+                in_ledger_2,
+            ],
+            ranges: vec![(1, 1, 2), (2, 1, 1), (1, 3, 3)],
+        });
+        flush(&mut connection, &behind).unwrap();
+        assert_eq!(
+            count(&mut connection.client, "SELECT COUNT(*) FROM moves"),
+            4
+        );
+        let left: Vec<(i32, i64, i64)> = connection
+            .client
+            .query(
+                "SELECT owner, ledger_id, first_tx FROM moves_pending ORDER BY owner, ledger_id, first_tx",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect();
+        assert_eq!(left, [(5, 1, 4), (6, 1, 3)]);
     }
 }
