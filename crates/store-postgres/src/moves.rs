@@ -241,7 +241,7 @@ struct MoveColumns<'a> {
 }
 
 impl<'a> MoveColumns<'a> {
-    fn of(rows: &'a [MoveRow]) -> MoveColumns<'a> {
+    fn of(rows: &[&'a MoveRow]) -> MoveColumns<'a> {
         MoveColumns {
             ledger: rows.iter().map(|m| m.ledger).collect(),
             address: rows.iter().map(|m| m.address.as_str()).collect(),
@@ -263,7 +263,8 @@ fn insert_moves_skipping_existing(
     if rows.is_empty() {
         return Ok(());
     }
-    let c = MoveColumns::of(rows);
+    let rows: Vec<&MoveRow> = rows.iter().collect();
+    let c = MoveColumns::of(&rows);
     client.execute(
         INSERT_MOVES_SKIPPING_EXISTING,
         &[
@@ -319,7 +320,12 @@ fn write_taken(
     owner: i32,
     existing: Existing,
 ) -> Result<(), postgres::Error> {
-    let c = MoveColumns::of(&taken.rows);
+    // In primary-key order: each insertion's descent finds the pages of the one before in cache.
+    let mut rows: Vec<&MoveRow> = taken.rows.iter().collect();
+    rows.sort_unstable_by(|a, b| {
+        (a.ledger, &a.address, a.tx_id, &a.asset).cmp(&(b.ledger, &b.address, b.tx_id, &b.asset))
+    });
+    let c = MoveColumns::of(&rows);
     let ledgers = ranges_by_ledger(&taken.ranges);
     let (first, others) = match ledgers.split_first() {
         Some((first, others)) => (first, others),
