@@ -25,6 +25,7 @@ use coffer_ledger::store::{moves_of, MoveRow, StoreResult};
 use coffer_ledger::types::{LedgerId, Transaction, TxId};
 use coffer_ledger::Timestamp;
 use postgres::error::SqlState;
+use postgres::types::ToSql;
 use postgres::{Client, Statement};
 
 use crate::{err, pg_err};
@@ -253,6 +254,20 @@ impl<'a> MoveColumns<'a> {
             roles: rows.iter().map(|m| m.roles as i32).collect(),
         }
     }
+
+    /// `$1`–`$8`.
+    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+        [
+            &self.ledger,
+            &self.address,
+            &self.asset,
+            &self.tx,
+            &self.timestamp,
+            &self.input,
+            &self.output,
+            &self.roles,
+        ]
+    }
 }
 
 /// Inserts moves, skipping those already written (rebuilds).
@@ -265,19 +280,7 @@ fn insert_moves_skipping_existing(
     }
     let rows: Vec<&MoveRow> = rows.iter().collect();
     let c = MoveColumns::of(&rows);
-    client.execute(
-        INSERT_MOVES_SKIPPING_EXISTING,
-        &[
-            &c.ledger,
-            &c.address,
-            &c.asset,
-            &c.tx,
-            &c.timestamp,
-            &c.input,
-            &c.output,
-            &c.roles,
-        ],
-    )?;
+    client.execute(INSERT_MOVES_SKIPPING_EXISTING, &c.params())?;
     Ok(())
 }
 
@@ -285,7 +288,7 @@ fn moves_error(e: postgres::Error) -> StoreError {
     err(format!("{} writing moves", pg_err(e)))
 }
 
-/// Writes the pending moves and deletes their ranges in one transaction; `connection` commits
+/// Writes the pending moves and deletes their ranges; `connection` commits
 /// synchronously, so this also makes every earlier commit durable: a synchronous commit waits
 /// until the WAL is flushed up to its commit record, which covers every commit before it, the
 /// writer's asynchronous ones included.
@@ -341,23 +344,14 @@ fn write_taken(
         Existing::Refused => &connection.flush,
         Existing::Skipped => &connection.flush_skipping_existing,
     };
-    connection.client.execute(
-        statement,
-        &[
-            &c.ledger,
-            &c.address,
-            &c.asset,
-            &c.tx,
-            &c.timestamp,
-            &c.input,
-            &c.output,
-            &c.roles,
-            &owner,
-            &first.ledger,
-            &first.first_min,
-            &first.firsts,
-        ],
-    )?;
+    let mut params = c.params().to_vec();
+    params.extend([
+        &owner as &(dyn ToSql + Sync),
+        &first.ledger,
+        &first.first_min,
+        &first.firsts,
+    ]);
+    connection.client.execute(statement, &params)?;
     for ranges in others {
         connection.client.execute(
             &connection.clear_ranges,
@@ -472,6 +466,19 @@ mod tests {
         }
     }
 
+    /// A flush connection on a fresh database, and an empty hand-over for owner 5.
+    fn flush_setup() -> (FlushConnection, MovesBehind) {
+        let url = coffer_pg_harness::shared().fresh_database().unwrap();
+        drop(crate::PostgresStore::open(&url).unwrap());
+        let connection =
+            FlushConnection::new(Client::connect(&url, postgres::NoTls).unwrap()).unwrap();
+        let behind = MovesBehind {
+            owner: 5,
+            pending: Mutex::new(PendingMoves::default()),
+        };
+        (connection, behind)
+    }
+
     fn count(client: &mut Client, sql: &str) -> i64 {
         client.query_one(sql, &[]).unwrap().get(0)
     }
@@ -480,14 +487,7 @@ mod tests {
     /// others and still clears its ranges, instead of failing again at every flush.
     #[test]
     fn a_flush_writes_what_a_rebuild_left_out() {
-        let url = coffer_pg_harness::shared().fresh_database().unwrap();
-        drop(crate::PostgresStore::open(&url).unwrap());
-        let mut connection =
-            FlushConnection::new(Client::connect(&url, postgres::NoTls).unwrap()).unwrap();
-        let behind = MovesBehind {
-            owner: 5,
-            pending: Mutex::new(PendingMoves::default()),
-        };
+        let (mut connection, behind) = flush_setup();
         let hand_over = |rows: Vec<MoveRow>, range: (LedgerId, i64, i64)| {
             behind.hand_over(PendingMoves {
                 rows,
@@ -549,14 +549,7 @@ mod tests {
     /// process committed since, nor another process's.
     #[test]
     fn a_flush_clears_its_ranges_of_every_ledger() {
-        let url = coffer_pg_harness::shared().fresh_database().unwrap();
-        drop(crate::PostgresStore::open(&url).unwrap());
-        let mut connection =
-            FlushConnection::new(Client::connect(&url, postgres::NoTls).unwrap()).unwrap();
-        let behind = MovesBehind {
-            owner: 5,
-            pending: Mutex::new(PendingMoves::default()),
-        };
+        let (mut connection, behind) = flush_setup();
         let ranges = [
             (5, 1, 1, 2),
             (5, 2, 1, 1),
