@@ -125,6 +125,24 @@ fn cpu_ticks() -> (u64, u64) {
     (total, writer)
 }
 
+/// Busy CPU time of the whole machine so far, in clock ticks: every process, the kernel's
+/// interrupt work included (`/proc/stat`: user, nice, system, irq, softirq; 0 elsewhere). With
+/// PostgreSQL on the same machine, this counts its backends too.
+fn machine_busy_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    [0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum()
+}
+
 /// Length of a `/proc` clock tick in microseconds.
 fn clock_tick_us() -> f64 {
     // SAFETY: sysconf only reads a system constant.
@@ -313,10 +331,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let cpu_before = cpu_ticks();
+    let machine_before = machine_busy_ticks();
     let engine_before = EngineFigures::scrape(&metrics);
     std::thread::sleep(Duration::from_secs(args.duration_secs));
     measuring.store(false, Ordering::Relaxed);
     let cpu_after = cpu_ticks();
+    let machine_after = machine_busy_ticks();
     let engine = EngineFigures::scrape(&metrics).since(&engine_before);
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -341,10 +361,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let cpu_us = per_transfer_us(cpu_before.0, cpu_after.0);
     let writer_cpu_us = per_transfer_us(cpu_before.1, cpu_after.1);
+    let machine_cpu_us = per_transfer_us(machine_before, machine_after);
     println!(
         "store={description} mode={} submitters={} accounts={} duration={:.1}s transfers={done} refused={refused} \
          rate={rate:.0}/s p50={}us p99={}us max={}us peak_rss={}MiB \
          cpu_per_transfer={cpu_us:.1}us writer_cpu_per_transfer={writer_cpu_us:.1}us \
+         machine_cpu_per_transfer={machine_cpu_us:.1}us \
          commits={} requests_per_commit={:.1} batch_mean={:.0}us sync_mean={:.0}us syncs={} \
          flusher_waits={} flusher_wait={:.0}ms",
         if args.hot { "hot" } else { "uniform" },
