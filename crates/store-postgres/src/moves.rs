@@ -15,6 +15,7 @@
 //! written by a rebuild (its flush connection was lost meanwhile) writes the others: a rebuild
 //! racing with a late flush of the same ranges is harmless.
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -80,13 +81,11 @@ macro_rules! flush_moves {
 }
 /// A flush is this one statement, run outside `BEGIN`: its implicit transaction commits
 /// (synchronously) in the same round trip. It clears the ranges of one ledger; those of any other
-/// ledger are cleared right after (a range cleared late only costs a rebuild that finds its moves
-/// written). The insert is plain: checking every row for a conflict first costs PostgreSQL an
+/// ledger are cleared right after, in one more round trip (see `clear_other_ledgers`). The insert is plain: checking every row for a conflict first costs PostgreSQL an
 /// index descent per row (5–7 % of the rate, BENCHMARKS.md), and conflicts are rare (see
 /// `Existing`).
 const FLUSH_MOVES: &str = flush_moves!("");
 const FLUSH_MOVES_SKIPPING_EXISTING: &str = flush_moves!(" ON CONFLICT DO NOTHING");
-const CLEAR_RANGES: &str = clear_ranges!("$1", "$2", "$3", "$4");
 const INSERT_MOVES_SKIPPING_EXISTING: &str = concat!(insert_moves!(), " ON CONFLICT DO NOTHING");
 
 /// The flush connection, with its statements prepared once (a flush runs hundreds of times a
@@ -95,7 +94,6 @@ pub struct FlushConnection {
     pub client: Client,
     flush: Statement,
     flush_skipping_existing: Statement,
-    clear_ranges: Statement,
     flush_commits: Statement,
 }
 
@@ -109,11 +107,32 @@ impl FlushConnection {
         Ok(FlushConnection {
             flush: prepare(FLUSH_MOVES)?,
             flush_skipping_existing: prepare(FLUSH_MOVES_SKIPPING_EXISTING)?,
-            clear_ranges: prepare(CLEAR_RANGES)?,
             flush_commits: prepare(FLUSH_COMMITS)?,
             client,
         })
     }
+}
+
+/// Deletes the ranges of further ledgers: one transaction that does not wait for the WAL (a
+/// range whose deletion a crash takes back only costs a rebuild that finds its moves written),
+/// sent as one string (its values are numbers).
+fn clear_other_ledgers(owner: i32, ledgers: &[LedgerRanges]) -> String {
+    use std::fmt::Write;
+    let mut sql = String::from("BEGIN; SET LOCAL synchronous_commit = off; ");
+    for ranges in ledgers {
+        let firsts: Vec<String> = ranges.firsts.iter().map(i64::to_string).collect();
+        write!(
+            sql,
+            "DELETE FROM moves_pending WHERE owner = {owner} AND ledger_id = {} AND first_tx >= {} \
+             AND first_tx IN ({}); ",
+            ranges.ledger,
+            ranges.first_min,
+            firsts.join(", ")
+        )
+        .expect("writing to a String");
+    }
+    sql.push_str("COMMIT");
+    sql
 }
 
 /// A flush's ranges of one ledger: the smallest first transaction and every first transaction.
@@ -125,17 +144,22 @@ struct LedgerRanges {
 
 fn ranges_by_ledger(ranges: &[(LedgerId, i64, i64)]) -> Vec<LedgerRanges> {
     let mut by_ledger: Vec<LedgerRanges> = Vec::new();
+    let mut index: HashMap<LedgerId, usize> = HashMap::new();
     for &(ledger, first, _) in ranges {
-        match by_ledger.iter_mut().find(|r| r.ledger == ledger) {
-            Some(r) => {
+        match index.get(&ledger) {
+            Some(&i) => {
+                let r = &mut by_ledger[i];
                 r.first_min = r.first_min.min(first);
                 r.firsts.push(first);
             }
-            None => by_ledger.push(LedgerRanges {
-                ledger,
-                first_min: first,
-                firsts: vec![first],
-            }),
+            None => {
+                index.insert(ledger, by_ledger.len());
+                by_ledger.push(LedgerRanges {
+                    ledger,
+                    first_min: first,
+                    firsts: vec![first],
+                });
+            }
         }
     }
     by_ledger
@@ -352,11 +376,10 @@ fn write_taken(
         &first.firsts,
     ]);
     connection.client.execute(statement, &params)?;
-    for ranges in others {
-        connection.client.execute(
-            &connection.clear_ranges,
-            &[&owner, &ranges.ledger, &ranges.first_min, &ranges.firsts],
-        )?;
+    if !others.is_empty() {
+        connection
+            .client
+            .batch_execute(&clear_other_ledgers(owner, others))?;
     }
     Ok(())
 }
