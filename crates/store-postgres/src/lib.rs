@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::error::Error as _;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -85,7 +86,20 @@ fn commit_sync(url: &str, connection: FlushConnection, behind: Arc<MovesBehind>)
             connection = Some(FlushConnection::new(fresh)?);
         }
         let live = connection.as_mut().expect("connected above");
-        let result = moves::flush(live, &behind);
+        let mut result = moves::flush(live, &behind);
+        if result.is_ok() && behind.rebuild_own.swap(false, Ordering::SeqCst) {
+            // After the flush: what it wrote needs no rebuilding, and a range rebuilt twice is
+            // skipped row by row.
+            result = moves::rebuild(&mut live.client, behind.owner).map(|rebuilt| {
+                tracing::info!(
+                    transactions = rebuilt,
+                    "rebuilt moves after the writer reconnected"
+                );
+            });
+            if result.is_err() {
+                behind.rebuild_own.store(true, Ordering::SeqCst);
+            }
+        }
         if result.is_ok() && recovered_at.elapsed() >= moves::RECOVERY_INTERVAL {
             recovered_at = Instant::now();
             if let Err(error) = moves::recover(&mut live.client, behind.owner, false) {
@@ -97,6 +111,16 @@ fn commit_sync(url: &str, connection: FlushConnection, behind: Arc<MovesBehind>)
         }
         result
     })
+}
+
+/// The engine's connection: its commits return without waiting for the WAL flush; `durable`
+/// flushes for many at once, and the engine answers only after it.
+fn writer_connection(url: &str) -> StoreResult<Client> {
+    let mut client = connect(url)?;
+    client
+        .batch_execute("SET synchronous_commit = off; SET application_name = 'coffer-writer'")
+        .map_err(pg_err)?;
+    Ok(client)
 }
 
 fn connect(url: &str) -> StoreResult<Client> {
@@ -112,10 +136,7 @@ impl PostgresStore {
         let mut flush = flush_connection(url)?;
         let owner = moves::take_owner(&mut flush)?;
         moves::recover(&mut flush, owner, true)?;
-        let behind = Arc::new(MovesBehind {
-            owner,
-            pending: Default::default(),
-        });
+        let behind = Arc::new(MovesBehind::new(owner));
         let reader_url = url.to_string();
         let durable = Arc::new(commit_sync(
             url,
@@ -168,14 +189,9 @@ impl Store for PostgresStore {
     }
 
     fn writer(&self) -> StoreResult<Box<dyn StoreWriter>> {
-        let mut client = connect(&self.url)?;
-        // Commits return without waiting for the WAL flush; `durable` flushes for many at
-        // once, and the engine answers only after it.
-        client
-            .batch_execute("SET synchronous_commit = off")
-            .map_err(pg_err)?;
         Ok(Box::new(PostgresWriter {
-            client,
+            url: self.url.clone(),
+            client: writer_connection(&self.url)?,
             statements: HashMap::new(),
             in_transaction: false,
             begin_pending: false,
@@ -385,6 +401,7 @@ impl SqlBackend for Readers {
 // ---------------------------------------------------------------------------------------------
 
 pub struct PostgresWriter {
+    url: String,
     client: Client,
     statements: HashMap<&'static str, Statement>,
     in_transaction: bool,
@@ -542,6 +559,17 @@ impl PostgresWriter {
 impl StoreWriter for PostgresWriter {
     fn begin(&mut self) -> StoreResult<()> {
         assert!(!self.in_transaction, "begin inside a transaction");
+        if self.client.is_closed() {
+            // PostgreSQL restarted, or the connection broke: the batches that were under way
+            // failed (their answers say so); this one starts on a new connection. A commit
+            // whose answer was lost may have succeeded without handing its moves over, so the
+            // next flush rebuilds this process's listed ranges.
+            self.client = writer_connection(&self.url)?;
+            self.statements.clear();
+            self.stash = PendingMoves::default();
+            self.moves.rebuild_own.store(true, Ordering::SeqCst);
+            tracing::warn!("the writer reconnected to PostgreSQL");
+        }
         // Sent with the lock query, to save a round trip.
         self.begin_pending = true;
         self.in_transaction = true;

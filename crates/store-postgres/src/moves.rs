@@ -188,9 +188,20 @@ impl PendingMoves {
 pub struct MovesBehind {
     pub owner: i32,
     pub pending: Mutex<PendingMoves>,
+    /// Set by a writer that lost its connection: a commit whose answer was lost may have
+    /// succeeded, its moves never handed over; the next flush rebuilds this owner's ranges.
+    pub rebuild_own: std::sync::atomic::AtomicBool,
 }
 
 impl MovesBehind {
+    pub fn new(owner: i32) -> MovesBehind {
+        MovesBehind {
+            owner,
+            pending: Mutex::new(PendingMoves::default()),
+            rebuild_own: Default::default(),
+        }
+    }
+
     pub fn hand_over(&self, moves: PendingMoves) {
         self.pending.lock().expect("pending moves").absorb(moves);
     }
@@ -422,7 +433,7 @@ pub fn recover(client: &mut Client, me: i32, at_start: bool) -> StoreResult<u64>
     Ok(rebuilt)
 }
 
-fn rebuild(client: &mut Client, owner: i32) -> StoreResult<u64> {
+pub fn rebuild(client: &mut Client, owner: i32) -> StoreResult<u64> {
     let mut tx = client.transaction().map_err(pg_err)?;
     let ranges: Vec<(i64, i64, i64)> = tx
         .query(
@@ -434,7 +445,7 @@ fn rebuild(client: &mut Client, owner: i32) -> StoreResult<u64> {
         .map(|row| (row.get(0), row.get(1), row.get(2)))
         .collect();
     let mut rebuilt = 0;
-    for (ledger, first, last) in ranges {
+    for &(ledger, first, last) in &ranges {
         let mut from = first;
         while from <= last {
             let to = last.min(from.saturating_add(RECOVERY_PAGE - 1));
@@ -466,8 +477,14 @@ fn rebuild(client: &mut Client, owner: i32) -> StoreResult<u64> {
             from = to + 1;
         }
     }
-    tx.execute("DELETE FROM moves_pending WHERE owner = $1", &[&owner])
+    // Exactly the ranges read: a live writer of this owner may have listed more since.
+    for (ledger, first, _) in &ranges {
+        tx.execute(
+            "DELETE FROM moves_pending WHERE owner = $1 AND ledger_id = $2 AND first_tx = $3",
+            &[&owner, ledger, first],
+        )
         .map_err(pg_err)?;
+    }
     tx.commit().map_err(pg_err)?;
     Ok(rebuilt)
 }
@@ -495,10 +512,7 @@ mod tests {
         drop(crate::PostgresStore::open(&url).unwrap());
         let connection =
             FlushConnection::new(Client::connect(&url, postgres::NoTls).unwrap()).unwrap();
-        let behind = MovesBehind {
-            owner: 5,
-            pending: Mutex::new(PendingMoves::default()),
-        };
+        let behind = MovesBehind::new(5);
         (connection, behind)
     }
 

@@ -136,3 +136,67 @@ fn moves_a_dead_process_left_are_rebuilt() {
     let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(report.is_ok(), "{report}");
 }
+
+#[test]
+fn the_writer_reconnects_after_losing_its_connection() {
+    use coffer_store_tests::{balance, commit, create_ledger, new_tx, posting, service};
+    let backend = fresh();
+    let ledgers = service(&backend);
+    create_ledger(&ledgers, "main");
+    commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "u:1", 5, "USD")]),
+    )
+    .unwrap();
+    let mut sql = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
+    let terminated: i64 = sql
+        .query_one(
+            // OFFSET 0 keeps the filter ahead of the call (other tests' databases share the
+            // cluster).
+            "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM (SELECT pid \
+             FROM pg_stat_activity WHERE application_name = 'coffer-writer' \
+             AND datname = current_database() OFFSET 0) writers",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(terminated, 1, "one writer connection");
+    // The first write may find the connection broken (and say so); the next ones reconnect.
+    let mut expected = 5;
+    if commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "u:1", 7, "USD")]),
+    )
+    .is_ok()
+    {
+        expected += 7;
+    }
+    for _ in 0..3 {
+        commit(
+            &ledgers,
+            "main",
+            new_tx(vec![posting("world", "u:1", 1, "USD")]),
+        )
+        .expect("the writer reconnected");
+        expected += 1;
+    }
+    assert_eq!(balance(&ledgers, "main", "u:1", "USD"), expected);
+    let reconnected: i64 = sql
+        .query_one(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE application_name = 'coffer-writer' AND datname = current_database()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(reconnected, 1, "a new writer connection");
+    let verified = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(verified.is_ok(), "{verified}");
+    let pending: i64 = sql
+        .query_one("SELECT COUNT(*) FROM moves_pending", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 0, "every range written or rebuilt");
+}
