@@ -478,13 +478,14 @@ pub fn rebuild(client: &mut Client, owner: i32) -> StoreResult<u64> {
         }
     }
     // Exactly the ranges read: a live writer of this owner may have listed more since.
-    for (ledger, first, _) in &ranges {
-        tx.execute(
-            "DELETE FROM moves_pending WHERE owner = $1 AND ledger_id = $2 AND first_tx = $3",
-            &[&owner, ledger, first],
-        )
-        .map_err(pg_err)?;
-    }
+    let ledgers: Vec<i64> = ranges.iter().map(|r| r.0).collect();
+    let firsts: Vec<i64> = ranges.iter().map(|r| r.1).collect();
+    tx.execute(
+        "DELETE FROM moves_pending p USING unnest($2::bigint[], $3::bigint[]) AS r(l, f) \
+         WHERE p.owner = $1 AND p.ledger_id = r.l AND p.first_tx = r.f",
+        &[&owner, &ledgers, &firsts],
+    )
+    .map_err(pg_err)?;
     tx.commit().map_err(pg_err)?;
     Ok(rebuilt)
 }
