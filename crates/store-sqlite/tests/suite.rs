@@ -283,7 +283,7 @@ fn transactions_of_an_older_layout_move_to_the_projections() {
 /// text (before that form existed) read the same, beside new ones.
 #[test]
 fn transactions_stored_as_json_text_still_read() {
-    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service, Backend};
+    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
     let backend = fresh();
     let path = backend.dir.path().join("coffer.db");
     let ledgers = service(&backend);
@@ -341,7 +341,7 @@ fn transactions_stored_as_json_text_still_read() {
 /// than the WAL may hold.
 #[test]
 fn the_wal_starts_over_under_steady_commits() {
-    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service, Backend};
+    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
     let backend = fresh();
     let path = backend.dir.path().join("coffer.db");
     let ledgers = Arc::new(service(&backend));
