@@ -5,7 +5,8 @@
 //! cargo run --release -p coffer-pg-harness --example cluster
 //! ```
 //!
-//! `COFFER_PG_SETTINGS` adds server settings, space-separated `name=value` pairs.
+//! `COFFER_PG_SETTINGS` adds server settings, space-separated `name=value` pairs;
+//! `COFFER_PG_SOCKET=1` prints the URL through the cluster's Unix socket instead of TCP.
 
 use std::io::BufRead;
 
@@ -22,6 +23,13 @@ fn main() {
     let url = cluster
         .create_database("coffer")
         .unwrap_or_else(|err| panic!("{err}"));
+    let url = if std::env::var("COFFER_PG_SOCKET").is_ok_and(|v| v == "1") {
+        // The same database, through the socket.
+        let name = url.rsplit('/').next().unwrap_or("coffer");
+        cluster.socket_url(name)
+    } else {
+        url
+    };
     println!("{url}");
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);

@@ -181,6 +181,23 @@ impl Cluster {
         format!("postgres://coffer@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// URL of a database of this cluster through its Unix socket (in the cluster's directory):
+    /// no TCP stack on either side, as for a Coffer beside its database.
+    pub fn socket_url(&self, database: &str) -> String {
+        let dir: String = self
+            .dir
+            .to_string_lossy()
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        format!("postgres://coffer@{dir}:{}/{database}", self.port)
+    }
+
     /// Creates a fresh database and returns its URL.
     pub fn create_database(&self, name: &str) -> Result<String, String> {
         let mut client = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)

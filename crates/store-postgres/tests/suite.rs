@@ -200,3 +200,30 @@ fn the_writer_reconnects_after_losing_its_connection() {
         .get(0);
     assert_eq!(pending, 0, "every range written or rebuilt");
 }
+
+/// A store named by a URL whose host is a directory reaches PostgreSQL through its Unix socket
+/// there (for a Coffer beside its database: no TCP stack on either side).
+#[test]
+fn a_store_opens_through_a_unix_socket() {
+    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
+    let cluster = coffer_pg_harness::shared();
+    let url = cluster.fresh_database().expect("database created");
+    let name = url.rsplit('/').next().expect("a database name");
+    let socket = cluster.socket_url(name);
+    assert!(socket.starts_with("postgres://coffer@%2F"), "{socket}");
+    let backend = Postgres { url: socket };
+    let ledgers = service(&backend);
+    create_ledger(&ledgers, "main");
+    commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "x", 7, "USD")]),
+    )
+    .unwrap();
+    let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(report.is_ok(), "{report}");
+    // The same database over TCP sees the socket's write.
+    let tcp = service(&Postgres { url });
+    let tx = commit(&tcp, "main", new_tx(vec![posting("x", "y", 7, "USD")])).unwrap();
+    assert_eq!(tx.id, 2);
+}
