@@ -14,10 +14,18 @@ use rusqlite::functions::{Aggregate, Context, FunctionFlags};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql};
 
-const MAIN_MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init",
-    include_str!("../migrations/main/0001_init.sql"),
-)];
+/// SQL migrations of the main database, in order (0003 does not depend on the code migration
+/// 0002 below, which runs after them).
+const MAIN_MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init",
+        include_str!("../migrations/main/0001_init.sql"),
+    ),
+    (
+        "0003_logs_rowid",
+        include_str!("../migrations/main/0003_logs_rowid.sql"),
+    ),
+];
 /// The main database's second migration is code: it moves the transactions to the projections
 /// database (see [`move_transactions`]).
 const MAIN_TRANSACTIONS_MOVED: &str = "0002_transactions_to_projections";

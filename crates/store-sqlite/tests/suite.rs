@@ -513,3 +513,82 @@ fn scans_read_past_a_gap_in_the_ids() {
         "{report}"
     );
 }
+
+/// Stores whose logs are in a `WITHOUT ROWID` table (before migration 0003): opening one moves
+/// them to a rowid table, and every log, its chain and its idempotency key read as before.
+#[test]
+fn logs_of_an_older_layout_move_to_a_rowid_table() {
+    use coffer_ledger::command::{Command, Request};
+    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
+    let keyed = |amount: i128| {
+        Request::new(
+            "main",
+            Command::CreateTransaction(new_tx(vec![posting("world", "a", amount, "USD")])),
+        )
+        .with_idempotency_key("key-1")
+    };
+    let backend = fresh();
+    let path = backend.dir.path().join("coffer.db");
+    let ledgers = service(&backend);
+    create_ledger(&ledgers, "main");
+    for i in 1..=20 {
+        commit(
+            &ledgers,
+            "main",
+            new_tx(vec![posting("world", "a", i, "USD")]),
+        )
+        .unwrap();
+    }
+    let first = ledgers.write_blocking(keyed(5)).unwrap();
+    let logs_before = ledgers.scan_logs("main", 0, 100).unwrap();
+    ledgers.shutdown();
+    drop(ledgers);
+
+    let main = rusqlite::Connection::open(&path).unwrap();
+    main.execute_batch(
+        "BEGIN; \
+         CREATE TABLE logs_old (ledger_id INTEGER NOT NULL, id INTEGER NOT NULL, type TEXT NOT NULL, \
+           date INTEGER NOT NULL, data TEXT NOT NULL, idempotency_key TEXT, idempotency_hash BLOB, \
+           hash BLOB NOT NULL, PRIMARY KEY (ledger_id, id)) WITHOUT ROWID; \
+         INSERT INTO logs_old SELECT * FROM logs; \
+         DROP TABLE logs; \
+         ALTER TABLE logs_old RENAME TO logs; \
+         CREATE UNIQUE INDEX logs_idempotency_key ON logs (ledger_id, idempotency_key) \
+           WHERE idempotency_key IS NOT NULL; \
+         DELETE FROM coffer_migrations WHERE name = '0003_logs_rowid'; \
+         COMMIT;",
+    )
+    .unwrap();
+    let layout = |conn: &rusqlite::Connection| -> String {
+        conn.query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'logs'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    assert!(layout(&main).contains("WITHOUT ROWID"));
+    drop(main);
+
+    let ledgers = service(&backend);
+    assert_eq!(ledgers.scan_logs("main", 0, 100).unwrap(), logs_before);
+    let replay = ledgers.write_blocking(keyed(5)).unwrap();
+    assert!(replay.idempotency_hit);
+    assert_eq!(replay.outcome, first.outcome);
+    commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "a", 1, "USD")]),
+    )
+    .unwrap();
+    let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(report.is_ok(), "{report}");
+    ledgers.shutdown();
+    drop(ledgers);
+    let main = rusqlite::Connection::open(&path).unwrap();
+    assert!(
+        !layout(&main).contains("WITHOUT ROWID"),
+        "{}",
+        layout(&main)
+    );
+}
