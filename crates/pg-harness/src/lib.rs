@@ -184,17 +184,8 @@ impl Cluster {
     /// URL of a database of this cluster through its Unix socket (in the cluster's directory):
     /// no TCP stack on either side, as for a Coffer beside its database.
     pub fn socket_url(&self, database: &str) -> String {
-        let dir: String = self
-            .dir
-            .to_string_lossy()
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
+        let dir = self.dir.to_string_lossy();
+        let dir = percent_encoding::utf8_percent_encode(&dir, percent_encoding::NON_ALPHANUMERIC);
         format!("postgres://coffer@{dir}:{}/{database}", self.port)
     }
 
