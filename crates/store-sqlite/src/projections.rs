@@ -9,7 +9,7 @@
 
 use hashbrown::HashMap;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -54,6 +54,10 @@ pub const FLUSH_ROWS_MAX: usize = 600_000;
 /// Rows handed over and not yet taken by the flusher; beyond this the writer waits. With
 /// `FLUSH_QUEUE_MAX` it bounds the queue's memory whatever the size of each hand-over.
 pub const FLUSH_QUEUED_ROWS_MAX: usize = 1_000_000;
+/// While it gathers, the flusher takes the hand-overs every this many milliseconds instead of
+/// being woken by each (one per commit, thousands a second, each a context switch on a machine
+/// whose cores the request path needs). A reader's kick still wakes it at once.
+pub const FLUSH_TAKE_INTERVAL_MS: u64 = 20;
 const RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// A transaction row, encoded on the writer's thread (shared with the writer's overlay of rows
@@ -308,14 +312,35 @@ struct FlushState {
     stopped: bool,
 }
 
-enum Message {
-    Data(u64, Projections),
-    /// A reader waits for the projections: write now.
-    Kick,
+/// A generation of projections handed over.
+type Message = (u64, Projections);
+
+/// Set by a reader that waits for the projections: the flusher writes what it gathered now.
+#[derive(Default)]
+struct Kick {
+    kicked: Mutex<bool>,
+    condvar: Condvar,
+}
+
+impl Kick {
+    fn kick(&self) {
+        *self.kicked.lock() = true;
+        self.condvar.notify_one();
+    }
+
+    /// Waits up to `timeout` for a kick; whether there was one (clearing it).
+    fn wait(&self, timeout: Duration) -> bool {
+        let mut kicked = self.kicked.lock();
+        if !*kicked {
+            self.condvar.wait_for(&mut kicked, timeout);
+        }
+        std::mem::take(&mut *kicked)
+    }
 }
 
 pub struct Flusher {
     sender: Option<SyncSender<Message>>,
+    kick: Arc<Kick>,
     /// Rows handed over and not yet taken by the flusher (see `FLUSH_QUEUED_ROWS_MAX`).
     queued_rows: Arc<(Mutex<usize>, Condvar)>,
     shared: Arc<(Mutex<FlushState>, Condvar)>,
@@ -326,17 +351,14 @@ pub struct Flusher {
 pub struct Ticket {
     shared: Arc<(Mutex<FlushState>, Condvar)>,
     generation: u64,
-    kick: Option<SyncSender<Message>>,
+    kick: Arc<Kick>,
 }
 
 impl Ticket {
     pub fn wait(&self) -> StoreResult<()> {
         let (lock, condvar) = &*self.shared;
         if lock.lock().flushed < self.generation {
-            if let Some(kick) = &self.kick {
-                // A full queue means the flusher has plenty to write already.
-                let _ = kick.try_send(Message::Kick);
-            }
+            self.kick.kick();
         }
         let mut state = lock.lock();
         while state.flushed < self.generation {
@@ -367,6 +389,8 @@ impl Flusher {
         let queued_rows = Arc::new((Mutex::new(0), Condvar::new()));
         let thread_shared = shared.clone();
         let thread_queued_rows = queued_rows.clone();
+        let kick = Arc::new(Kick::default());
+        let thread_kick = kick.clone();
         let thread = std::thread::Builder::new()
             .name("coffer-flusher".into())
             .spawn(move || {
@@ -374,11 +398,12 @@ impl Flusher {
                     receiver,
                     queued_rows: thread_queued_rows,
                 };
-                flusher_loop(conn, queue, thread_shared, catch_up, durable)
+                flusher_loop(conn, queue, &thread_kick, thread_shared, catch_up, durable)
             })
             .map_err(|e| err(format!("cannot start the projection flusher: {e}")))?;
         Ok(Flusher {
             sender: Some(sender),
+            kick,
             queued_rows,
             shared,
             thread: Some(thread),
@@ -403,7 +428,7 @@ impl Flusher {
             }
             *queued += rows;
         }
-        let sent = match sender.try_send(Message::Data(generation, projections)) {
+        let sent = match sender.try_send((generation, projections)) {
             Err(TrySendError::Full(message)) => {
                 // The writer, and every request behind it, waits: a sign the flusher falls behind.
                 let started = Instant::now();
@@ -421,7 +446,7 @@ impl Flusher {
         Ticket {
             shared: self.shared.clone(),
             generation,
-            kick: self.sender.clone(),
+            kick: self.kick.clone(),
         }
     }
 
@@ -460,6 +485,7 @@ impl Queue {
 fn flusher_loop(
     conn: Connection,
     queue: Queue,
+    kick: &Kick,
     shared: Arc<(Mutex<FlushState>, Condvar)>,
     mut catch_up: WalCatchUp,
     durable: Arc<CommitSync>,
@@ -475,45 +501,56 @@ fn flusher_loop(
             FLUSH_GATHER_MS
         });
         // Wait for data, then gather more until the delay passes, a reader kicks, or the rows
-        // pile up.
+        // pile up; hand-overs are taken every `FLUSH_TAKE_INTERVAL_MS` meanwhile.
         let mut gathered: Option<(u64, Vec<Projections>)> = None;
         let mut rows = 0;
         let mut disconnected = false;
         let mut started = Instant::now();
+        let take_interval = Duration::from_millis(FLUSH_TAKE_INTERVAL_MS);
+        let take = |gathered: &mut Option<(u64, Vec<Projections>)>,
+                    rows: &mut usize,
+                    started: &mut Instant,
+                    (generation, projections): Message| {
+            queue.taken(projections.rows());
+            *rows += projections.rows();
+            match gathered {
+                Some((last, all)) => {
+                    all.push(projections);
+                    *last = (*last).max(generation);
+                }
+                None => {
+                    *gathered = Some((generation, vec![projections]));
+                    *started = Instant::now();
+                }
+            }
+        };
         loop {
             let message = match &gathered {
                 None => queue
                     .receiver
                     .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
-                Some(_) => match gather.checked_sub(started.elapsed()) {
-                    Some(left) if rows < FLUSH_ROWS_MAX => queue.receiver.recv_timeout(left),
-                    _ => break,
-                },
+                    .map_err(|_| TryRecvError::Disconnected),
+                Some(_) => queue.receiver.try_recv(),
             };
             match message {
-                Ok(Message::Data(generation, projections)) => {
-                    queue.taken(projections.rows());
-                    rows += projections.rows();
-                    match &mut gathered {
-                        Some((last, all)) => {
-                            all.push(projections);
-                            *last = (*last).max(generation);
-                        }
-                        None => {
-                            gathered = Some((generation, vec![projections]));
-                            started = Instant::now();
-                        }
+                Ok(message) => take(&mut gathered, &mut rows, &mut started, message),
+                Err(TryRecvError::Empty) => {
+                    if rows >= FLUSH_ROWS_MAX {
+                        break;
                     }
-                }
-                Ok(Message::Kick) => {
-                    reader_waited = Some(Instant::now());
-                    if gathered.is_some() {
+                    let Some(left) = gather.checked_sub(started.elapsed()) else {
+                        break;
+                    };
+                    if kick.wait(left.min(take_interval)) {
+                        reader_waited = Some(Instant::now());
+                        // What came meanwhile is written too.
+                        while let Ok(message) = queue.receiver.try_recv() {
+                            take(&mut gathered, &mut rows, &mut started, message);
+                        }
                         break;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(TryRecvError::Disconnected) => {
                     disconnected = true;
                     break;
                 }

@@ -592,3 +592,31 @@ fn logs_of_an_older_layout_move_to_a_rowid_table() {
         layout(&main)
     );
 }
+
+/// A read that needs the projections makes the flusher write what it gathered at once, rather
+/// than after its gathering delay: the flusher takes hand-overs only every
+/// `FLUSH_TAKE_INTERVAL_MS` but a reader's kick wakes it.
+#[test]
+fn a_read_kicks_the_flusher_out_of_its_gathering() {
+    use coffer_store_sqlite::projections::{FLUSH_GATHER_MS, FLUSH_GATHER_READERS_MS};
+    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
+    let backend = fresh();
+    let ledgers = service(&backend);
+    create_ledger(&ledgers, "main");
+    for round in 1..=3 {
+        commit(
+            &ledgers,
+            "main",
+            new_tx(vec![posting("world", "u:1", 5, "USD")]),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let account = ledgers.get_account("main", "u:1", None).unwrap();
+        let waited = started.elapsed();
+        assert_eq!(account.volumes["USD"].input, 5 * round);
+        // Far below either gathering delay, so that only a kick explains it.
+        let bound =
+            std::time::Duration::from_millis(FLUSH_GATHER_READERS_MS.min(FLUSH_GATHER_MS) / 2);
+        assert!(waited < bound, "round {round}: the read waited {waited:?}");
+    }
+}
