@@ -362,8 +362,5 @@ pub(crate) fn run_query(
     Ok(out)
 }
 
-/// What a restarted WAL is truncated to (by the connection that restarts it): more than the
-/// writer's WAL reaches before it starts over (`WAL_FRAMES_CATCH_UP` frames of 4,120 bytes), so
-/// that its commits overwrite the file rather than grow it (an `fdatasync` of a file whose size
-/// changed also commits the file system's journal).
-pub const WAL_BYTES_KEPT: u64 = 128 * 1024 * 1024;
+/// What a restarted WAL is truncated to (by the connection that restarts it).
+pub const WAL_BYTES_KEPT: u64 = 64 * 1024 * 1024;

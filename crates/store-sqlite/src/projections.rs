@@ -9,7 +9,7 @@
 
 use hashbrown::HashMap;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -54,10 +54,6 @@ pub const FLUSH_ROWS_MAX: usize = 600_000;
 /// Rows handed over and not yet taken by the flusher; beyond this the writer waits. With
 /// `FLUSH_QUEUE_MAX` it bounds the queue's memory whatever the size of each hand-over.
 pub const FLUSH_QUEUED_ROWS_MAX: usize = 1_000_000;
-/// While it gathers, the flusher takes the hand-overs every this many milliseconds instead of
-/// being woken by each (one per commit, thousands a second, each a context switch on a machine
-/// whose cores the request path needs). A reader's kick still wakes it at once.
-pub const FLUSH_TAKE_INTERVAL_MS: u64 = 20;
 const RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// A transaction row, encoded on the writer's thread (shared with the writer's overlay of rows
@@ -312,35 +308,14 @@ struct FlushState {
     stopped: bool,
 }
 
-/// A generation of projections handed over.
-type Message = (u64, Projections);
-
-/// Set by a reader that waits for the projections: the flusher writes what it gathered now.
-#[derive(Default)]
-struct Kick {
-    kicked: Mutex<bool>,
-    condvar: Condvar,
-}
-
-impl Kick {
-    fn kick(&self) {
-        *self.kicked.lock() = true;
-        self.condvar.notify_one();
-    }
-
-    /// Waits up to `timeout` for a kick; whether there was one (clearing it).
-    fn wait(&self, timeout: Duration) -> bool {
-        let mut kicked = self.kicked.lock();
-        if !*kicked {
-            self.condvar.wait_for(&mut kicked, timeout);
-        }
-        std::mem::take(&mut *kicked)
-    }
+enum Message {
+    Data(u64, Projections),
+    /// A reader waits for the projections: write now.
+    Kick,
 }
 
 pub struct Flusher {
     sender: Option<SyncSender<Message>>,
-    kick: Arc<Kick>,
     /// Rows handed over and not yet taken by the flusher (see `FLUSH_QUEUED_ROWS_MAX`).
     queued_rows: Arc<(Mutex<usize>, Condvar)>,
     shared: Arc<(Mutex<FlushState>, Condvar)>,
@@ -351,14 +326,17 @@ pub struct Flusher {
 pub struct Ticket {
     shared: Arc<(Mutex<FlushState>, Condvar)>,
     generation: u64,
-    kick: Arc<Kick>,
+    kick: Option<SyncSender<Message>>,
 }
 
 impl Ticket {
     pub fn wait(&self) -> StoreResult<()> {
         let (lock, condvar) = &*self.shared;
         if lock.lock().flushed < self.generation {
-            self.kick.kick();
+            if let Some(kick) = &self.kick {
+                // A full queue means the flusher has plenty to write already.
+                let _ = kick.try_send(Message::Kick);
+            }
         }
         let mut state = lock.lock();
         while state.flushed < self.generation {
@@ -389,8 +367,6 @@ impl Flusher {
         let queued_rows = Arc::new((Mutex::new(0), Condvar::new()));
         let thread_shared = shared.clone();
         let thread_queued_rows = queued_rows.clone();
-        let kick = Arc::new(Kick::default());
-        let thread_kick = kick.clone();
         let thread = std::thread::Builder::new()
             .name("coffer-flusher".into())
             .spawn(move || {
@@ -398,12 +374,11 @@ impl Flusher {
                     receiver,
                     queued_rows: thread_queued_rows,
                 };
-                flusher_loop(conn, queue, &thread_kick, thread_shared, catch_up, durable)
+                flusher_loop(conn, queue, thread_shared, catch_up, durable)
             })
             .map_err(|e| err(format!("cannot start the projection flusher: {e}")))?;
         Ok(Flusher {
             sender: Some(sender),
-            kick,
             queued_rows,
             shared,
             thread: Some(thread),
@@ -428,7 +403,7 @@ impl Flusher {
             }
             *queued += rows;
         }
-        let sent = match sender.try_send((generation, projections)) {
+        let sent = match sender.try_send(Message::Data(generation, projections)) {
             Err(TrySendError::Full(message)) => {
                 // The writer, and every request behind it, waits: a sign the flusher falls behind.
                 let started = Instant::now();
@@ -446,7 +421,7 @@ impl Flusher {
         Ticket {
             shared: self.shared.clone(),
             generation,
-            kick: self.kick.clone(),
+            kick: self.sender.clone(),
         }
     }
 
@@ -485,7 +460,6 @@ impl Queue {
 fn flusher_loop(
     conn: Connection,
     queue: Queue,
-    kick: &Kick,
     shared: Arc<(Mutex<FlushState>, Condvar)>,
     mut catch_up: WalCatchUp,
     durable: Arc<CommitSync>,
@@ -501,56 +475,45 @@ fn flusher_loop(
             FLUSH_GATHER_MS
         });
         // Wait for data, then gather more until the delay passes, a reader kicks, or the rows
-        // pile up; hand-overs are taken every `FLUSH_TAKE_INTERVAL_MS` meanwhile.
+        // pile up.
         let mut gathered: Option<(u64, Vec<Projections>)> = None;
         let mut rows = 0;
         let mut disconnected = false;
         let mut started = Instant::now();
-        let take_interval = Duration::from_millis(FLUSH_TAKE_INTERVAL_MS);
-        let take = |gathered: &mut Option<(u64, Vec<Projections>)>,
-                    rows: &mut usize,
-                    started: &mut Instant,
-                    (generation, projections): Message| {
-            queue.taken(projections.rows());
-            *rows += projections.rows();
-            match gathered {
-                Some((last, all)) => {
-                    all.push(projections);
-                    *last = (*last).max(generation);
-                }
-                None => {
-                    *gathered = Some((generation, vec![projections]));
-                    *started = Instant::now();
-                }
-            }
-        };
         loop {
             let message = match &gathered {
                 None => queue
                     .receiver
                     .recv()
-                    .map_err(|_| TryRecvError::Disconnected),
-                Some(_) => queue.receiver.try_recv(),
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+                Some(_) => match gather.checked_sub(started.elapsed()) {
+                    Some(left) if rows < FLUSH_ROWS_MAX => queue.receiver.recv_timeout(left),
+                    _ => break,
+                },
             };
             match message {
-                Ok(message) => take(&mut gathered, &mut rows, &mut started, message),
-                Err(TryRecvError::Empty) => {
-                    if rows >= FLUSH_ROWS_MAX {
-                        break;
-                    }
-                    let Some(left) = gather.checked_sub(started.elapsed()) else {
-                        break;
-                    };
-                    if kick.wait(left.min(take_interval)) {
-                        reader_waited = Some(Instant::now());
-                        // What came meanwhile is written too.
-                        while let Ok(message) = queue.receiver.try_recv() {
-                            take(&mut gathered, &mut rows, &mut started, message);
+                Ok(Message::Data(generation, projections)) => {
+                    queue.taken(projections.rows());
+                    rows += projections.rows();
+                    match &mut gathered {
+                        Some((last, all)) => {
+                            all.push(projections);
+                            *last = (*last).max(generation);
                         }
+                        None => {
+                            gathered = Some((generation, vec![projections]));
+                            started = Instant::now();
+                        }
+                    }
+                }
+                Ok(Message::Kick) => {
+                    reader_waited = Some(Instant::now());
+                    if gathered.is_some() {
                         break;
                     }
                 }
-                Err(TryRecvError::Disconnected) => {
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
                     disconnected = true;
                     break;
                 }

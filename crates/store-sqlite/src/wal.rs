@@ -12,7 +12,7 @@
 //! the checkpointer has just copied nearly everything (`CATCH_UP_FRAMES_LEFT_MAX`); past
 //! `WAL_FRAMES_CATCH_UP` the checkpointer copies at each of its polls to make that so. Before,
 //! the writer copied whatever was left (up to a quarter of a second of commits): batches of
-//! 4–11 ms, about 80 in 10 s at 65,000 transfers/s.
+//! 4–11 ms, about 80 in 10 s at 65,000 transfers/s; now 4–6 ms, nearly all of it the two syncs.
 
 use std::os::raw::c_int;
 use std::path::Path;
@@ -26,10 +26,10 @@ use rusqlite::Connection;
 
 use crate::conn::{err, open_main, READ_CACHE_KIB};
 
-/// Frames past which a writer checkpoints between its transactions (about 67 MB). Each
-/// catch-up holds the writer for its two syncs (WAL, then database file), 4–6 ms under load;
-/// at 4,096 frames that came about every quarter of a second and set the p99 latency.
-pub const WAL_FRAMES_CATCH_UP: u64 = 16_384;
+/// Frames past which a writer checkpoints between its transactions. (16,384 made the catch-ups
+/// four times rarer and `coffer bench`'s p99 lower, but the HTTP transfers' p99 higher:
+/// BENCHMARKS.md.)
+pub const WAL_FRAMES_CATCH_UP: u64 = 4096;
 /// Frames past which the writer waits for a background checkpoint in progress rather than
 /// trying again after its next transaction: the WAL's hard bound, short of readers holding old
 /// snapshots.
