@@ -35,7 +35,7 @@ pub const WAL_FRAMES_CATCH_UP: u64 = 4096;
 /// snapshots.
 pub const WAL_FRAMES_MAX: u64 = 2 * WAL_FRAMES_CATCH_UP;
 /// The writer catches up only when at most this many frames are left to copy (unless its WAL
-/// is past `WAL_FRAMES_MAX`): a catch-up then costs well under a millisecond.
+/// is past `WAL_FRAMES_MAX`): what it then costs is mostly its two syncs.
 pub const CATCH_UP_FRAMES_LEFT_MAX: u64 = 512;
 /// How often the checkpointer looks at the WALs.
 pub const CHECKPOINT_POLL_MS: u64 = 50;
@@ -304,7 +304,7 @@ mod tests {
         assert!(watch.frames() > before, "the WAL started over");
         assert_eq!(watch.restarts.load(Ordering::Relaxed), 0);
 
-        // The checkpointer copies everything but the last transaction's frames.
+        // The checkpointer copies everything; the writer then commits a little more.
         let checkpointer = wal_connection(&path);
         let copied = watch.checkpoint_passive(&checkpointer, "main").unwrap();
         assert_eq!(copied.checkpointed, copied.frames);
