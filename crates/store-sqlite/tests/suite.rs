@@ -30,6 +30,13 @@ fn fresh() -> Sqlite {
 
 coffer_store_tests::store_suite!(fresh());
 
+/// Commits `amount` USD from `world` to `destination` on the ledger "main".
+fn from_world(ledgers: &coffer_ledger::Ledgers, destination: &str, amount: i128) {
+    use coffer_store_tests::{commit, new_tx, posting};
+    let tx = new_tx(vec![posting("world", destination, amount, "USD")]);
+    commit(ledgers, "main", tx).expect("transfer committed");
+}
+
 #[test]
 fn a_second_process_cannot_open_the_store() {
     let backend = fresh();
@@ -388,24 +395,14 @@ fn the_wal_starts_over_under_steady_commits() {
 /// reported by the check that covers it.
 #[test]
 fn verify_reports_tampering() {
-    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service, Backend};
+    use coffer_store_tests::{create_ledger, service, Backend};
     fn check(tamper_main: &str, tamper_projections: &str, expected: &[&str]) {
         let backend = fresh();
         let path = backend.dir.path().join("coffer.db");
         let ledgers = service(&backend);
         create_ledger(&ledgers, "main");
         for i in 1..=5 {
-            commit(
-                &ledgers,
-                "main",
-                new_tx(vec![posting(
-                    "world",
-                    &format!("u:{}", i % 2),
-                    10 * i,
-                    "USD",
-                )]),
-            )
-            .unwrap();
+            from_world(&ledgers, &format!("u:{}", i % 2), 10 * i);
         }
         let clean = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
         assert!(clean.is_ok(), "{clean}");
@@ -473,18 +470,13 @@ fn verify_reports_tampering() {
 /// (which only tampering makes) still come, in order, from the query after it.
 #[test]
 fn scans_read_past_a_gap_in_the_ids() {
-    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service, Backend};
+    use coffer_store_tests::{create_ledger, service, Backend};
     let backend = fresh();
     let path = backend.dir.path().join("coffer.db");
     let ledgers = service(&backend);
     create_ledger(&ledgers, "main");
     for i in 1..=6 {
-        commit(
-            &ledgers,
-            "main",
-            new_tx(vec![posting("world", "u:1", i, "USD")]),
-        )
-        .unwrap();
+        from_world(&ledgers, "u:1", i);
     }
     ledgers.shutdown();
     drop(ledgers);
@@ -532,12 +524,7 @@ fn logs_of_an_older_layout_move_to_a_rowid_table() {
     let ledgers = service(&backend);
     create_ledger(&ledgers, "main");
     for i in 1..=20 {
-        commit(
-            &ledgers,
-            "main",
-            new_tx(vec![posting("world", "a", i, "USD")]),
-        )
-        .unwrap();
+        from_world(&ledgers, "a", i);
     }
     let first = ledgers.write_blocking(keyed(5)).unwrap();
     let logs_before = ledgers.scan_logs("main", 0, 100).unwrap();
@@ -598,17 +585,12 @@ fn logs_of_an_older_layout_move_to_a_rowid_table() {
 #[test]
 fn a_read_kicks_the_flusher_out_of_its_gathering() {
     use coffer_store_sqlite::projections::{FLUSH_GATHER_MS, FLUSH_GATHER_READERS_MS};
-    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
+    use coffer_store_tests::{create_ledger, service};
     let backend = fresh();
     let ledgers = service(&backend);
     create_ledger(&ledgers, "main");
     for round in 1..=3 {
-        commit(
-            &ledgers,
-            "main",
-            new_tx(vec![posting("world", "u:1", 5, "USD")]),
-        )
-        .unwrap();
+        from_world(&ledgers, "u:1", 5);
         let started = std::time::Instant::now();
         let account = ledgers.get_account("main", "u:1", None).unwrap();
         let waited = started.elapsed();
