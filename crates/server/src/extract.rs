@@ -220,3 +220,38 @@ pub async fn refuse_nul(
     }
     next.run(request).await
 }
+
+/// Amounts in request bodies: JSON integers in the asset's smallest unit, up to 2^127 − 1.
+///
+/// Read as the number's literal (serde_json's `arbitrary_precision`), so that `1.5`, `1e3` or an
+/// integer past 128 bits is refused by name rather than as a syntax error after its first digits.
+pub(crate) mod amount {
+    use serde::{de::Error, Deserialize, Deserializer};
+
+    fn parse<E: Error>(number: serde_json::Number) -> Result<i128, E> {
+        let literal = number.as_str();
+        if literal.contains(['.', 'e', 'E']) {
+            return Err(E::custom(format!(
+                "amounts are integers in the asset's smallest unit, got {literal}"
+            )));
+        }
+        literal.parse::<i128>().map_err(|_| {
+            E::custom(format!(
+                "amount {literal} is out of range (at most 2^127 - 1 = {})",
+                i128::MAX
+            ))
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i128, D::Error> {
+        parse(serde_json::Number::deserialize(deserializer)?)
+    }
+
+    pub fn deserialize_option<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<i128>, D::Error> {
+        Option::<serde_json::Number>::deserialize(deserializer)?
+            .map(parse)
+            .transpose()
+    }
+}

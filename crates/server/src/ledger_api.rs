@@ -46,6 +46,7 @@ pub struct V2Posting {
     #[schema(schema_with = crate::openapi::address_schema)]
     pub destination: String,
     #[schema(schema_with = crate::openapi::posting_amount_schema)]
+    #[serde(deserialize_with = "crate::extract::amount::deserialize")]
     pub amount: i128,
     #[schema(schema_with = crate::openapi::asset_schema)]
     pub asset: String,

@@ -405,6 +405,7 @@ pub struct CreateBalanceRequest {
 pub struct MonetaryJson {
     pub asset: String,
     #[schema(schema_with = crate::openapi::amount_schema)]
+    #[serde(deserialize_with = "crate::extract::amount::deserialize")]
     pub amount: i128,
 }
 
@@ -449,7 +450,10 @@ pub struct DebitWalletRequest {
 #[derive(Deserialize, ToSchema, Debug, Default)]
 pub struct ConfirmHoldRequest {
     /// 0 or absent: everything that remains.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "crate::extract::amount::deserialize_option"
+    )]
     #[schema(schema_with = crate::openapi::amount_schema)]
     pub amount: Option<i128>,
     /// Send what remains afterwards back to the wallet's main balance.

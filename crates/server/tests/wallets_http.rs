@@ -803,3 +803,67 @@ fn nulls_and_empty_names_mean_defaults() {
     );
     assert_eq!(wallet["data"]["metadata"], json!({}));
 }
+
+/// Amounts are JSON integers: anything else is refused with a message naming the field and the
+/// problem, on the wallets' and the ledger's routes alike, and nothing is written.
+#[test]
+fn amounts_that_are_not_integers_are_refused_by_name() {
+    let app = app();
+    let id = app.create_wallet("w", json!({}));
+    app.send(Method::POST, "/api/ledger/v2/l", None, None);
+    // (amount literal, expected message fragment; "" for accepted)
+    let cases = [
+        ("7", ""),
+        ("1267650600228229401496703205376", ""),
+        ("1.5", "amount: amounts are integers in the asset's smallest unit, got 1.5"),
+        ("1e3", "amount: amounts are integers in the asset's smallest unit, got 1e"),
+        ("2.0", "amount: amounts are integers in the asset's smallest unit, got 2.0"),
+        (
+            "170141183460469231731687303715884105728",
+            "amount: amount 170141183460469231731687303715884105728 is out of range (at most 2^127 - 1",
+        ),
+        ("\"12\"", "amount: invalid type: string \"12\", expected a JSON number"),
+        ("null", "amount: invalid type: null, expected a JSON number"),
+    ];
+    let check = |uri: &str, body: String, expected: &str| {
+        let reply = app.send(Method::POST, uri, Some(body.clone().into_bytes()), None);
+        if expected.is_empty() {
+            assert!(
+                reply.status.is_success(),
+                "{body}: {}",
+                String::from_utf8_lossy(&reply.body)
+            );
+        } else {
+            let message = reply.error(StatusCode::BAD_REQUEST, "VALIDATION");
+            assert!(message.contains(expected), "{body}: {message}");
+        }
+    };
+    for (literal, expected) in cases {
+        check(
+            &format!("/api/wallets/wallets/{id}/credit"),
+            format!(r#"{{"amount": {{"asset": "EUR", "amount": {literal}}}}}"#),
+            expected,
+        );
+        check(
+            "/api/ledger/v2/l/transactions",
+            format!(
+                r#"{{"postings": [{{"source": "world", "destination": "a:{}", "amount": {literal}, "asset": "EUR"}}]}}"#,
+                literal.len()
+            ),
+            expected,
+        );
+    }
+    let message = app
+        .post("/api/wallets/holds/none/confirm", json!({"amount": 1.5}))
+        .error(StatusCode::BAD_REQUEST, "VALIDATION");
+    assert!(message.contains("got 1.5"), "{message}");
+    // Only the two accepted amounts were credited.
+    let wallet = app.ok(
+        app.get(&format!("/api/wallets/wallets/{id}")),
+        StatusCode::OK,
+    );
+    assert_eq!(
+        wallet["data"]["balances"]["main"]["assets"]["EUR"],
+        json!(1267650600228229401496703205383_u128)
+    );
+}
