@@ -239,6 +239,8 @@ fn preload(ledgers: &Arc<Ledgers>, args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    // The store's warnings and errors (a failed flush, a retried batch) must show during a run.
+    crate::serve::init_logging("text")?;
     anyhow::ensure!(
         args.submitters > 0 && args.accounts > 1,
         "need at least one submitter and two accounts"

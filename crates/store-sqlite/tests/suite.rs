@@ -601,3 +601,97 @@ fn a_read_kicks_the_flusher_out_of_its_gathering() {
         assert!(waited < bound, "round {round}: the read waited {waited:?}");
     }
 }
+
+/// The flusher writes rows many to a statement: flushes of every size around a statement's
+/// row count read back as committed, with references, metadata and big amounts in every column
+/// that has them, and pass `verify`. Two rounds: the second updates the volumes rows the first
+/// inserted.
+#[test]
+fn flushes_of_every_size_read_back_as_committed() {
+    use coffer_store_sqlite::projections::ROWS_PER_INSERT;
+    use coffer_store_tests::{balance, commit, create_ledger, meta, new_tx, posting, service};
+    fn check(count: usize) {
+        let backend = fresh();
+        let ledgers = service(&backend);
+        create_ledger(&ledgers, "main");
+        let mut expected = std::collections::BTreeMap::new();
+        for round in 0..2 {
+            let mut committed = Vec::new();
+            // No read until every commit is handed over: one flush holds them all.
+            for i in 0..count {
+                let amount = if i % 5 == 0 {
+                    i128::MAX / 4096
+                } else {
+                    i as i128 + 1
+                };
+                let account = format!("u:{}", i % 97);
+                let mut tx = new_tx(vec![posting("world", &account, amount, "USD/2")]);
+                if i % 2 == 1 {
+                    tx.reference = Some(format!("ref-{round}-{i}"));
+                    tx.metadata = meta(&[("i", &i.to_string())]);
+                }
+                committed.push(commit(&ledgers, "main", tx).expect("committed"));
+                *expected.entry(account).or_insert(0i128) += amount;
+            }
+            for tx in &committed {
+                let read = ledgers.get_transaction("main", tx.id, None).unwrap();
+                assert_eq!(&read, tx, "{count} in one flush: transaction {}", tx.id);
+            }
+            for (account, sum) in &expected {
+                let read = balance(&ledgers, "main", account, "USD/2");
+                assert_eq!(read, *sum, "{count}, round {round}: {account}");
+            }
+        }
+        let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+        assert!(report.is_ok(), "{count}: {report}");
+    }
+    for count in [
+        1,
+        ROWS_PER_INSERT - 1,
+        ROWS_PER_INSERT,
+        ROWS_PER_INSERT + 1,
+        3 * ROWS_PER_INSERT + 5,
+    ] {
+        check(count);
+    }
+}
+
+/// A projections write that keeps failing is retried while the store is open (reads report the
+/// error), and given up when the store closes, so that closing cannot hang; the next open
+/// rebuilds from the logs what was not written.
+#[test]
+fn closing_gives_up_a_projections_write_that_keeps_failing() {
+    use coffer_store_tests::{balance, create_ledger, service};
+    let backend = fresh();
+    let projections = format!(
+        "{}-projections",
+        backend.dir.path().join("coffer.db").display()
+    );
+    let ledgers = service(&backend);
+    create_ledger(&ledgers, "main");
+    from_world(&ledgers, "u:1", 5);
+    assert_eq!(balance(&ledgers, "main", "u:1", "USD"), 5);
+    let conn = rusqlite::Connection::open(&projections).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER fail_moves BEFORE INSERT ON moves \
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+    )
+    .unwrap();
+    from_world(&ledgers, "u:1", 7);
+    let error = ledgers.get_account("main", "u:1", None).unwrap_err();
+    assert!(error.to_string().contains("injected failure"), "{error}");
+    let (closed, closing) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(ledgers);
+        closed.send(()).unwrap();
+    });
+    closing
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("closing the store returns");
+    conn.execute_batch("DROP TRIGGER fail_moves").unwrap();
+    drop(conn);
+    let ledgers = service(&backend);
+    assert_eq!(balance(&ledgers, "main", "u:1", "USD"), 12);
+    let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
