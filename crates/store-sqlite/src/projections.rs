@@ -216,10 +216,20 @@ pub fn write(conn: &Connection, batches: &[Projections]) -> StoreResult<()> {
             }
         }
     }
-    let mut moves: Vec<&MoveRow> = batches.iter().flat_map(|batch| &batch.moves).collect();
-    moves.sort_unstable_by(|a, b| {
-        (a.ledger, &a.address, a.tx_id, &a.asset).cmp(&(b.ledger, &b.address, b.tx_id, &b.asset))
-    });
+    // Each account's moves together, accounts in key order, so that consecutive inserts land on
+    // the same B-tree pages. Grouping costs a hash per move where sorting them all cost a
+    // fifth of the flusher's time in string comparisons; within an account they stay in commit
+    // order, which is their transactions' order.
+    let mut by_account: HashMap<(LedgerId, &str), Vec<&MoveRow>> = HashMap::new();
+    for row in batches.iter().flat_map(|batch| &batch.moves) {
+        by_account
+            .entry((row.ledger, row.address.as_str()))
+            .or_default()
+            .push(row);
+    }
+    let mut accounts: Vec<((LedgerId, &str), Vec<&MoveRow>)> = by_account.into_iter().collect();
+    accounts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let moves: Vec<&MoveRow> = accounts.into_iter().flat_map(|(_, rows)| rows).collect();
     insert_rows(
         conn,
         "INSERT INTO moves (ledger_id, address, asset, tx_id, timestamp, input_delta, output_delta, roles) VALUES ",
