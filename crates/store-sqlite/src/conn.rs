@@ -364,3 +364,49 @@ pub(crate) fn run_query(
 
 /// What a restarted WAL is truncated to (by the connection that restarts it).
 pub const WAL_BYTES_KEPT: u64 = 64 * 1024 * 1024;
+
+/// Inserts `rows` with `INSERT … VALUES (…), (…)` statements: as many rows to a statement as
+/// the largest of `chunks` (sizes from largest to smallest, the last 1) that is not more than
+/// what is left. One cached statement per size, whatever the count; `tail` follows the values
+/// (an `ON CONFLICT` clause).
+pub(crate) fn insert_rows<'a, T>(
+    conn: &Connection,
+    chunks: &[usize],
+    head: &str,
+    columns: usize,
+    rows: &'a [T],
+    values_of: impl Fn(&'a T, &mut Vec<ToSqlOutput<'a>>),
+    tail: &str,
+) -> StoreResult<()> {
+    assert!(
+        chunks.windows(2).all(|pair| pair[0] > pair[1]) && chunks.last() == Some(&1),
+        "chunk sizes go down to 1"
+    );
+    let placeholders = format!("({})", vec!["?"; columns].join(", "));
+    let mut values: Vec<ToSqlOutput<'a>> = Vec::with_capacity(columns * chunks[0]);
+    let mut rest = rows;
+    for &size in chunks {
+        if rest.len() < size {
+            continue;
+        }
+        let sql = format!(
+            "{head}{}{tail}",
+            vec![placeholders.as_str(); size].join(", ")
+        );
+        let mut statement = conn.prepare_cached(&sql).map_err(err)?;
+        while rest.len() >= size {
+            let (chunk, after) = rest.split_at(size);
+            values.clear();
+            for row in chunk {
+                values_of(row, &mut values);
+            }
+            assert_eq!(values.len(), columns * size, "values of {size} rows");
+            statement
+                .execute(rusqlite::params_from_iter(&values))
+                .map_err(err)?;
+            rest = after;
+        }
+    }
+    debug_assert!(rest.is_empty());
+    Ok(())
+}

@@ -30,7 +30,9 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::conn::{amount_of, amount_value, err, open_projections, run_query, WRITE_CACHE_KIB};
+use crate::conn::{
+    amount_of, amount_value, err, insert_rows, open_projections, run_query, WRITE_CACHE_KIB,
+};
 use crate::wal::{lower_thread_priority, WalCatchUp, WalWatch};
 use coffer_ledger::durability::CommitSync;
 
@@ -164,6 +166,7 @@ pub fn write(conn: &Connection, batches: &[Projections]) -> StoreResult<()> {
     transactions.sort_unstable_by_key(|row| (row.ledger, row.id));
     insert_rows(
         conn,
+        &INSERT_CHUNKS,
         "INSERT INTO transactions (ledger_id, id, timestamp, reference, postings, metadata, \
          post_commit_volumes, inserted_at, updated_at, reverted_at) VALUES ",
         10,
@@ -232,6 +235,7 @@ pub fn write(conn: &Connection, batches: &[Projections]) -> StoreResult<()> {
     let moves: Vec<&MoveRow> = accounts.into_iter().flat_map(|(_, rows)| rows).collect();
     insert_rows(
         conn,
+        &INSERT_CHUNKS,
         "INSERT INTO moves (ledger_id, address, asset, tx_id, timestamp, input_delta, output_delta, roles) VALUES ",
         8,
         &moves,
@@ -260,6 +264,7 @@ pub fn write(conn: &Connection, batches: &[Projections]) -> StoreResult<()> {
     volumes.sort_unstable_by(|a, b| a.0.cmp(b.0));
     insert_rows(
         conn,
+        &INSERT_CHUNKS,
         "INSERT INTO volumes (ledger_id, address, asset, input, output) VALUES ",
         5,
         &volumes,
@@ -296,57 +301,12 @@ pub fn write(conn: &Connection, batches: &[Projections]) -> StoreResult<()> {
     Ok(())
 }
 
-/// Rows one INSERT statement carries. One statement for many rows saves a statement's
-/// execution per row (binding, stepping, resetting): 1.3–2.2 µs of CPU less per transfer in
-/// `coffer bench` (BENCHMARKS.md). 256 rows measured no better.
+/// Rows an INSERT statement of the flusher carries (and, for what is left, 8 and 1). One
+/// statement for many rows saves a statement's execution per row (binding, stepping,
+/// resetting): 1.3–2.2 µs of CPU less per transfer in `coffer bench` (BENCHMARKS.md). 256
+/// rows measured no better.
 pub const ROWS_PER_INSERT: usize = 64;
-
-/// Inserts `rows` with `INSERT … VALUES (…), (…)` statements of `ROWS_PER_INSERT` rows, and the
-/// rest one row per statement (two cached statements whatever the count).
-fn insert_rows<'a, T>(
-    conn: &Connection,
-    head: &str,
-    columns: usize,
-    rows: &'a [T],
-    values_of: impl Fn(&'a T, &mut Vec<ToSqlOutput<'a>>),
-    tail: &str,
-) -> StoreResult<()> {
-    let placeholders = format!("({})", vec!["?"; columns].join(", "));
-    let mut values: Vec<ToSqlOutput<'a>> = Vec::with_capacity(columns * ROWS_PER_INSERT);
-    let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
-    if chunks.len() > 0 {
-        let sql = format!(
-            "{head}{}{tail}",
-            vec![placeholders.as_str(); ROWS_PER_INSERT].join(", ")
-        );
-        let mut statement = conn.prepare_cached(&sql).map_err(err)?;
-        for chunk in &mut chunks {
-            values.clear();
-            for row in chunk {
-                values_of(row, &mut values);
-            }
-            debug_assert_eq!(values.len(), columns * ROWS_PER_INSERT);
-            statement
-                .execute(rusqlite::params_from_iter(&values))
-                .map_err(err)?;
-        }
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut statement = conn
-            .prepare_cached(&format!("{head}{placeholders}{tail}"))
-            .map_err(err)?;
-        for row in rest {
-            values.clear();
-            values_of(row, &mut values);
-            debug_assert_eq!(values.len(), columns);
-            statement
-                .execute(rusqlite::params_from_iter(&values))
-                .map_err(err)?;
-        }
-    }
-    Ok(())
-}
+const INSERT_CHUNKS: [usize; 3] = [ROWS_PER_INSERT, 8, 1];
 
 fn write_in_transaction(conn: &Connection, batches: &[Projections]) -> StoreResult<()> {
     conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
