@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::LedgerError;
-use crate::time::Timestamp;
+use crate::time::{Rfc3339Text, Timestamp};
 use crate::types::{Metadata, Posting, Transaction, TxId};
 
 pub type LogId = u64;
@@ -223,12 +223,12 @@ pub fn encode_new_transaction(
     struct TransactionRef<'a> {
         postings: Postings<'a>,
         metadata: &'a Metadata,
-        timestamp: String,
+        timestamp: Rfc3339Text,
         #[serde(skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
         id: TxId,
         reverted: bool,
-        inserted_at: String,
+        inserted_at: Rfc3339Text,
     }
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
@@ -240,11 +240,11 @@ pub fn encode_new_transaction(
         transaction: TransactionRef {
             postings: Postings(&tx.postings),
             metadata: &tx.metadata,
-            timestamp: tx.timestamp.to_rfc3339(),
+            timestamp: tx.timestamp.rfc3339(),
             reference: tx.reference.as_deref(),
             id: tx.id,
             reverted: false,
-            inserted_at: tx.inserted_at.to_rfc3339(),
+            inserted_at: tx.inserted_at.rfc3339(),
         },
         account_metadata,
     })
