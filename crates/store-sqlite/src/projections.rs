@@ -549,9 +549,18 @@ fn flusher_loop(
         if let Some((generation, batches)) = gathered {
             catch_up.run(&conn, "main");
             // Every hand-over follows its commit's return, so this covers all gathered.
-            while let Err(error) = durable.sync() {
-                tracing::error!(error = %error, "syncing the transactions failed; retrying");
-                std::thread::sleep(RETRY_DELAY);
+            // Projections are written only once their logs are durable; closing gives up a
+            // sync that keeps failing as it gives up a write.
+            while !given_up {
+                let Err(error) = durable.sync() else { break };
+                if shared.0.lock().stopping {
+                    tracing::error!(error = %error, "syncing the transactions failed while \
+                        closing; projections are rebuilt from the logs at the next open");
+                    given_up = true;
+                } else {
+                    tracing::error!(error = %error, "syncing the transactions failed; retrying");
+                    std::thread::sleep(RETRY_DELAY);
+                }
             }
             if !given_up {
                 given_up = !write_until_done(&conn, generation, &batches, rows, &shared);
