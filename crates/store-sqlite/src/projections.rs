@@ -27,7 +27,7 @@ use coffer_ledger::store::{
 use coffer_ledger::types::{LedgerId, Transaction, TxId, Volumes, VolumesByAccount};
 use coffer_ledger::{StoreError, Timestamp};
 use parking_lot::{Condvar, Mutex};
-use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::types::{Null, ToSqlOutput};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::conn::{
@@ -176,19 +176,14 @@ pub fn write(conn: &Connection, batches: &[Projections]) -> StoreResult<()> {
                 ToSqlOutput::from(row.ledger),
                 ToSqlOutput::from(row.id as i64),
                 ToSqlOutput::from(row.timestamp),
-                match &row.reference {
-                    Some(reference) => ToSqlOutput::Borrowed(ValueRef::Text(reference.as_bytes())),
-                    None => ToSqlOutput::Owned(Value::Null),
-                },
-                ToSqlOutput::Borrowed(ValueRef::Blob(&row.postings)),
-                ToSqlOutput::Borrowed(ValueRef::Text(row.metadata.as_bytes())),
-                ToSqlOutput::Borrowed(ValueRef::Blob(&row.post_commit_volumes)),
+                ToSqlOutput::Borrowed(row.reference.as_deref().into()),
+                ToSqlOutput::from(row.postings.as_slice()),
+                ToSqlOutput::from(row.metadata.as_str()),
+                ToSqlOutput::from(row.post_commit_volumes.as_slice()),
                 ToSqlOutput::from(row.inserted_at),
                 ToSqlOutput::from(row.updated_at),
-                match row.reverted_at {
-                    Some(at) => ToSqlOutput::from(at),
-                    None => ToSqlOutput::Owned(Value::Null),
-                },
+                row.reverted_at
+                    .map_or(ToSqlOutput::from(Null), ToSqlOutput::from),
             ])
         },
         "",
@@ -242,8 +237,8 @@ pub fn write(conn: &Connection, batches: &[Projections]) -> StoreResult<()> {
         |row, values| {
             values.extend([
                 ToSqlOutput::from(row.ledger),
-                ToSqlOutput::Borrowed(ValueRef::Text(row.address.as_bytes())),
-                ToSqlOutput::Borrowed(ValueRef::Text(row.asset.as_bytes())),
+                ToSqlOutput::from(row.address.as_str()),
+                ToSqlOutput::from(row.asset.as_str()),
                 ToSqlOutput::from(row.tx_id as i64),
                 ToSqlOutput::from(row.timestamp.micros()),
                 ToSqlOutput::Owned(amount_value(row.input_delta)),
@@ -271,8 +266,8 @@ pub fn write(conn: &Connection, batches: &[Projections]) -> StoreResult<()> {
         |(key, volumes), values| {
             values.extend([
                 ToSqlOutput::from(key.ledger),
-                ToSqlOutput::Borrowed(ValueRef::Text(key.address.as_bytes())),
-                ToSqlOutput::Borrowed(ValueRef::Text(key.asset.as_bytes())),
+                ToSqlOutput::from(key.address.as_str()),
+                ToSqlOutput::from(key.asset.as_str()),
                 ToSqlOutput::Owned(amount_value(volumes.input)),
                 ToSqlOutput::Owned(amount_value(volumes.output)),
             ])
