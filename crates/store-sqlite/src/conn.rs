@@ -362,8 +362,14 @@ pub(crate) fn run_query(
     Ok(out)
 }
 
-/// What a restarted WAL is truncated to (by the connection that restarts it).
+/// What a restarted WAL is truncated to (by the connection that restarts it): more than the
+/// writer's WAL reaches (`WAL_FRAMES_MAX` frames), so that its commits overwrite the file rather
+/// than grow it (an `fdatasync` of a file whose size changed also commits the file system's
+/// journal).
 pub const WAL_BYTES_KEPT: u64 = 64 * 1024 * 1024;
+const _: () = assert!(WAL_BYTES_KEPT > crate::wal::WAL_FRAMES_MAX * WAL_FRAME_BYTES_MAX);
+/// A WAL frame: its 24-byte header and a page (SQLite's default 4,096 bytes, which Coffer keeps).
+const WAL_FRAME_BYTES_MAX: u64 = 24 + 4096;
 
 /// Inserts `rows` with `INSERT … VALUES (…), (…)` statements: as many rows to a statement as
 /// the largest of `chunks` (sizes from largest to smallest, the last 1) that is not more than
