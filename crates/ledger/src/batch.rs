@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use hashbrown::{HashMap, HashSet};
 
 use crate::cache::Caches;
+use crate::codec;
 use crate::command::{Command, NewTransaction, Outcome, Request, Response, Target, TxBody};
 use crate::error::LedgerError;
 use crate::log::{
@@ -18,7 +19,8 @@ use crate::log::{
     TARGET_ACCOUNT, TARGET_TRANSACTION,
 };
 use crate::store::{
-    AccountWrite, BatchWrites, LedgerHead, NewLedger, StoreWriter, TransactionUpdate, VolumeKey,
+    AccountWrite, BatchWrites, LedgerHead, LogWrite, NewLedger, StoreWriter, TransactionUpdate,
+    VolumeKey,
 };
 use crate::time::Timestamp;
 use crate::types::{
@@ -77,7 +79,7 @@ pub struct Batch<'w> {
     references: HashSet<(LedgerId, String)>,
     idempotency: HashMap<(LedgerId, String), IdempotencyEntry>,
     ledger_metadata: HashMap<LedgerId, Metadata>,
-    logs: Vec<(LedgerId, Log)>,
+    logs: Vec<LogWrite>,
 }
 
 /// Postings applied on top of the batch state, not yet folded in.
@@ -341,7 +343,7 @@ impl<'w> Batch<'w> {
             Command::ImportLogs { logs } => self.import_logs(&head, logs)?,
         };
         let log_id =
-            (self.logs.len() > logs_before).then(|| self.logs.last().expect("appended").1.id);
+            (self.logs.len() > logs_before).then(|| self.logs.last().expect("appended").log.id);
         Ok(Response {
             outcome,
             idempotency_hit: false,
@@ -623,9 +625,21 @@ impl<'w> Batch<'w> {
         head_name: &str,
         kind: LogType,
         data: String,
+        packed: Option<Vec<u8>>,
         request: &Request,
         fingerprint: Option<Hash>,
     ) -> Result<(), LedgerError> {
+        if cfg!(debug_assertions) {
+            if let Some(packed) = &packed {
+                let decoded = codec::compact::decode_new_transaction(packed)
+                    .expect("packed log data decodes");
+                assert_eq!(
+                    log::encode(&decoded),
+                    data,
+                    "packed log data gives the hashed text"
+                );
+            }
+        }
         let head = self.heads.get_mut(head_name).expect("locked ledger");
         let id = head.next_log_id;
         let hash = chain_hash(
@@ -658,7 +672,11 @@ impl<'w> Batch<'w> {
             idempotency_hash: fingerprint,
             hash,
         };
-        self.logs.push((ledger, log));
+        self.logs.push(LogWrite {
+            ledger,
+            log,
+            packed,
+        });
         Ok(())
     }
 
@@ -758,6 +776,10 @@ impl<'w> Batch<'w> {
             &request.ledger,
             LogType::NewTransaction,
             log::encode_new_transaction(&tx, &account_metadata),
+            Some(codec::compact::encode_new_transaction(
+                &tx,
+                &account_metadata,
+            )),
             request,
             fingerprint,
         )?;
@@ -850,6 +872,7 @@ impl<'w> Batch<'w> {
             &request.ledger,
             LogType::RevertedTransaction,
             log::encode(&payload),
+            None,
             request,
             fingerprint,
         )?;
@@ -921,6 +944,7 @@ impl<'w> Batch<'w> {
             &request.ledger,
             LogType::SetMetadata,
             log::encode(&payload),
+            None,
             request,
             fingerprint,
         )?;
@@ -973,6 +997,7 @@ impl<'w> Batch<'w> {
             &request.ledger,
             LogType::DeleteMetadata,
             log::encode(&payload),
+            None,
             request,
             fingerprint,
         )?;
@@ -1052,13 +1077,14 @@ impl<'w> Batch<'w> {
             head.next_log_id += 1;
             head.last_hash = Some(hash);
             self.touched_heads.insert(name.clone());
-            self.logs.push((
+            self.logs.push(LogWrite {
                 ledger,
-                Log {
+                log: Log {
                     hash,
                     ..log.clone()
                 },
-            ));
+                packed: None,
+            });
             if let Some(key) = &log.idempotency_key {
                 let entry = IdempotencyEntry {
                     log_id: log.id,

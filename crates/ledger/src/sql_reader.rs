@@ -217,7 +217,7 @@ impl<B: SqlBackend> SqlReader<B> {
             id: int(row, 0)? as LogId,
             kind: LogType::parse(&kind).ok_or_else(|| corrupt("log type"))?,
             date: timestamp(row, 2)?,
-            data: text(row, 3)?,
+            data: crate::codec::decode_log_data(row.get(3))?,
             idempotency_key: opt_text(row, 4)?,
             idempotency_hash: hash(row, 5)?,
             hash: hash(row, 6)?.ok_or_else(|| corrupt("log hash"))?,

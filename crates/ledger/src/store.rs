@@ -92,7 +92,18 @@ pub struct BatchWrites {
     /// Final volumes of every (account, asset) the batch moved.
     pub volumes: Vec<(VolumeKey, Volumes)>,
     pub accounts: Vec<AccountWrite>,
-    pub logs: Vec<(LedgerId, Log)>,
+    pub logs: Vec<LogWrite>,
+}
+
+/// A log entry to append.
+#[derive(Clone, Debug)]
+pub struct LogWrite {
+    pub ledger: LedgerId,
+    pub log: Log,
+    /// For the NEW_TRANSACTION entries the engine makes, `log.data` in the compact form
+    /// ([`crate::codec::compact::encode_new_transaction`]), which a store may keep instead of the
+    /// text ([`crate::codec::decode_log_data`] gives the text back).
+    pub packed: Option<Vec<u8>>,
 }
 
 impl BatchWrites {

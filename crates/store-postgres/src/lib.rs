@@ -940,20 +940,20 @@ impl StoreWriter for PostgresWriter {
         let am_updated: Vec<i64> = with_meta.iter().map(|a| a.updated_at.micros()).collect();
 
         let logs = &writes.logs;
-        let log_ledger: Vec<i64> = logs.iter().map(|(ledger, _)| *ledger).collect();
-        let log_id: Vec<i64> = logs.iter().map(|(_, log)| log.id as i64).collect();
-        let log_type: Vec<&str> = logs.iter().map(|(_, log)| log.kind.as_str()).collect();
-        let log_date: Vec<i64> = logs.iter().map(|(_, log)| log.date.micros()).collect();
-        let log_data: Vec<&str> = logs.iter().map(|(_, log)| log.data.as_str()).collect();
+        let log_ledger: Vec<i64> = logs.iter().map(|w| w.ledger).collect();
+        let log_id: Vec<i64> = logs.iter().map(|w| w.log.id as i64).collect();
+        let log_type: Vec<&str> = logs.iter().map(|w| w.log.kind.as_str()).collect();
+        let log_date: Vec<i64> = logs.iter().map(|w| w.log.date.micros()).collect();
+        let log_data: Vec<&str> = logs.iter().map(|w| w.log.data.as_str()).collect();
         let log_key: Vec<Option<&str>> = logs
             .iter()
-            .map(|(_, log)| log.idempotency_key.as_deref())
+            .map(|w| w.log.idempotency_key.as_deref())
             .collect();
         let log_key_hash: Vec<Option<Vec<u8>>> = logs
             .iter()
-            .map(|(_, log)| log.idempotency_hash.map(|h| h.to_vec()))
+            .map(|w| w.log.idempotency_hash.map(|h| h.to_vec()))
             .collect();
-        let log_hash: Vec<Vec<u8>> = logs.iter().map(|(_, log)| log.hash.to_vec()).collect();
+        let log_hash: Vec<Vec<u8>> = logs.iter().map(|w| w.log.hash.to_vec()).collect();
 
         let lean = updates.is_empty() && writes.accounts.is_empty();
         let row = {

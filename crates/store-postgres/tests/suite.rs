@@ -126,6 +126,24 @@ fn moves_a_dead_process_left_are_rebuilt() {
     drop(ledgers);
 
     drop(alive);
+    // The server ends the session, and frees its lock, a moment after the client hangs up.
+    let held = |sql: &mut postgres::Client| -> bool {
+        sql.query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 8 \
+             AND classid = $1::int::oid)",
+            &[&coffer_store_postgres::OWNER_LOCK_CLASS],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while held(&mut sql) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "owner 8's session never ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let ledgers = service(&backend);
     assert_eq!(
         history(&ledgers, "u:1"),

@@ -25,6 +25,10 @@ const MAIN_MIGRATIONS: &[(&str, &str)] = &[
         "0003_logs_rowid",
         include_str!("../migrations/main/0003_logs_rowid.sql"),
     ),
+    (
+        "0004_compact_log_data",
+        include_str!("../migrations/main/0004_compact_log_data.sql"),
+    ),
 ];
 /// The main database's second migration is code: it moves the transactions to the projections
 /// database (see [`move_transactions`]).
@@ -111,6 +115,23 @@ fn migrate_schema(conn: &Connection, schema: &str, migrations: &[(&str, &str)]) 
         "CREATE TABLE IF NOT EXISTS {schema}.coffer_migrations (name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)"
     ))
     .map_err(err)?;
+    // A store a newer binary migrated may hold data this one cannot read: refuse it.
+    let applied: Vec<String> = {
+        let mut statement = conn
+            .prepare(&format!("SELECT name FROM {schema}.coffer_migrations"))
+            .map_err(err)?;
+        let rows = statement.query_map([], |row| row.get(0)).map_err(err)?;
+        rows.collect::<Result<_, _>>().map_err(err)?
+    };
+    if let Some(unknown) = applied.iter().find(|name| {
+        !migrations.iter().any(|(known, _)| known == name)
+            && name.as_str() != MAIN_TRANSACTIONS_MOVED
+    }) {
+        return Err(err(format!(
+            "the store was written by a newer version of Coffer (migration {schema}/{unknown} is \
+             unknown to this one): upgrade this binary"
+        )));
+    }
     for (name, sql) in migrations {
         let applied: Option<String> = conn
             .query_row(

@@ -27,7 +27,7 @@ use coffer_ledger::store::{
 use coffer_ledger::types::{LedgerId, Transaction, TxId, Volumes, VolumesByAccount};
 use coffer_ledger::{StoreError, Timestamp};
 use parking_lot::{Condvar, Mutex};
-use rusqlite::types::{Null, ToSqlOutput};
+use rusqlite::types::{Null, ToSqlOutput, Value};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::conn::{
@@ -676,7 +676,7 @@ pub fn recover(conn: &Connection, page_logs: usize) -> StoreResult<u64> {
     for (ledger, mut applied) in ledgers {
         let mut replay = Replay { conn, ledger };
         loop {
-            let logs: Vec<(LogId, String, i64, String)> = {
+            let logs: Vec<(LogId, String, i64, Value)> = {
                 let mut statement = conn
                     .prepare_cached(
                         "SELECT id, type, date, data FROM logs WHERE ledger_id = ?1 AND id > ?2 \
@@ -705,7 +705,25 @@ pub fn recover(conn: &Connection, page_logs: usize) -> StoreResult<u64> {
             for (id, kind, date, data) in &logs {
                 let kind = LogType::parse(kind)
                     .ok_or_else(|| err(format!("log {id} of ledger {ledger} has type {kind:?}")))?;
-                replay.log(&mut page, &mut applied, kind, Timestamp(*date), data)?;
+                match (kind, data) {
+                    (_, Value::Text(data)) => {
+                        replay.log(&mut page, &mut applied, kind, Timestamp(*date), data)?
+                    }
+                    (LogType::NewTransaction, Value::Blob(bytes)) => {
+                        let payload = codec::compact::decode_new_transaction(bytes)?;
+                        replay.new_transaction(
+                            &mut page,
+                            &mut applied,
+                            &payload.transaction,
+                            Timestamp(*date),
+                        )?
+                    }
+                    _ => {
+                        return Err(err(format!(
+                            "log {id} of ledger {ledger} has data of the wrong kind"
+                        )))
+                    }
+                }
                 applied.log = *id;
                 replayed += 1;
             }

@@ -12,10 +12,11 @@ use coffer_ledger::sql::SqlValue;
 use coffer_ledger::sql_reader::SqlReader;
 use coffer_ledger::store::TransactionUpdate;
 use coffer_ledger::store::{
-    BatchWrites, Durability, LedgerHead, NewLedger, ProjectionTicket, StoreResult, StoreWriter,
-    StoredAccount, VolumeKey,
+    BatchWrites, Durability, LedgerHead, LogWrite, NewLedger, ProjectionTicket, StoreResult,
+    StoreWriter, StoredAccount, VolumeKey,
 };
 use coffer_ledger::types::{LedgerId, Metadata, Transaction, TxId, Volumes};
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::conn::{
@@ -500,14 +501,24 @@ impl StoreWriter for SqliteWriter {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(err)?;
-            for (ledger, log) in &writes.logs {
+            for LogWrite {
+                ledger,
+                log,
+                packed,
+            } in &writes.logs
+            {
+                // The compact form when there is one: the log is most of what a commit writes.
+                let data = match packed {
+                    Some(bytes) => ToSqlOutput::Borrowed(ValueRef::Blob(bytes)),
+                    None => ToSqlOutput::Borrowed(ValueRef::Text(log.data.as_bytes())),
+                };
                 statement
                     .execute(params![
                         ledger,
                         log.id as i64,
                         log.kind.as_str(),
                         log.date.micros(),
-                        log.data,
+                        data,
                         log.idempotency_key,
                         hash_param(&log.idempotency_hash),
                         log.hash.as_slice()
@@ -525,7 +536,7 @@ impl StoreWriter for SqliteWriter {
         self.staged
             .updates
             .extend(writes.transaction_updates.iter().cloned());
-        for (ledger, log) in &writes.logs {
+        for LogWrite { ledger, log, .. } in &writes.logs {
             self.staged
                 .applied_to(*ledger, Applied { tx: 0, log: log.id });
         }

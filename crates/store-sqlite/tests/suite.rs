@@ -342,6 +342,78 @@ fn transactions_stored_as_json_text_still_read() {
     assert!(report.is_ok(), "{report}");
 }
 
+/// The engine's NEW_TRANSACTION log entries are stored in a compact binary form; entries
+/// written as JSON text (by older binaries, and every other kind) read the same beside them,
+/// through the log API, `verify` (which hashes the text again) and a rebuild of lost projections.
+#[test]
+fn logs_stored_as_json_text_still_read() {
+    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
+    let backend = fresh();
+    let path = backend.dir.path().join("coffer.db");
+    let ledgers = service(&backend);
+    create_ledger(&ledgers, "main");
+    for amount in [5, 7, 9] {
+        let mut tx = new_tx(vec![
+            posting("world", "users:1", amount, "USD/2"),
+            posting("users:1", "users:2", 1, "USD/2"),
+        ]);
+        tx.reference = Some(format!("ref-{amount}"));
+        tx.metadata
+            .insert("why".into(), "a \"quoted\" reason".into());
+        commit(&ledgers, "main", tx).unwrap();
+    }
+    let logs = ledgers.scan_logs("main", 0, 100).unwrap();
+    let transactions: Vec<_> = (1..=3)
+        .map(|id| ledgers.get_transaction("main", id, None).unwrap())
+        .collect();
+    ledgers.shutdown();
+    drop(ledgers);
+
+    let main = rusqlite::Connection::open(&path).unwrap();
+    let kinds = |main: &rusqlite::Connection| -> Vec<String> {
+        main.prepare("SELECT typeof(data) FROM logs ORDER BY id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(kinds(&main), ["blob", "blob", "blob"]);
+    // Log 2 as an older binary wrote it.
+    main.execute("UPDATE logs SET data = ?1 WHERE id = 2", [&logs[1].data])
+        .unwrap();
+    assert_eq!(kinds(&main), ["blob", "text", "blob"]);
+    drop(main);
+    std::fs::remove_file(coffer_store_sqlite::projections_path(&path)).unwrap();
+
+    let ledgers = service(&backend);
+    assert_eq!(ledgers.scan_logs("main", 0, 100).unwrap(), logs);
+    for tx in &transactions {
+        assert_eq!(&ledgers.get_transaction("main", tx.id, None).unwrap(), tx);
+    }
+    let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
+
+/// A store that a newer binary migrated may hold what this one cannot read: it is refused with
+/// a message that says so, and left as it was.
+#[test]
+fn a_store_from_a_newer_version_is_refused() {
+    let backend = fresh();
+    let path = backend.dir.path().join("coffer.db");
+    drop(coffer_store_tests::Backend::open(&backend));
+    let main = rusqlite::Connection::open(&path).unwrap();
+    main.execute(
+        "INSERT INTO coffer_migrations (name, applied_at) VALUES ('9999_from_the_future', 0)",
+        [],
+    )
+    .unwrap();
+    drop(main);
+    let error = SqliteStore::open(&path).err().expect("refused").to_string();
+    assert!(error.contains("newer version of Coffer"), "{error}");
+    assert!(error.contains("main/9999_from_the_future"), "{error}");
+}
+
 /// Under commits that never pause, a checkpoint on another thread never reaches the end of the
 /// WAL, so the WAL would grow for as long as the load lasts; the writer's catch-up lets it start
 /// over. Several submitters keep the writer committing back to back while far more is written
