@@ -1,8 +1,9 @@
 //! The append-only log: one entry per write, chained by SHA-256.
 //!
-//! The `data` of an entry is stored as the exact JSON text that was hashed, in the shape of
-//! Formance's V2Log `data`, so that the log API, export and `coffer verify` all read the same
-//! bytes. Hash of entry n: `SHA-256(hash(n-1) ‖ id ‖ type ‖ date ‖ idempotency key ‖ data)`,
+//! The `data` of an entry is the exact JSON text that was hashed, in the shape of Formance's
+//! V2Log `data`, so that the log API, export and `coffer verify` all read the same bytes. (The
+//! embedded store keeps the engine's NEW_TRANSACTION data in a compact form that gives this text
+//! back: `codec::decode_log_data`.) Hash of entry n: `SHA-256(hash(n-1) ‖ id ‖ type ‖ date ‖ idempotency key ‖ data)`,
 //! with fixed-width big-endian integers and NUL-terminated strings (see [`chain_hash`]).
 
 use std::collections::BTreeMap;
