@@ -303,6 +303,25 @@ impl Ledgers {
         self.engine.sync_blocking()
     }
 
+    /// Reads of accounts: a store whose current volumes are fresh (`Store::fresh_volumes`)
+    /// needs no sync with its projections unless the read is at a point in time or filters on
+    /// balances (account rows are always current).
+    fn sync_accounts(
+        &self,
+        filter: Option<&Filter>,
+        pit: Option<Timestamp>,
+    ) -> Result<(), LedgerError> {
+        let on_balances = filter.is_some_and(|f| {
+            f.conditions()
+                .iter()
+                .any(|c| matches!(c, crate::query::Condition::Balance { .. }))
+        });
+        if self.store.fresh_volumes() && pit.is_none() && !on_balances {
+            return Ok(());
+        }
+        self.sync_projections()
+    }
+
     /// Reads of transactions, when the store writes them behind the commit.
     fn sync_transactions(&self) -> Result<(), LedgerError> {
         if self.store.transactions_behind_commit() {
@@ -512,7 +531,7 @@ impl Ledgers {
         pit: Option<Timestamp>,
     ) -> Result<Account, LedgerError> {
         let info = self.ledger(ledger)?;
-        self.sync_projections()?;
+        self.sync_accounts(None, pit)?;
         self.reader()
             .get_account(info.id, address, pit)?
             .ok_or_else(|| LedgerError::NotFound(format!("account {address}")))
@@ -525,8 +544,8 @@ impl Ledgers {
         page: &PageRequest,
     ) -> Result<Page<Account>, LedgerError> {
         let info = self.ledger(ledger)?;
-        self.sync_projections()?;
-        parse_filter(Resource::Accounts, &query.filter)?;
+        let filter = parse_filter(Resource::Accounts, &query.filter)?;
+        self.sync_accounts(filter.as_ref(), query.pit.map(Timestamp))?;
         paginate(
             "accounts",
             ledger,

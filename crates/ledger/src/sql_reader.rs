@@ -30,6 +30,16 @@ pub trait SqlBackend: Send + Sync {
     fn pending_moves(&self) -> bool {
         false
     }
+    /// Current volumes of these accounts that may be newer than the volumes table holds
+    /// (handed to a writer of projections and not yet written), as (address, asset, volumes);
+    /// `None` when the backend has none to add. Taken before the table is read.
+    fn unflushed_volumes(
+        &self,
+        _ledger: LedgerId,
+        _addresses: &[String],
+    ) -> Option<Vec<(String, String, Volumes)>> {
+        None
+    }
 }
 
 pub struct SqlReader<B> {
@@ -235,6 +245,11 @@ impl<B: SqlBackend> SqlReader<B> {
         if addresses.is_empty() {
             return Ok(out);
         }
+        // Before the table: what leaves this is in the table first (see the backend).
+        let unflushed = match pit {
+            None => self.backend.unflushed_volumes(ledger, addresses),
+            Some(_) => None,
+        };
         let d = self.dialect();
         let mut params = Params::default();
         let ledger_param = params.int(ledger);
@@ -267,6 +282,10 @@ impl<B: SqlBackend> SqlReader<B> {
             out.entry(text(&row, 0)?)
                 .or_default()
                 .insert(text(&row, 1)?, volumes);
+        }
+        for (address, asset, volumes) in unflushed.into_iter().flatten() {
+            let slot = out.entry(address).or_default().entry(asset).or_default();
+            *slot = slot.later(volumes);
         }
         Ok(out)
     }

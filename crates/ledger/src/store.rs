@@ -407,6 +407,12 @@ pub trait Store: Send + Sync {
     fn durability(&self) -> Option<std::sync::Arc<dyn Durability>> {
         None
     }
+    /// True when reads of current volumes (an account's, a list of accounts' without balance
+    /// filters) see every acknowledged write without first syncing with the projections
+    /// (`SqlBackend::unflushed_volumes`).
+    fn fresh_volumes(&self) -> bool {
+        false
+    }
     /// True when transaction rows are written after their commit, with volumes and moves
     /// (see [`StoreWriter::flush_projections`]): reads of transactions sync with it first.
     fn transactions_behind_commit(&self) -> bool {

@@ -169,6 +169,15 @@ pub struct Volumes {
 }
 
 impl Volumes {
+    /// The later of two readings of the same (account, asset), taken at different times: since
+    /// both volumes only grow, each is the greater of the two.
+    pub fn later(self, other: Volumes) -> Volumes {
+        Volumes {
+            input: self.input.max(other.input),
+            output: self.output.max(other.output),
+        }
+    }
+
     pub fn balance(&self) -> Result<Amount, LedgerError> {
         self.input
             .checked_sub(self.output)

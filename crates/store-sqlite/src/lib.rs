@@ -16,12 +16,15 @@ use coffer_ledger::pool::Pool;
 use coffer_ledger::sql::{Dialect, SqlValue};
 use coffer_ledger::sql_reader::{Row, SqlBackend, SqlReader};
 use coffer_ledger::store::{Durability, Store, StoreReader, StoreResult, StoreWriter};
+use coffer_ledger::types::{LedgerId, Volumes};
 use parking_lot::Mutex;
+use recent::RecentVolumes;
 use rusqlite::Connection;
 
 mod conn;
 pub mod durable;
 pub mod projections;
+mod recent;
 mod wal;
 mod writer;
 
@@ -32,7 +35,7 @@ use wal::Checkpointer;
 pub use wal::{
     WalWatch, BACKGROUND_NICE, CHECKPOINT_INTERVAL_MS, WAL_FRAMES_CATCH_UP, WAL_FRAMES_MAX,
 };
-pub use writer::SqliteWriter;
+pub use writer::{SqliteWriter, RECENT_PRUNE_ENTRIES_MIN};
 
 /// Read connections kept open; readers beyond this wait for one to be free.
 pub const READ_CONNECTIONS_MAX: usize = 8;
@@ -48,6 +51,8 @@ pub struct SqliteStore {
     wal_projections: Arc<WalWatch>,
     /// Syncs the writer's commits; `None` when opened read-only.
     durable: Option<Arc<CommitSync>>,
+    /// Volumes the writer handed to the flusher, unconfirmed; shared with the readers.
+    recent: Arc<RecentVolumes>,
 }
 
 impl SqliteStore {
@@ -79,16 +84,18 @@ impl SqliteStore {
         let wal_projections = Arc::new(WalWatch::default());
         let checkpointer = Checkpointer::start(path, wal_main.clone(), wal_projections.clone())?;
         let durable = Arc::new(durable::wal_sync(path));
+        let recent = Arc::new(RecentVolumes::default());
         Ok(Arc::new(SqliteStore {
             path: path.to_path_buf(),
             reader: SqlReader {
-                backend: Readers::new(path, Some(durable.clone())),
+                backend: Readers::new(path, Some(durable.clone()), Some(recent.clone())),
             },
             lock: Some(lock),
             _checkpointer: Some(checkpointer),
             wal_main,
             wal_projections,
             durable: Some(durable),
+            recent,
         }))
     }
 
@@ -113,13 +120,14 @@ impl SqliteStore {
         Ok(Arc::new(SqliteStore {
             path: path.to_path_buf(),
             reader: SqlReader {
-                backend: Readers::new(path, None),
+                backend: Readers::new(path, None, None),
             },
             lock: None,
             _checkpointer: None,
             wal_main: Arc::default(),
             wal_projections: Arc::default(),
             durable: None,
+            recent: Arc::default(),
         }))
     }
 }
@@ -154,6 +162,7 @@ impl Store for SqliteStore {
             &self.wal_main,
             &self.wal_projections,
             durable,
+            &self.recent,
         )?))
     }
 
@@ -169,6 +178,10 @@ impl Store for SqliteStore {
 
     fn transactions_behind_commit(&self) -> bool {
         true
+    }
+
+    fn fresh_volumes(&self) -> bool {
+        self.durable.is_some()
     }
 }
 
@@ -196,16 +209,23 @@ pub struct Readers {
     pool: Pool<Connection>,
     /// Rows are returned only once every commit they may come from is durable.
     durable: Option<Arc<CommitSync>>,
+    /// The writer's unconfirmed volumes, when this process writes.
+    recent: Option<Arc<RecentVolumes>>,
 }
 
 impl Readers {
-    fn new(path: &Path, durable: Option<Arc<CommitSync>>) -> Readers {
+    fn new(
+        path: &Path,
+        durable: Option<Arc<CommitSync>>,
+        recent: Option<Arc<RecentVolumes>>,
+    ) -> Readers {
         let path = path.to_path_buf();
         Readers {
             pool: Pool::new(READ_CONNECTIONS_MAX, move || {
                 open_main(&path, READ_CACHE_KIB)
             }),
             durable,
+            recent,
         }
     }
 }
@@ -235,6 +255,15 @@ impl SqlBackend for Readers {
 
     fn lazy_projections(&self) -> bool {
         true
+    }
+
+    fn unflushed_volumes(
+        &self,
+        ledger: LedgerId,
+        addresses: &[String],
+    ) -> Option<Vec<(String, String, Volumes)>> {
+        let recent = self.recent.as_ref()?;
+        Some(recent.of_accounts(ledger, addresses))
     }
 }
 

@@ -23,12 +23,17 @@ use crate::conn::{
     amount_of, err, open_main_alone, open_projections, run_query, READ_CACHE_KIB, WRITE_CACHE_KIB,
 };
 use crate::projections::{self, Applied, Flusher, Projections, TxRow};
+use crate::recent::RecentVolumes;
 use crate::wal::{WalCatchUp, WalWatch};
 use coffer_ledger::durability::CommitSync;
 
 /// Volumes handed to the flusher are kept until it confirms them; past this many entries (or
 /// twice what the last pruning kept) the confirmed ones are dropped.
 const RECENT_PRUNE_ENTRIES: usize = 100_000;
+/// Tests lower it, so that entries leave the writer's overlay while readers read it.
+#[doc(hidden)]
+pub static RECENT_PRUNE_ENTRIES_MIN: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(RECENT_PRUNE_ENTRIES);
 /// Past this many unconfirmed entries (volumes, or transactions), the writer waits for the
 /// flusher.
 const RECENT_ENTRIES_MAX: usize = 500_000;
@@ -47,8 +52,8 @@ pub struct SqliteWriter {
     /// Generation of the last hand-over.
     generation: u64,
     /// Latest volumes handed over, with their generation: the truth until the flusher has
-    /// written them.
-    recent: HashMap<VolumeKey, (Volumes, u64)>,
+    /// written them (shared with readers, see `recent`).
+    recent: Arc<RecentVolumes>,
     /// Transactions handed over (new or changed), in their latest state, with their generation.
     recent_transactions: HashMap<(LedgerId, TxId), (Arc<TxRow>, u64)>,
     /// References of the transactions handed over, with their generation.
@@ -59,9 +64,15 @@ pub struct SqliteWriter {
     /// Volumes entries past which confirmed ones are dropped: twice what the last pruning
     /// kept, so that it runs once for many commits even while the flusher is behind.
     prune_entries: usize,
+    /// Accounts in `recent` after the last pruning, plus the volumes put since (a bound).
+    recent_entries: usize,
     flusher: Flusher,
     wal: WalCatchUp,
     durable: Arc<CommitSync>,
+}
+
+fn prune_entries_min() -> usize {
+    RECENT_PRUNE_ENTRIES_MIN.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn hash_param(hash: &Option<Hash>) -> Option<&[u8]> {
@@ -74,6 +85,7 @@ impl SqliteWriter {
         wal_main: &Arc<WalWatch>,
         wal_projections: &Arc<WalWatch>,
         durable: &Arc<CommitSync>,
+        recent: &Arc<RecentVolumes>,
     ) -> StoreResult<SqliteWriter> {
         let mut conn = open_main_alone(path, WRITE_CACHE_KIB)?;
         let wal = wal_main.watch(&mut conn)?;
@@ -85,11 +97,12 @@ impl SqliteWriter {
             in_transaction: false,
             staged: Projections::default(),
             generation: 0,
-            recent: HashMap::new(),
+            recent: recent.clone(),
             recent_transactions: HashMap::new(),
             recent_references: HashMap::new(),
             recent_order: std::collections::VecDeque::new(),
-            prune_entries: RECENT_PRUNE_ENTRIES,
+            prune_entries: prune_entries_min(),
+            recent_entries: 0,
             flusher: Flusher::start(path, wal_projections, durable.clone())?,
             wal,
             durable: durable.clone(),
@@ -118,17 +131,18 @@ impl SqliteWriter {
             self.recent_references.clear();
             self.recent_order.clear();
         }
-        if self.recent.len() <= self.prune_entries {
+        if self.recent_entries <= self.prune_entries {
             return Ok(());
         }
-        self.recent
-            .retain(|_, (_, generation)| *generation > flushed);
-        if self.recent.len() > RECENT_ENTRIES_MAX {
+        self.recent.drop_flushed(flushed);
+        self.recent_entries = self.recent.len();
+        if self.recent_entries > RECENT_ENTRIES_MAX {
             self.wait_for_flusher()?;
             self.recent.clear();
+            self.recent_entries = 0;
         }
         self.prune_entries =
-            (2 * self.recent.len()).clamp(RECENT_PRUNE_ENTRIES, RECENT_ENTRIES_MAX);
+            (2 * self.recent_entries).clamp(prune_entries_min(), RECENT_ENTRIES_MAX);
         Ok(())
     }
 
@@ -222,15 +236,9 @@ impl StoreWriter for SqliteWriter {
         let staged = std::mem::take(&mut self.staged);
         if !staged.is_empty() {
             self.generation += 1;
-            for (key, volumes) in &staged.volumes {
-                // Keys come back batch after batch: replace in place, clone only new ones.
-                match self.recent.get_mut(key) {
-                    Some(slot) => *slot = (*volumes, self.generation),
-                    None => {
-                        self.recent.insert(key.clone(), (*volumes, self.generation));
-                    }
-                }
-            }
+            // Before the requests are answered (the engine answers once this returns).
+            self.recent.put(&staged.volumes, self.generation);
+            self.recent_entries += staged.volumes.len();
             for row in &staged.transactions {
                 if let Some(reference) = &row.reference {
                     self.recent_references
@@ -333,8 +341,8 @@ impl StoreWriter for SqliteWriter {
             .map_err(err)?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            if let Some((volumes, _)) = self.recent.get(key) {
-                out.push(Some(*volumes));
+            if let Some(volumes) = self.recent.get(key) {
+                out.push(Some(volumes));
                 continue;
             }
             let row = statement
