@@ -390,7 +390,9 @@ impl Ledgers {
         pit: Option<Timestamp>,
     ) -> Result<Transaction, LedgerError> {
         let info = self.ledger(ledger)?;
-        self.sync_transactions()?;
+        if !self.store.fresh_transactions() {
+            self.sync_transactions()?;
+        }
         let not_found = || LedgerError::NotFound(format!("transaction {id}"));
         let mut tx = self
             .reader()

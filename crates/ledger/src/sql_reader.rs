@@ -40,6 +40,15 @@ pub trait SqlBackend: Send + Sync {
     ) -> Option<Vec<(String, String, Volumes)>> {
         None
     }
+    /// A transaction in a state that may be newer than the transactions table holds, if the
+    /// backend has one (it is then at least as new as the table's).
+    fn unflushed_transaction(
+        &self,
+        _ledger: LedgerId,
+        _id: TxId,
+    ) -> Option<StoreResult<Transaction>> {
+        None
+    }
 }
 
 pub struct SqlReader<B> {
@@ -402,6 +411,9 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
     }
 
     fn get_transaction(&self, ledger: LedgerId, id: TxId) -> StoreResult<Option<Transaction>> {
+        if let Some(tx) = self.backend.unflushed_transaction(ledger, id) {
+            return tx.map(Some);
+        }
         let sql = format!(
             "SELECT {} FROM transactions t WHERE t.ledger_id = $1 AND t.id = $2",
             self.tx_columns()

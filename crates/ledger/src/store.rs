@@ -413,6 +413,11 @@ pub trait Store: Send + Sync {
     fn fresh_volumes(&self) -> bool {
         false
     }
+    /// True when a read of one transaction by id sees its latest acknowledged state without
+    /// first syncing with the projections (`SqlBackend::unflushed_transaction`).
+    fn fresh_transactions(&self) -> bool {
+        false
+    }
     /// True when transaction rows are written after their commit, with volumes and moves
     /// (see [`StoreWriter::flush_projections`]): reads of transactions sync with it first.
     fn transactions_behind_commit(&self) -> bool {

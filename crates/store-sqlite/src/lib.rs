@@ -16,9 +16,9 @@ use coffer_ledger::pool::Pool;
 use coffer_ledger::sql::{Dialect, SqlValue};
 use coffer_ledger::sql_reader::{Row, SqlBackend, SqlReader};
 use coffer_ledger::store::{Durability, Store, StoreReader, StoreResult, StoreWriter};
-use coffer_ledger::types::{LedgerId, Volumes};
+use coffer_ledger::types::{LedgerId, Transaction, TxId, Volumes};
 use parking_lot::Mutex;
-use recent::RecentVolumes;
+use recent::{RecentTransactions, RecentVolumes};
 use rusqlite::Connection;
 
 mod conn;
@@ -51,8 +51,10 @@ pub struct SqliteStore {
     wal_projections: Arc<WalWatch>,
     /// Syncs the writer's commits; `None` when opened read-only.
     durable: Option<Arc<CommitSync>>,
-    /// Volumes the writer handed to the flusher, unconfirmed; shared with the readers.
+    /// Volumes and transactions the writer handed to the flusher, unconfirmed; shared with
+    /// the readers.
     recent: Arc<RecentVolumes>,
+    recent_transactions: Arc<RecentTransactions>,
 }
 
 impl SqliteStore {
@@ -85,10 +87,15 @@ impl SqliteStore {
         let checkpointer = Checkpointer::start(path, wal_main.clone(), wal_projections.clone())?;
         let durable = Arc::new(durable::wal_sync(path));
         let recent = Arc::new(RecentVolumes::default());
+        let recent_transactions = Arc::new(RecentTransactions::default());
         Ok(Arc::new(SqliteStore {
             path: path.to_path_buf(),
             reader: SqlReader {
-                backend: Readers::new(path, Some(durable.clone()), Some(recent.clone())),
+                backend: Readers::new(
+                    path,
+                    Some(durable.clone()),
+                    Some((recent.clone(), recent_transactions.clone())),
+                ),
             },
             lock: Some(lock),
             _checkpointer: Some(checkpointer),
@@ -96,6 +103,7 @@ impl SqliteStore {
             wal_projections,
             durable: Some(durable),
             recent,
+            recent_transactions,
         }))
     }
 
@@ -128,6 +136,7 @@ impl SqliteStore {
             wal_projections: Arc::default(),
             durable: None,
             recent: Arc::default(),
+            recent_transactions: Arc::default(),
         }))
     }
 }
@@ -163,6 +172,7 @@ impl Store for SqliteStore {
             &self.wal_projections,
             durable,
             &self.recent,
+            &self.recent_transactions,
         )?))
     }
 
@@ -181,6 +191,10 @@ impl Store for SqliteStore {
     }
 
     fn fresh_volumes(&self) -> bool {
+        self.durable.is_some()
+    }
+
+    fn fresh_transactions(&self) -> bool {
         self.durable.is_some()
     }
 }
@@ -209,15 +223,15 @@ pub struct Readers {
     pool: Pool<Connection>,
     /// Rows are returned only once every commit they may come from is durable.
     durable: Option<Arc<CommitSync>>,
-    /// The writer's unconfirmed volumes, when this process writes.
-    recent: Option<Arc<RecentVolumes>>,
+    /// The writer's unconfirmed volumes and transactions, when this process writes.
+    recent: Option<(Arc<RecentVolumes>, Arc<RecentTransactions>)>,
 }
 
 impl Readers {
     fn new(
         path: &Path,
         durable: Option<Arc<CommitSync>>,
-        recent: Option<Arc<RecentVolumes>>,
+        recent: Option<(Arc<RecentVolumes>, Arc<RecentTransactions>)>,
     ) -> Readers {
         let path = path.to_path_buf();
         Readers {
@@ -262,8 +276,24 @@ impl SqlBackend for Readers {
         ledger: LedgerId,
         addresses: &[String],
     ) -> Option<Vec<(String, String, Volumes)>> {
-        let recent = self.recent.as_ref()?;
+        let (recent, _) = self.recent.as_ref()?;
         Some(recent.of_accounts(ledger, addresses))
+    }
+
+    fn unflushed_transaction(
+        &self,
+        ledger: LedgerId,
+        id: TxId,
+    ) -> Option<StoreResult<Transaction>> {
+        let (_, transactions) = self.recent.as_ref()?;
+        let (row, _) = transactions.get(ledger, id)?;
+        // Handed over once its commit returned, perhaps not yet synced.
+        Some(row.decode().and_then(|tx| {
+            if let Some(durable) = &self.durable {
+                durable.reader_barrier()?;
+            }
+            Ok(tx)
+        }))
     }
 }
 

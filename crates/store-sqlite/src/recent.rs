@@ -1,4 +1,4 @@
-//! Volumes handed to the flusher and not yet confirmed written, by account.
+//! Volumes and transactions handed to the flusher and not yet confirmed written.
 //!
 //! The writer's truth for them (it reads them before the projections file), and what readers of
 //! balances add to the projections they read, so that a balance read need not wait for the
@@ -12,11 +12,15 @@
 //! greater one (`Volumes::later`). Entries are put in after the commit returns and before its requests
 //! are answered (the engine answers only after `StoreWriter::commit` returns).
 
+use std::sync::Arc;
+
 use hashbrown::{Equivalent, HashMap};
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockWriteGuard};
 
 use coffer_ledger::store::VolumeKey;
-use coffer_ledger::types::{LedgerId, Volumes};
+use coffer_ledger::types::{LedgerId, TxId, Volumes};
+
+use crate::projections::TxRow;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct AccountKey {
@@ -128,6 +132,33 @@ impl RecentVolumes {
     /// Drops everything: only once the flusher has written every hand-over.
     pub fn clear(&self) {
         self.accounts.write().clear();
+    }
+}
+
+/// Transactions handed to the flusher (new or changed) in their latest state, with the
+/// generation of that hand-over, until it confirms them written: the writer's truth for them,
+/// and what a read of a transaction by id returns first. A reader that finds none reads the
+/// projections file, which then holds every acknowledged state of it (an entry leaves only
+/// once written); one found is at least as new as the file's as of the moment it looked.
+#[derive(Default)]
+pub struct RecentTransactions {
+    rows: RwLock<HashMap<(LedgerId, TxId), (Arc<TxRow>, u64)>>,
+}
+
+pub type TransactionRows = HashMap<(LedgerId, TxId), (Arc<TxRow>, u64)>;
+
+impl RecentTransactions {
+    pub fn get(&self, ledger: LedgerId, id: TxId) -> Option<(Arc<TxRow>, u64)> {
+        self.rows.read().get(&(ledger, id)).cloned()
+    }
+
+    /// The writer's access, for several changes under one lock.
+    pub fn write(&self) -> RwLockWriteGuard<'_, TransactionRows> {
+        self.rows.write()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.read().len()
     }
 }
 

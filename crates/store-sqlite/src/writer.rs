@@ -23,7 +23,7 @@ use crate::conn::{
     amount_of, err, open_main_alone, open_projections, run_query, READ_CACHE_KIB, WRITE_CACHE_KIB,
 };
 use crate::projections::{self, Applied, Flusher, Projections, TxRow};
-use crate::recent::RecentVolumes;
+use crate::recent::{RecentTransactions, RecentVolumes};
 use crate::wal::{WalCatchUp, WalWatch};
 use coffer_ledger::durability::CommitSync;
 
@@ -55,7 +55,8 @@ pub struct SqliteWriter {
     /// written them (shared with readers, see `recent`).
     recent: Arc<RecentVolumes>,
     /// Transactions handed over (new or changed), in their latest state, with their generation.
-    recent_transactions: HashMap<(LedgerId, TxId), (Arc<TxRow>, u64)>,
+    /// (Shared with readers, see `recent`.)
+    recent_transactions: Arc<RecentTransactions>,
     /// References of the transactions handed over, with their generation.
     recent_references: HashMap<(LedgerId, String), u64>,
     /// Transactions in `recent_transactions` in hand-over order, with the generation of that
@@ -86,6 +87,7 @@ impl SqliteWriter {
         wal_projections: &Arc<WalWatch>,
         durable: &Arc<CommitSync>,
         recent: &Arc<RecentVolumes>,
+        recent_transactions: &Arc<RecentTransactions>,
     ) -> StoreResult<SqliteWriter> {
         let mut conn = open_main_alone(path, WRITE_CACHE_KIB)?;
         let wal = wal_main.watch(&mut conn)?;
@@ -98,7 +100,7 @@ impl SqliteWriter {
             staged: Projections::default(),
             generation: 0,
             recent: recent.clone(),
-            recent_transactions: HashMap::new(),
+            recent_transactions: recent_transactions.clone(),
             recent_references: HashMap::new(),
             recent_order: std::collections::VecDeque::new(),
             prune_entries: prune_entries_min(),
@@ -127,7 +129,7 @@ impl SqliteWriter {
         self.drop_confirmed_transactions(flushed);
         if self.recent_transactions.len() > RECENT_ENTRIES_MAX {
             self.wait_for_flusher()?;
-            self.recent_transactions.clear();
+            self.recent_transactions.write().clear();
             self.recent_references.clear();
             self.recent_order.clear();
         }
@@ -158,15 +160,23 @@ impl SqliteWriter {
     /// Drops up to `RECENT_TRANSACTIONS_DROPPED_PER_COMMIT` transactions (and their
     /// references) the flusher has written, oldest first.
     fn drop_confirmed_transactions(&mut self, flushed: u64) {
+        if self
+            .recent_order
+            .front()
+            .is_none_or(|(generation, _, _)| *generation > flushed)
+        {
+            return;
+        }
+        let mut recent_transactions = self.recent_transactions.write();
         for _ in 0..RECENT_TRANSACTIONS_DROPPED_PER_COMMIT {
             match self.recent_order.front() {
                 Some(&(generation, ledger, id)) if generation <= flushed => {
                     self.recent_order.pop_front();
                     let key = (ledger, id);
-                    if self.recent_transactions.get(&key).map(|(_, g)| *g) != Some(generation) {
+                    if recent_transactions.get(&key).map(|(_, g)| *g) != Some(generation) {
                         continue; // handed over again since: a later entry drops it
                     }
-                    let (row, _) = self.recent_transactions.remove(&key).expect("found");
+                    let (row, _) = recent_transactions.remove(&key).expect("found");
                     if let Some(reference) = &row.reference {
                         // Handed over with the transaction's first hand-over, so written too.
                         let reference_key = (ledger, reference.clone());
@@ -186,7 +196,7 @@ impl SqliteWriter {
 
     /// A transaction as the writer must see it: handed over and not yet written, or written.
     fn current_transaction(&self, ledger: LedgerId, id: TxId) -> StoreResult<Option<Transaction>> {
-        match self.recent_transactions.get(&(ledger, id)) {
+        match self.recent_transactions.get(ledger, id) {
             Some((row, _)) => row.decode().map(Some),
             None => projections::load_transaction(&self.projections, ledger, id),
         }
@@ -195,8 +205,8 @@ impl SqliteWriter {
     /// Records a handed-over change of a transaction in its latest state.
     fn remember_update(&mut self, update: &TransactionUpdate) -> StoreResult<()> {
         let key = (update.ledger, update.id);
-        let mut row = match self.recent_transactions.get(&key) {
-            Some((row, _)) => TxRow::clone(row),
+        let mut row = match self.recent_transactions.get(update.ledger, update.id) {
+            Some((row, _)) => TxRow::clone(&row),
             None => {
                 let stored =
                     projections::load_transaction(&self.projections, update.ledger, update.id)?
@@ -208,6 +218,7 @@ impl SqliteWriter {
         row.reverted_at = update.reverted_at.map(|t| t.micros());
         row.updated_at = update.updated_at.micros();
         self.recent_transactions
+            .write()
             .insert(key, (Arc::new(row), self.generation));
         self.recent_order
             .push_back((self.generation, update.ledger, update.id));
@@ -239,15 +250,18 @@ impl StoreWriter for SqliteWriter {
             // Before the requests are answered (the engine answers once this returns).
             self.recent.put(&staged.volumes, self.generation);
             self.recent_entries += staged.volumes.len();
-            for row in &staged.transactions {
-                if let Some(reference) = &row.reference {
-                    self.recent_references
-                        .insert((row.ledger, reference.clone()), self.generation);
+            {
+                let mut recent_transactions = self.recent_transactions.write();
+                for row in &staged.transactions {
+                    if let Some(reference) = &row.reference {
+                        self.recent_references
+                            .insert((row.ledger, reference.clone()), self.generation);
+                    }
+                    recent_transactions
+                        .insert((row.ledger, row.id), (row.clone(), self.generation));
+                    self.recent_order
+                        .push_back((self.generation, row.ledger, row.id));
                 }
-                self.recent_transactions
-                    .insert((row.ledger, row.id), (row.clone(), self.generation));
-                self.recent_order
-                    .push_back((self.generation, row.ledger, row.id));
             }
             for update in &staged.updates {
                 // The writer must see its own change until the flusher wrote it; failing that,

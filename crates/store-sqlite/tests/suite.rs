@@ -664,10 +664,19 @@ fn a_read_kicks_the_flusher_out_of_its_gathering() {
     for round in 1..=3 {
         from_world(&ledgers, "u:1", 5);
         let started = std::time::Instant::now();
-        // Transactions are read from the projections only.
-        let tx = ledgers.get_transaction("main", round as u64, None).unwrap();
+        // Lists of transactions are read from the projections only.
+        let page = ledgers
+            .list_transactions(
+                "main",
+                coffer_ledger::service::TransactionsQuery::default(),
+                &coffer_ledger::service::PageRequest::default(),
+            )
+            .unwrap();
         let waited = started.elapsed();
-        assert_eq!(tx.post_commit_volumes["u:1"]["USD"].input, 5 * round);
+        assert_eq!(
+            page.data[0].post_commit_volumes["u:1"]["USD"].input,
+            5 * round
+        );
         // Far below either gathering delay, so that only a kick explains it.
         let bound =
             std::time::Duration::from_millis(FLUSH_GATHER_READERS_MS.min(FLUSH_GATHER_MS) / 2);
@@ -753,8 +762,62 @@ fn balances_are_read_before_the_flusher_writes_them() {
     assert_eq!(in_file("u:1"), Some(15));
 }
 
-/// Under concurrent transfers, an account read right after a transfer is acknowledged shows
-/// it, and balances read one after another never go back (the writer's unflushed volumes and
+/// A transaction read by id, right after it is written or changed, shows its latest state
+/// without waiting for the flusher, while the projections file does not hold it yet.
+#[test]
+fn transactions_are_read_before_the_flusher_writes_them() {
+    use coffer_ledger::command::{Command, Request, Target};
+    use coffer_store_tests::{commit, create_ledger, meta, new_tx, posting, service};
+    let backend = fresh();
+    let path = backend.dir.path().join("coffer.db");
+    let ledgers = service(&backend);
+    create_ledger(&ledgers, "main");
+    let file = rusqlite::Connection::open(coffer_store_sqlite::projections_path(&path)).unwrap();
+    let rows_in_file = || -> i64 {
+        file.query_row("SELECT COUNT(*) FROM transactions", [], |row| row.get(0))
+            .unwrap()
+    };
+    let mut tx = new_tx(vec![posting("world", "u:1", 5, "USD")]);
+    tx.reference = Some("order-1".into());
+    let written = commit(&ledgers, "main", tx).unwrap();
+    assert_eq!(
+        ledgers.get_transaction("main", written.id, None).unwrap(),
+        written
+    );
+    ledgers
+        .write_blocking(Request::new(
+            "main",
+            Command::SaveMetadata {
+                target: Target::Transaction(written.id),
+                metadata: meta(&[("state", "paid")]),
+            },
+        ))
+        .unwrap();
+    let read = ledgers.get_transaction("main", written.id, None).unwrap();
+    assert_eq!(read.metadata, meta(&[("state", "paid")]));
+    assert_eq!(rows_in_file(), 0, "the flusher is still gathering");
+    assert!(matches!(
+        ledgers.get_transaction("main", written.id + 1, None),
+        Err(coffer_ledger::LedgerError::NotFound(_))
+    ));
+    // Once written, the file answers, with the same state.
+    let page = ledgers
+        .list_transactions(
+            "main",
+            coffer_ledger::service::TransactionsQuery::default(),
+            &coffer_ledger::service::PageRequest::default(),
+        )
+        .unwrap();
+    assert_eq!(page.data, [read.clone()]);
+    assert_eq!(rows_in_file(), 1);
+    assert_eq!(
+        ledgers.get_transaction("main", written.id, None).unwrap(),
+        read
+    );
+}
+
+/// Under concurrent transfers, an account or transaction read right after a transfer is
+/// acknowledged shows it, and balances read one after another never go back (the writer's unflushed volumes and
 /// the flushed ones merge into the latest).
 #[test]
 fn balance_reads_see_every_acknowledged_transfer() {
@@ -772,7 +835,15 @@ fn balance_reads_see_every_acknowledged_transfer() {
         threads.push(std::thread::spawn(move || {
             let address = format!("w:{writer}");
             for acknowledged in 1..=150i128 {
-                from_world(&ledgers, &address, 1);
+                let tx = coffer_store_tests::commit(
+                    &ledgers,
+                    "main",
+                    coffer_store_tests::new_tx(vec![coffer_store_tests::posting(
+                        "world", &address, 1, "USD",
+                    )]),
+                )
+                .unwrap();
+                assert_eq!(ledgers.get_transaction("main", tx.id, None).unwrap(), tx);
                 let account = ledgers.get_account("main", &address, None).unwrap();
                 let seen = account.volumes.get("USD").map_or(0, |v| v.input);
                 assert!(
@@ -898,11 +969,20 @@ fn closing_gives_up_a_projections_write_that_keeps_failing() {
     )
     .unwrap();
     from_world(&ledgers, "u:1", 7);
-    // Reads that need the projections get the flusher's error; balances come from the writer.
-    let error = ledgers.get_transaction("main", 2, None).unwrap_err();
+    // Reads that need the projections get the flusher's error; balances and transactions by id
+    // come from the writer.
+    let error = ledgers
+        .list_transactions(
+            "main",
+            coffer_ledger::service::TransactionsQuery::default(),
+            &coffer_ledger::service::PageRequest::default(),
+        )
+        .unwrap_err();
     assert!(error.to_string().contains("injected failure"), "{error}");
     let account = ledgers.get_account("main", "u:1", None).unwrap();
     assert_eq!(account.volumes["USD"].input, 12);
+    let tx = ledgers.get_transaction("main", 2, None).unwrap();
+    assert_eq!(tx.postings[0].amount, 7);
     let (closed, closing) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         drop(ledgers);
