@@ -5,7 +5,9 @@
 //! holds transactions, volumes and moves, which are derived from the logs and written behind
 //! the commits by a flusher thread (see [`projections`]). Readers attach both. Reads of
 //! transactions, volumes and moves first wait for the flusher to catch up (the engine's sync),
-//! so they always see every acknowledged write.
+//! so they always see every acknowledged write; reads of current balances and of transactions
+//! by id instead take first what the writer handed the flusher and it has not written (see
+//! `recent`).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
