@@ -582,8 +582,8 @@ impl Ledgers {
         pit: Option<Timestamp>,
     ) -> Result<u64, LedgerError> {
         let info = self.ledger(ledger)?;
-        self.sync_projections()?;
         let filter = parse_filter(Resource::Accounts, &filter.map(str::to_string))?;
+        self.sync_accounts(filter.as_ref(), pit)?;
         Ok(self
             .reader()
             .count_accounts(info.id, filter.as_ref(), pit)?)

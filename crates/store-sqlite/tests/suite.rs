@@ -738,6 +738,11 @@ fn balances_are_read_before_the_flusher_writes_them() {
             })
             .collect();
         assert!(inputs.contains(&("u:2".to_string(), round)), "{inputs:?}");
+        assert_eq!(
+            ledgers.count_accounts("main", None, None).unwrap(),
+            3,
+            "world, u:1, u:2"
+        );
         assert!(
             started.elapsed() < bound,
             "round {round}: {:?}",
