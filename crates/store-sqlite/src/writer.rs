@@ -65,8 +65,6 @@ pub struct SqliteWriter {
     /// Volumes entries past which confirmed ones are dropped: twice what the last pruning
     /// kept, so that it runs once for many commits even while the flusher is behind.
     prune_entries: usize,
-    /// Accounts in `recent` after the last pruning, plus the volumes put since (a bound).
-    recent_entries: usize,
     flusher: Flusher,
     wal: WalCatchUp,
     durable: Arc<CommitSync>,
@@ -104,7 +102,6 @@ impl SqliteWriter {
             recent_references: HashMap::new(),
             recent_order: std::collections::VecDeque::new(),
             prune_entries: prune_entries_min(),
-            recent_entries: 0,
             flusher: Flusher::start(path, wal_projections, durable.clone())?,
             wal,
             durable: durable.clone(),
@@ -133,18 +130,15 @@ impl SqliteWriter {
             self.recent_references.clear();
             self.recent_order.clear();
         }
-        if self.recent_entries <= self.prune_entries {
+        if self.recent.len() <= self.prune_entries {
             return Ok(());
         }
         self.recent.drop_flushed(flushed);
-        self.recent_entries = self.recent.len();
-        if self.recent_entries > RECENT_ENTRIES_MAX {
+        if self.recent.len() > RECENT_ENTRIES_MAX {
             self.wait_for_flusher()?;
             self.recent.clear();
-            self.recent_entries = 0;
         }
-        self.prune_entries =
-            (2 * self.recent_entries).clamp(prune_entries_min(), RECENT_ENTRIES_MAX);
+        self.prune_entries = (2 * self.recent.len()).clamp(prune_entries_min(), RECENT_ENTRIES_MAX);
         Ok(())
     }
 
@@ -249,7 +243,6 @@ impl StoreWriter for SqliteWriter {
             self.generation += 1;
             // Before the requests are answered (the engine answers once this returns).
             self.recent.put(&staged.volumes, self.generation);
-            self.recent_entries += staged.volumes.len();
             {
                 let mut recent_transactions = self.recent_transactions.write();
                 for row in &staged.transactions {

@@ -685,18 +685,24 @@ fn a_read_kicks_the_flusher_out_of_its_gathering() {
     }
 }
 
+/// A fresh store with the ledger "main", and a connection on its projections file, to see
+/// what the flusher has written.
+fn main_ledger_and_projections_file() -> (Sqlite, coffer_ledger::Ledgers, rusqlite::Connection) {
+    let backend = fresh();
+    let path = backend.dir.path().join("coffer.db");
+    let ledgers = coffer_store_tests::service(&backend);
+    coffer_store_tests::create_ledger(&ledgers, "main");
+    let file = rusqlite::Connection::open(coffer_store_sqlite::projections_path(&path)).unwrap();
+    (backend, ledgers, file)
+}
+
 /// Balances are read without waiting for the flusher: the volumes it has not written yet come
 /// from what the writer handed it. While it gathers (seconds), the projections file still holds
 /// the old balance and an account read returns the new one at once.
 #[test]
 fn balances_are_read_before_the_flusher_writes_them() {
     use coffer_store_sqlite::projections::{FLUSH_GATHER_MS, FLUSH_GATHER_READERS_MS};
-    use coffer_store_tests::{create_ledger, service};
-    let backend = fresh();
-    let path = backend.dir.path().join("coffer.db");
-    let ledgers = service(&backend);
-    create_ledger(&ledgers, "main");
-    let file = rusqlite::Connection::open(coffer_store_sqlite::projections_path(&path)).unwrap();
+    let (_backend, ledgers, file) = main_ledger_and_projections_file();
     let in_file = |address: &str| -> Option<i64> {
         file.query_row(
             "SELECT input FROM volumes WHERE address = ?1 AND asset = 'USD'",
@@ -773,12 +779,8 @@ fn balances_are_read_before_the_flusher_writes_them() {
 #[test]
 fn transactions_are_read_before_the_flusher_writes_them() {
     use coffer_ledger::command::{Command, Request, Target};
-    use coffer_store_tests::{commit, create_ledger, meta, new_tx, posting, service};
-    let backend = fresh();
-    let path = backend.dir.path().join("coffer.db");
-    let ledgers = service(&backend);
-    create_ledger(&ledgers, "main");
-    let file = rusqlite::Connection::open(coffer_store_sqlite::projections_path(&path)).unwrap();
+    use coffer_store_tests::{commit, meta, new_tx, posting};
+    let (_backend, ledgers, file) = main_ledger_and_projections_file();
     let rows_in_file = || -> i64 {
         file.query_row("SELECT COUNT(*) FROM transactions", [], |row| row.get(0))
             .unwrap()
