@@ -311,10 +311,26 @@ impl Replier {
         let thread = std::thread::Builder::new()
             .name("coffer-sync".into())
             .spawn(move || {
-                while let Ok(first) = receiver.recv() {
+                let returned = durability.returned_signal();
+                loop {
+                    let first = match &returned {
+                        None => receiver.recv(),
+                        Some(returned) => crossbeam_channel::select! {
+                            recv(receiver) -> answers => answers,
+                            recv(returned) -> _ => {
+                                // A commit returned: sync it while the writer finishes the
+                                // batch, before its answers arrive. A failure is left to the
+                                // answers' own sync, which retries and reports it.
+                                if let Err(err) = durability.sync() {
+                                    tracing::debug!(error = %err, "early sync failed");
+                                }
+                                continue;
+                            }
+                        },
+                    };
+                    let Ok(first) = first else { break };
                     let mut ready = vec![first];
                     ready.extend(receiver.try_iter().take(UNSYNCED_COMMITS_MAX));
-                    let started = Instant::now();
                     let failure = match durability.sync() {
                         Ok(()) => None,
                         Err(err) => {
@@ -327,8 +343,6 @@ impl Replier {
                             )))
                         }
                     };
-                    metrics::histogram!("coffer_sync_seconds")
-                        .record(started.elapsed().as_secs_f64());
                     for answers in ready {
                         answers(failure.clone());
                     }
@@ -638,4 +652,71 @@ fn execute_batch(
     *touched = batch.ledger_ids();
     batch.commit()?;
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::durability::CommitSync;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn counting_sync(early: bool) -> (Arc<AtomicU64>, Arc<CommitSync>) {
+        let flushes = Arc::new(AtomicU64::new(0));
+        let counter = flushes.clone();
+        let sync = CommitSync::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        (flushes, Arc::new(if early { sync.early() } else { sync }))
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// With an early flush the sync thread makes a returned commit durable before its answers
+    /// reach it; the answers then need no flush of their own.
+    #[test]
+    fn an_early_sync_starts_when_the_commit_returns() {
+        let (flushes, sync) = counting_sync(true);
+        let mut replier = Replier::start(Some(sync.clone() as Arc<dyn Durability>));
+        sync.commit_begins();
+        sync.commit_returned();
+        wait_until("the commit is synced", || sync.unsynced_commits() == 0);
+        assert_eq!(flushes.load(Ordering::SeqCst), 1);
+        let (sender, answered) = crossbeam_channel::bounded(1);
+        replier.send(Box::new(move |failure| {
+            sender.send(failure.is_none()).unwrap();
+        }));
+        assert!(answered.recv().unwrap(), "answered without a failure");
+        replier.stop();
+        assert_eq!(
+            flushes.load(Ordering::SeqCst),
+            1,
+            "the answers flushed again"
+        );
+    }
+
+    /// Without it the sync thread waits for answers: a returned commit stays unsynced.
+    #[test]
+    fn without_an_early_sync_the_answers_start_it() {
+        let (flushes, sync) = counting_sync(false);
+        let mut replier = Replier::start(Some(sync.clone() as Arc<dyn Durability>));
+        sync.commit_begins();
+        sync.commit_returned();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(flushes.load(Ordering::SeqCst), 0);
+        let (sender, answered) = crossbeam_channel::bounded(1);
+        replier.send(Box::new(move |failure| {
+            sender.send(failure.is_none()).unwrap();
+        }));
+        assert!(answered.recv().unwrap());
+        assert_eq!(sync.unsynced_commits(), 0);
+        replier.stop();
+        assert_eq!(flushes.load(Ordering::SeqCst), 1);
+    }
 }

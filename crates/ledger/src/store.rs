@@ -125,6 +125,11 @@ pub trait Durability: Send + Sync {
     fn sync(&self) -> StoreResult<()>;
     /// Commits begun and not yet known durable.
     fn unsynced_commits(&self) -> u64;
+    /// Receives a signal after commits return (several may share one): a thread that syncs
+    /// can start before the commits' answers reach it.
+    fn returned_signal(&self) -> Option<crossbeam_channel::Receiver<()>> {
+        None
+    }
 }
 
 /// The engine's connection. Used by one thread; every method but `begin` runs inside the
