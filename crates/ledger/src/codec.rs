@@ -1,6 +1,8 @@
-//! How postings, metadata and volumes are stored: JSON text in both stores, and for the
-//! postings and post-commit volumes of transactions in the embedded store a compact binary
-//! form (see [`compact`]). Readers accept either, whatever a row holds.
+//! How postings, metadata and volumes are stored: metadata as JSON text, and the postings and
+//! post-commit volumes of transactions, like the engine's NEW_TRANSACTION log data, in a compact
+//! binary form (see [`compact`]) in both stores. Readers accept either, whatever a row holds:
+//! text, or bytes holding JSON text (PostgreSQL rows written before its migration 0003) or the
+//! compact form (whose first byte, its version, is never JSON's `[` or `{`).
 
 use std::collections::BTreeMap;
 
@@ -16,8 +18,16 @@ use crate::types::{Metadata, Posting, Transaction, Volumes, VolumesByAccount};
 pub fn decode_postings_value(value: Option<&SqlValue>) -> Result<Vec<Posting>, StoreError> {
     match value {
         Some(SqlValue::Text(text)) => decode_postings(text),
-        Some(SqlValue::Blob(bytes)) => compact::decode_postings(bytes),
+        Some(SqlValue::Blob(bytes)) => decode_postings_bytes(bytes),
         _ => Err(StoreError::new("corrupt postings: not text nor bytes")),
+    }
+}
+
+/// Postings from stored bytes: JSON text or the compact form.
+pub fn decode_postings_bytes(bytes: &[u8]) -> Result<Vec<Posting>, StoreError> {
+    match json_text(bytes, "postings")? {
+        Some(text) => decode_postings(text),
+        None => compact::decode_postings(bytes),
     }
 }
 
@@ -25,20 +35,39 @@ pub fn decode_postings_value(value: Option<&SqlValue>) -> Result<Vec<Posting>, S
 pub fn decode_volumes_value(value: Option<&SqlValue>) -> Result<VolumesByAccount, StoreError> {
     match value {
         Some(SqlValue::Text(text)) => decode_volumes(text),
-        Some(SqlValue::Blob(bytes)) => compact::decode_volumes(bytes),
+        Some(SqlValue::Blob(bytes)) => decode_volumes_bytes(bytes),
         _ => Err(StoreError::new("corrupt volumes: not text nor bytes")),
     }
 }
 
+/// Post-commit volumes from stored bytes: JSON text or the compact form.
+pub fn decode_volumes_bytes(bytes: &[u8]) -> Result<VolumesByAccount, StoreError> {
+    match json_text(bytes, "volumes")? {
+        Some(text) => decode_volumes(text),
+        None => compact::decode_volumes(bytes),
+    }
+}
+
 /// A log entry's data from its stored column, as the JSON text that was hashed: the text
-/// itself, or a NEW_TRANSACTION entry the embedded store keeps in the compact form.
+/// itself (as text or as bytes), or a NEW_TRANSACTION entry kept in the compact form.
 pub fn decode_log_data(value: Option<&SqlValue>) -> Result<String, StoreError> {
     match value {
         Some(SqlValue::Text(text)) => Ok(text.clone()),
-        Some(SqlValue::Blob(bytes)) => {
-            Ok(crate::log::encode(&compact::decode_new_transaction(bytes)?))
-        }
+        Some(SqlValue::Blob(bytes)) => match json_text(bytes, "log data")? {
+            Some(text) => Ok(text.to_string()),
+            None => Ok(crate::log::encode(&compact::decode_new_transaction(bytes)?)),
+        },
         _ => Err(StoreError::new("corrupt log data: not text nor bytes")),
+    }
+}
+
+/// The JSON text stored bytes hold, if they hold JSON rather than the compact form.
+fn json_text<'a>(bytes: &'a [u8], what: &str) -> Result<Option<&'a str>, StoreError> {
+    match bytes.first() {
+        Some(b'[' | b'{') => std::str::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| StoreError::new(format!("corrupt {what}: JSON that is not UTF-8"))),
+        _ => Ok(None),
     }
 }
 
@@ -51,6 +80,8 @@ pub mod compact {
     use super::*;
 
     const VERSION: u8 = 1;
+    // Stored bytes that start with `[` or `{` are read as JSON text (`json_text`).
+    const _: () = assert!(VERSION != b'[' && VERSION != b'{');
     /// A stored string or list longer than this is corrupt (no address, asset or posting list
     /// comes near it).
     const LENGTH_MAX: u64 = 1 << 24;
@@ -463,6 +494,11 @@ mod tests {
             decode_volumes_value(Some(&SqlValue::Text(encode_volumes(&volumes)))).unwrap(),
             volumes
         );
+        // JSON text kept as bytes (PostgreSQL's rows from before its migration 0003).
+        let json_bytes = SqlValue::Blob(encode_postings(&postings).into_bytes());
+        assert_eq!(decode_postings_value(Some(&json_bytes)).unwrap(), postings);
+        let json_bytes = SqlValue::Blob(encode_volumes(&volumes).into_bytes());
+        assert_eq!(decode_volumes_value(Some(&json_bytes)).unwrap(), volumes);
         // Every truncation and a trailing byte are errors, never a wrong value.
         for cut in 0..bytes.len() {
             assert!(
@@ -557,6 +593,11 @@ mod tests {
             decode_log_data(Some(&SqlValue::Text(json.clone()))).unwrap(),
             json
         );
+        assert_eq!(
+            decode_log_data(Some(&SqlValue::Blob(json.clone().into_bytes()))).unwrap(),
+            json,
+            "JSON text kept as bytes"
+        );
         for cut in 0..bytes.len() {
             assert!(
                 compact::decode_new_transaction(&bytes[..cut]).is_err(),
@@ -566,6 +607,16 @@ mod tests {
         let mut longer = bytes;
         longer.push(0);
         assert!(compact::decode_new_transaction(&longer).is_err());
+    }
+
+    #[test]
+    fn bytes_that_look_like_json_but_are_not_utf8_are_corrupt() {
+        for bytes in [b"[\xff]".to_vec(), b"{\xfe}".to_vec()] {
+            let value = SqlValue::Blob(bytes);
+            assert!(decode_postings_value(Some(&value)).is_err());
+            assert!(decode_volumes_value(Some(&value)).is_err());
+            assert!(decode_log_data(Some(&value)).is_err());
+        }
     }
 
     fn transaction(

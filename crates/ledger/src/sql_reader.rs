@@ -141,11 +141,11 @@ impl<B: SqlBackend> SqlReader<B> {
 
     fn tx_columns(&self) -> String {
         let d = self.dialect();
+        // Postings and volumes are bytes in both stores (or text in old rows): read as stored.
         format!(
-            "t.id, t.timestamp, t.reference, {}, {}, {}, t.inserted_at, t.updated_at, t.reverted_at",
-            d.json_out("t.postings"),
+            "t.id, t.timestamp, t.reference, t.postings, {}, t.post_commit_volumes, t.inserted_at, \
+             t.updated_at, t.reverted_at",
             d.json_out("t.metadata"),
-            d.json_out("t.post_commit_volumes")
         )
     }
 

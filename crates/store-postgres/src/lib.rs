@@ -36,6 +36,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_moves_pending",
         include_str!("../migrations/0002_moves_pending.sql"),
     ),
+    (
+        "0003_compact_rows",
+        include_str!("../migrations/0003_compact_rows.sql"),
+    ),
 ];
 /// Serialises migrations of processes starting at once.
 const MIGRATION_LOCK_KEY: i64 = 0x636f_6666_6572;
@@ -451,7 +455,7 @@ macro_rules! write_transactions {
         "txs AS (INSERT INTO transactions (ledger_id, id, timestamp, reference, postings, metadata, \
          post_commit_volumes, inserted_at, updated_at, reverted_at) \
          SELECT l, i, ts, r, p, CAST(m AS JSONB), v, ia, ua, ra FROM unnest($5::bigint[], $6::bigint[], \
-         $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::bigint[], \
+         $7::bigint[], $8::text[], $9::bytea[], $10::text[], $11::bytea[], $12::bigint[], $13::bigint[], \
          $14::bigint[]) AS u(l, i, ts, r, p, m, v, ia, ua, ra))"
     };
 }
@@ -492,7 +496,7 @@ macro_rules! write_accounts {
 macro_rules! write_logs {
     () => {
         "logged AS (INSERT INTO logs (ledger_id, id, type, date, data, idempotency_key, idempotency_hash, hash) \
-         SELECT * FROM unnest($40::bigint[], $41::bigint[], $42::text[], $43::bigint[], $44::text[], $45::text[], \
+         SELECT * FROM unnest($40::bigint[], $41::bigint[], $42::text[], $43::bigint[], $44::bytea[], $45::text[], \
          $46::bytea[], $47::bytea[]))"
     };
 }
@@ -810,9 +814,9 @@ impl StoreWriter for PostgresWriter {
             id: row.get::<_, i64>(0) as TxId,
             timestamp: Timestamp(row.get(1)),
             reference: row.get(2),
-            postings: codec::decode_postings(row.get(3))?,
+            postings: codec::decode_postings_bytes(row.get(3))?,
             metadata: codec::decode_metadata(row.get(4))?,
-            post_commit_volumes: codec::decode_volumes(row.get(5))?,
+            post_commit_volumes: codec::decode_volumes_bytes(row.get(5))?,
             inserted_at: Timestamp(row.get(6)),
             updated_at: Timestamp(row.get(7)),
             reverted_at: row.get::<_, Option<i64>>(8).map(Timestamp),
@@ -865,17 +869,17 @@ impl StoreWriter for PostgresWriter {
         let tx_id: Vec<i64> = txs.iter().map(|(_, t)| t.id as i64).collect();
         let tx_ts: Vec<i64> = txs.iter().map(|(_, t)| t.timestamp.micros()).collect();
         let tx_ref: Vec<Option<&str>> = txs.iter().map(|(_, t)| t.reference.as_deref()).collect();
-        let tx_postings: Vec<String> = txs
+        let tx_postings: Vec<Vec<u8>> = txs
             .iter()
-            .map(|(_, t)| codec::encode_postings(&t.postings))
+            .map(|(_, t)| codec::compact::encode_postings(&t.postings))
             .collect();
         let tx_meta: Vec<String> = txs
             .iter()
             .map(|(_, t)| codec::encode_metadata(&t.metadata))
             .collect();
-        let tx_pcv: Vec<String> = txs
+        let tx_pcv: Vec<Vec<u8>> = txs
             .iter()
-            .map(|(_, t)| codec::encode_volumes(&t.post_commit_volumes))
+            .map(|(_, t)| codec::compact::encode_volumes(&t.post_commit_volumes))
             .collect();
         let tx_inserted: Vec<i64> = txs.iter().map(|(_, t)| t.inserted_at.micros()).collect();
         let tx_updated: Vec<i64> = txs.iter().map(|(_, t)| t.updated_at.micros()).collect();
@@ -944,7 +948,11 @@ impl StoreWriter for PostgresWriter {
         let log_id: Vec<i64> = logs.iter().map(|w| w.log.id as i64).collect();
         let log_type: Vec<&str> = logs.iter().map(|w| w.log.kind.as_str()).collect();
         let log_date: Vec<i64> = logs.iter().map(|w| w.log.date.micros()).collect();
-        let log_data: Vec<&str> = logs.iter().map(|w| w.log.data.as_str()).collect();
+        // The compact form when there is one (a fifth of the text), else the text's bytes.
+        let log_data: Vec<&[u8]> = logs
+            .iter()
+            .map(|w| w.packed.as_deref().unwrap_or(w.log.data.as_bytes()))
+            .collect();
         let log_key: Vec<Option<&str>> = logs
             .iter()
             .map(|w| w.log.idempotency_key.as_deref())

@@ -464,7 +464,7 @@ pub fn rebuild(client: &mut Client, owner: i32) -> StoreResult<u64> {
                     timestamp,
                     inserted_at: timestamp,
                     updated_at: timestamp,
-                    postings: codec::decode_postings(row.get(2))?,
+                    postings: codec::decode_postings_bytes(row.get(2))?,
                     reference: None,
                     metadata: Default::default(),
                     reverted_at: None,

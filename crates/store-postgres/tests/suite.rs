@@ -245,3 +245,110 @@ fn a_store_opens_through_a_unix_socket() {
     let tx = commit(&tcp, "main", new_tx(vec![posting("x", "y", 7, "USD")])).unwrap();
     assert_eq!(tx.id, 2);
 }
+
+/// Migration 0003 turns the JSON text columns of a store an older binary wrote into bytes, and
+/// rows keep reading the same beside the compact ones written after: through the log API,
+/// transactions by id and lists, and `verify` (which hashes the text again).
+#[test]
+fn rows_written_as_json_text_before_migration_0003_still_read() {
+    use coffer_ledger::codec;
+    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
+    let backend = fresh();
+    let ledgers = service(&backend);
+    create_ledger(&ledgers, "main");
+    for amount in [5, 7, 9] {
+        let mut tx = new_tx(vec![
+            posting("world", "users:1", amount, "USD/2"),
+            posting("users:1", "users:2", 1, "USD/2"),
+        ]);
+        tx.reference = Some(format!("ref-{amount}"));
+        tx.metadata
+            .insert("why".into(), "a \"quoted\" reason".into());
+        commit(&ledgers, "main", tx).unwrap();
+    }
+    let logs = ledgers.scan_logs("main", 0, 100).unwrap();
+    let transactions: Vec<_> = (1..=3)
+        .map(|id| ledgers.get_transaction("main", id, None).unwrap())
+        .collect();
+    ledgers.shutdown();
+    drop(ledgers);
+
+    // The database as a binary from before 0003 left it: JSON text in TEXT columns.
+    let mut client = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
+    let first_bytes = |client: &mut postgres::Client| -> Vec<i32> {
+        client
+            .query("SELECT get_byte(data, 0) FROM logs ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
+    assert_eq!(first_bytes(&mut client), [1, 1, 1], "compact log data");
+    for log in &logs {
+        client
+            .execute(
+                "UPDATE logs SET data = convert_to($1, 'UTF8') WHERE id = $2",
+                &[&log.data, &(log.id as i64)],
+            )
+            .unwrap();
+    }
+    for tx in &transactions {
+        client
+            .execute(
+                "UPDATE transactions SET postings = convert_to($1, 'UTF8'), \
+                 post_commit_volumes = convert_to($2, 'UTF8') WHERE id = $3",
+                &[
+                    &codec::encode_postings(&tx.postings),
+                    &codec::encode_volumes(&tx.post_commit_volumes),
+                    &(tx.id as i64),
+                ],
+            )
+            .unwrap();
+    }
+    client
+        .batch_execute(
+            "ALTER TABLE logs ALTER COLUMN data TYPE TEXT USING convert_from(data, 'UTF8'); \
+             ALTER TABLE transactions \
+                 ALTER COLUMN postings TYPE TEXT USING convert_from(postings, 'UTF8'), \
+                 ALTER COLUMN post_commit_volumes TYPE TEXT USING convert_from(post_commit_volumes, 'UTF8'); \
+             DELETE FROM coffer_migrations WHERE name = '0003_compact_rows'",
+        )
+        .unwrap();
+
+    let ledgers = service(&backend);
+    assert_eq!(
+        first_bytes(&mut client),
+        [b'{' as i32; 3],
+        "migrated as text"
+    );
+    assert_eq!(ledgers.scan_logs("main", 0, 100).unwrap(), logs);
+    check_reads_back(&ledgers, &transactions);
+    let listed = ledgers
+        .list_transactions(
+            "main",
+            Default::default(),
+            &coffer_ledger::service::PageRequest {
+                page_size: Some(10),
+                cursor: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(listed.data.len(), 3);
+    // New rows go in compact beside them.
+    let fourth = commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("users:2", "users:1", 3, "USD/2")]),
+    )
+    .unwrap();
+    assert_eq!(first_bytes(&mut client)[3], 1);
+    check_reads_back(&ledgers, &[transactions.clone(), vec![fourth]].concat());
+}
+
+fn check_reads_back(ledgers: &coffer_ledger::Ledgers, transactions: &[coffer_ledger::Transaction]) {
+    for tx in transactions {
+        assert_eq!(&ledgers.get_transaction("main", tx.id, None).unwrap(), tx);
+    }
+    let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
