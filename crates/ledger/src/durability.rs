@@ -13,7 +13,7 @@
 //! A store may ask for an early flush ([`CommitSync::early`]): a commit that returns then
 //! signals [`Durability::returned_signal`], and the engine's sync thread starts the flush while
 //! the writer still does its bookkeeping after the commit, rather than once the commit's answers
-//! reach it (SQLite: +9 % transfers/s; PostgreSQL, whose flush then competes with the writer's
+//! reach it (SQLite: +8 % transfers/s; PostgreSQL, whose flush then competes with the writer's
 //! next statement: slower, so it does not ask; BENCHMARKS.md).
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -252,24 +252,13 @@ fn a_store_opens_through_a_unix_socket() {
 #[test]
 fn rows_written_as_json_text_before_migration_0003_still_read() {
     use coffer_ledger::codec;
-    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
+    use coffer_store_tests::{
+        check_reads_back, commit, new_tx, posting, service,
+        three_transactions_to_store_in_another_form,
+    };
     let backend = fresh();
     let ledgers = service(&backend);
-    create_ledger(&ledgers, "main");
-    for amount in [5, 7, 9] {
-        let mut tx = new_tx(vec![
-            posting("world", "users:1", amount, "USD/2"),
-            posting("users:1", "users:2", 1, "USD/2"),
-        ]);
-        tx.reference = Some(format!("ref-{amount}"));
-        tx.metadata
-            .insert("why".into(), "a \"quoted\" reason".into());
-        commit(&ledgers, "main", tx).unwrap();
-    }
-    let logs = ledgers.scan_logs("main", 0, 100).unwrap();
-    let transactions: Vec<_> = (1..=3)
-        .map(|id| ledgers.get_transaction("main", id, None).unwrap())
-        .collect();
+    let (logs, transactions) = three_transactions_to_store_in_another_form(&ledgers);
     ledgers.shutdown();
     drop(ledgers);
 
@@ -343,12 +332,4 @@ fn rows_written_as_json_text_before_migration_0003_still_read() {
     .unwrap();
     assert_eq!(first_bytes(&mut client)[3], 1);
     check_reads_back(&ledgers, &[transactions.clone(), vec![fourth]].concat());
-}
-
-fn check_reads_back(ledgers: &coffer_ledger::Ledgers, transactions: &[coffer_ledger::Transaction]) {
-    for tx in transactions {
-        assert_eq!(&ledgers.get_transaction("main", tx.id, None).unwrap(), tx);
-    }
-    let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
-    assert!(report.is_ok(), "{report}");
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use coffer_ledger::store::Store;
 use coffer_store_sqlite::SqliteStore;
+use coffer_store_tests::check_reads_back;
 
 struct Sqlite {
     dir: tempfile::TempDir,
@@ -339,38 +340,16 @@ fn transactions_stored_as_json_text_still_read() {
 
 /// Every one of `transactions` of the ledger "main" reads back as it was, and `verify` finds no
 /// problem.
-fn check_reads_back(ledgers: &coffer_ledger::Ledgers, transactions: &[coffer_ledger::Transaction]) {
-    for tx in transactions {
-        assert_eq!(&ledgers.get_transaction("main", tx.id, None).unwrap(), tx);
-    }
-    let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
-    assert!(report.is_ok(), "{report}");
-}
-
 /// The engine's NEW_TRANSACTION log entries are stored in a compact binary form; entries
 /// written as JSON text (by older binaries, and every other kind) read the same beside them,
 /// through the log API, `verify` (which hashes the text again) and a rebuild of lost projections.
 #[test]
 fn logs_stored_as_json_text_still_read() {
-    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
+    use coffer_store_tests::{service, three_transactions_to_store_in_another_form};
     let backend = fresh();
     let path = backend.dir.path().join("coffer.db");
     let ledgers = service(&backend);
-    create_ledger(&ledgers, "main");
-    for amount in [5, 7, 9] {
-        let mut tx = new_tx(vec![
-            posting("world", "users:1", amount, "USD/2"),
-            posting("users:1", "users:2", 1, "USD/2"),
-        ]);
-        tx.reference = Some(format!("ref-{amount}"));
-        tx.metadata
-            .insert("why".into(), "a \"quoted\" reason".into());
-        commit(&ledgers, "main", tx).unwrap();
-    }
-    let logs = ledgers.scan_logs("main", 0, 100).unwrap();
-    let transactions: Vec<_> = (1..=3)
-        .map(|id| ledgers.get_transaction("main", id, None).unwrap())
-        .collect();
+    let (logs, transactions) = three_transactions_to_store_in_another_form(&ledgers);
     ledgers.shutdown();
     drop(ledgers);
 

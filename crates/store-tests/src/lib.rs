@@ -102,6 +102,39 @@ pub fn commit(
     }
 }
 
+/// Creates ledger "main" and commits three transactions with references and metadata that JSON
+/// must escape; returns their log entries and the transactions as read back. For the tests of
+/// rows that older versions stored in another form.
+pub fn three_transactions_to_store_in_another_form(
+    ledgers: &Ledgers,
+) -> (Vec<coffer_ledger::log::Log>, Vec<Transaction>) {
+    create_ledger(ledgers, "main");
+    for amount in [5, 7, 9] {
+        let mut tx = new_tx(vec![
+            posting("world", "users:1", amount, "USD/2"),
+            posting("users:1", "users:2", 1, "USD/2"),
+        ]);
+        tx.reference = Some(format!("ref-{amount}"));
+        tx.metadata
+            .insert("why".into(), "a \"quoted\" reason".into());
+        commit(ledgers, "main", tx).unwrap();
+    }
+    let logs = ledgers.scan_logs("main", 0, 100).unwrap();
+    let transactions = (1..=3)
+        .map(|id| ledgers.get_transaction("main", id, None).unwrap())
+        .collect();
+    (logs, transactions)
+}
+
+/// Each transaction of ledger "main" reads back as given, and `verify` finds no problem.
+pub fn check_reads_back(ledgers: &Ledgers, transactions: &[Transaction]) {
+    for tx in transactions {
+        assert_eq!(&ledgers.get_transaction("main", tx.id, None).unwrap(), tx);
+    }
+    let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
+
 pub fn balance(ledgers: &Ledgers, ledger: &str, address: &str, asset: &str) -> i128 {
     match ledgers.get_account(ledger, address, None) {
         Ok(account) => account
