@@ -230,6 +230,22 @@ fn migrate(client: &mut Client) -> StoreResult<()> {
         client
             .batch_execute("CREATE TABLE IF NOT EXISTS coffer_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
             .map_err(pg_err)?;
+        // A newer binary's schema may hold rows this one would misread or fail to write.
+        let applied: Vec<String> = client
+            .query("SELECT name FROM coffer_migrations", &[])
+            .map_err(pg_err)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if let Some(unknown) = applied
+            .iter()
+            .find(|name| !MIGRATIONS.iter().any(|(known, _)| known == name))
+        {
+            return Err(err(format!(
+                "the database was written by a newer version of Coffer (migration {unknown} is \
+                 unknown to this one): upgrade this binary"
+            )));
+        }
         for (name, sql) in MIGRATIONS {
             let applied = client
                 .query_opt("SELECT 1 FROM coffer_migrations WHERE name = $1", &[name])

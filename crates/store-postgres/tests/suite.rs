@@ -333,3 +333,23 @@ fn rows_written_as_json_text_before_migration_0003_still_read() {
     assert_eq!(first_bytes(&mut client)[3], 1);
     check_reads_back(&ledgers, &[transactions.clone(), vec![fourth]].concat());
 }
+
+/// A database a newer binary migrated may hold what this one cannot read or write: it is refused
+/// with a message that says so.
+#[test]
+fn a_database_from_a_newer_version_is_refused() {
+    let backend = fresh();
+    drop(coffer_store_tests::Backend::open(&backend));
+    let mut client = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
+    client
+        .execute(
+            "INSERT INTO coffer_migrations (name, applied_at) VALUES ('9999_from_the_future', 0)",
+            &[],
+        )
+        .unwrap();
+    let error = PostgresStore::open(&backend.url)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("newer version of Coffer"), "{error}");
+}
