@@ -32,6 +32,17 @@ fn fresh() -> Sqlite {
 coffer_store_tests::store_suite!(fresh());
 
 /// Commits `amount` USD from `world` to `destination` on the ledger "main".
+/// The first page of ledger "main"'s transactions: a read that needs the projections.
+fn first_page(
+    ledgers: &coffer_ledger::Ledgers,
+) -> Result<coffer_ledger::service::Page<coffer_ledger::Transaction>, coffer_ledger::LedgerError> {
+    ledgers.list_transactions(
+        "main",
+        coffer_ledger::service::TransactionsQuery::default(),
+        &coffer_ledger::service::PageRequest::default(),
+    )
+}
+
 fn from_world(ledgers: &coffer_ledger::Ledgers, destination: &str, amount: i128) {
     use coffer_store_tests::{commit, new_tx, posting};
     let tx = new_tx(vec![posting("world", destination, amount, "USD")]);
@@ -645,13 +656,7 @@ fn a_read_kicks_the_flusher_out_of_its_gathering() {
         from_world(&ledgers, "u:1", 5);
         let started = std::time::Instant::now();
         // Lists of transactions are read from the projections only.
-        let page = ledgers
-            .list_transactions(
-                "main",
-                coffer_ledger::service::TransactionsQuery::default(),
-                &coffer_ledger::service::PageRequest::default(),
-            )
-            .unwrap();
+        let page = first_page(&ledgers).unwrap();
         let waited = started.elapsed();
         assert_eq!(
             page.data[0].post_commit_volumes["u:1"]["USD"].input,
@@ -788,13 +793,7 @@ fn transactions_are_read_before_the_flusher_writes_them() {
         Err(coffer_ledger::LedgerError::NotFound(_))
     ));
     // Once written, the file answers, with the same state.
-    let page = ledgers
-        .list_transactions(
-            "main",
-            coffer_ledger::service::TransactionsQuery::default(),
-            &coffer_ledger::service::PageRequest::default(),
-        )
-        .unwrap();
+    let page = first_page(&ledgers).unwrap();
     assert_eq!(page.data, [read.clone()]);
     assert_eq!(rows_in_file(), 1);
     assert_eq!(
@@ -964,13 +963,7 @@ fn closing_gives_up_a_projections_write_that_keeps_failing() {
     from_world(&ledgers, "u:1", 7);
     // Reads that need the projections get the flusher's error; balances and transactions by id
     // come from the writer.
-    let error = ledgers
-        .list_transactions(
-            "main",
-            coffer_ledger::service::TransactionsQuery::default(),
-            &coffer_ledger::service::PageRequest::default(),
-        )
-        .unwrap_err();
+    let error = first_page(&ledgers).unwrap_err();
     assert!(error.to_string().contains("injected failure"), "{error}");
     let account = ledgers.get_account("main", "u:1", None).unwrap();
     assert_eq!(account.volumes["USD"].input, 12);
