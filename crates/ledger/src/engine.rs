@@ -497,7 +497,18 @@ fn run_batch(
     let count = jobs.len();
     let exclusive = jobs.len() == 1 && jobs[0].exclusive();
     let mut touched = Vec::new();
-    let outcome = execute_batch(writer, caches, flags, &jobs, exclusive, &mut touched);
+    let mut outcome = execute_batch(writer, caches, flags, &jobs, exclusive, &mut touched);
+    if outcome.is_err() {
+        let _ = writer.rollback();
+        if writer.take_conflict() {
+            // Predicted heads another process had moved: nothing was written; once more, locked.
+            forget_batch(caches, &mut touched);
+            outcome = execute_batch(writer, caches, flags, &jobs, exclusive, &mut touched);
+            if outcome.is_err() {
+                let _ = writer.rollback();
+            }
+        }
+    }
     match outcome {
         Ok(results) => {
             replier.send(Box::new(move |failure| {
@@ -510,7 +521,6 @@ fn run_batch(
             }));
         }
         Err(err) => {
-            let _ = writer.rollback();
             for ledger in touched {
                 caches.invalidate_ledger(ledger);
             }
@@ -539,6 +549,15 @@ fn run_batch(
     record_commit(count, started);
 }
 
+/// After a batch on predicted heads that another process had moved: its reads of those
+/// ledgers are stale.
+fn forget_batch(caches: &mut Caches, touched: &mut Vec<i64>) {
+    metrics::counter!("coffer_batch_conflicts_total").increment(1);
+    for ledger in touched.drain(..) {
+        caches.invalidate_ledger(ledger);
+    }
+}
+
 /// Metrics of one store transaction (batch or atomic group).
 fn record_commit(requests: usize, started: Instant) {
     metrics::counter!("coffer_commits_total").increment(1);
@@ -555,17 +574,30 @@ fn run_atomic(
 ) {
     let started = Instant::now();
     let mut touched = Vec::new();
-    let outcome = execute_atomic(writer, caches, flags, &job.elements, &mut touched);
-    if !matches!(
-        outcome,
-        Ok(AtomicOutcome {
-            committed: true,
-            ..
-        })
-    ) {
+    let committed = |outcome: &Result<AtomicOutcome, LedgerError>| {
+        matches!(
+            outcome,
+            Ok(AtomicOutcome {
+                committed: true,
+                ..
+            })
+        )
+    };
+    let mut outcome = execute_atomic(writer, caches, flags, &job.elements, &mut touched);
+    if !committed(&outcome) {
+        // On predicted heads, the rollback checks them: a refusal rests on them too.
         let _ = writer.rollback();
-        for ledger in touched {
-            caches.invalidate_ledger(ledger);
+        if writer.take_conflict() {
+            forget_batch(caches, &mut touched);
+            outcome = execute_atomic(writer, caches, flags, &job.elements, &mut touched);
+            if !committed(&outcome) {
+                let _ = writer.rollback();
+            }
+        }
+        if !committed(&outcome) {
+            for ledger in touched {
+                caches.invalidate_ledger(ledger);
+            }
         }
     }
     if let Err(err @ LedgerError::Store(_)) = &outcome {

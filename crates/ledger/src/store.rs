@@ -141,7 +141,18 @@ pub trait StoreWriter: Send {
 
     /// Reads and locks the heads of the named ledgers until commit or rollback. Locks are
     /// taken in name order, so concurrent writers (other processes) cannot deadlock.
+    ///
+    /// A store may instead return the heads its own last commit left (*predicted* heads, no
+    /// round trip) and check them when it writes, commits or rolls back: if another process
+    /// moved one of these ledgers meanwhile, nothing of the batch is written, the call fails (a
+    /// rollback too), and [`StoreWriter::take_conflict`] says so. The next batch then locks.
     fn lock_ledgers(&mut self, names: &[String]) -> StoreResult<Vec<LedgerHead>>;
+    /// Whether the last failure was a batch on predicted heads that another process had moved
+    /// (see [`StoreWriter::lock_ledgers`]): nothing was written, and running the batch again
+    /// is safe. Clears the flag.
+    fn take_conflict(&mut self) -> bool {
+        false
+    }
     /// `None` when a ledger of that name exists (another process may have just created it).
     fn insert_ledger(&mut self, ledger: &NewLedger) -> StoreResult<Option<LedgerHead>>;
     fn load_ledger_metadata(&mut self, ledger: LedgerId) -> StoreResult<Metadata>;

@@ -1,13 +1,15 @@
-//! The PostgreSQL store. Several Coffer processes may share one database: every batch locks
-//! the rows of the ledgers it writes (`SELECT … FOR UPDATE`, in name order), so writers to a
-//! ledger take turns batch by batch and balances are always read under that lock. Each batch
-//! is one SQL transaction: its writes are one statement (data-modifying CTEs over `unnest` arrays).
+//! The PostgreSQL store. Several Coffer processes may share one database: a batch locks the
+//! rows of the ledgers it writes (`SELECT … FOR UPDATE`, in name order), so writers to a ledger
+//! take turns batch by batch and balances are read under that lock; or, while no other process
+//! writes to them, it runs on the heads the writer's last commit left and its statement writes
+//! only if they still hold (see `PostgresWriter::predicted`). Each batch is one SQL transaction:
+//! its writes are one statement (data-modifying CTEs over `unnest` arrays).
 
 use std::collections::HashMap;
 use std::error::Error as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use coffer_ledger::codec;
 use coffer_ledger::durability::CommitSync;
@@ -66,6 +68,16 @@ pub struct PostgresStore {
     /// their moves).
     durable: Arc<CommitSync>,
     moves: Arc<MovesBehind>,
+    predictions: Arc<Predictions>,
+}
+
+/// How the writers' batches on predicted heads fared (see `PostgresWriter::predicted`).
+#[derive(Debug, Default)]
+pub struct Predictions {
+    /// Batches that ran on predicted heads.
+    pub batches: AtomicU64,
+    /// Those that found a head moved by another process (and ran again, locked).
+    pub conflicts: AtomicU64,
 }
 
 fn flush_connection(url: &str) -> StoreResult<Client> {
@@ -156,7 +168,12 @@ impl PostgresStore {
             reader: SqlReader { backend: readers },
             durable,
             moves: behind,
+            predictions: Arc::default(),
         }))
+    }
+
+    pub fn predictions(&self) -> &Predictions {
+        &self.predictions
     }
 }
 
@@ -210,6 +227,13 @@ impl Store for PostgresStore {
             durable: self.durable.clone(),
             stash: PendingMoves::default(),
             moves: self.moves.clone(),
+            predicted: HashMap::new(),
+            predictions: self.predictions.clone(),
+            on_predicted: None,
+            wrote: false,
+            written: Vec::new(),
+            conflict: false,
+            contended_until: None,
         }))
     }
 
@@ -439,7 +463,28 @@ pub struct PostgresWriter {
     /// Moves of the open transaction, handed to `moves` once it commits.
     stash: PendingMoves,
     moves: Arc<MovesBehind>,
+    /// The heads of the ledgers as this writer's last commit left them (or last read them under
+    /// lock). A batch whose ledgers are all here runs on them without locking (`on_predicted`):
+    /// its statement checks them and commits on its own, one round trip instead of three.
+    predicted: HashMap<String, LedgerHead>,
+    predictions: Arc<Predictions>,
+    /// The predicted heads the open batch runs on; `None` when it locked its ledgers.
+    on_predicted: Option<Vec<LedgerHead>>,
+    /// A batch on predicted heads wrote (so committed) its statement.
+    wrote: bool,
+    /// The heads the open batch writes, predicted once it commits.
+    written: Vec<LedgerHead>,
+    /// The last failure was a batch on predicted heads that another process had moved.
+    conflict: bool,
+    /// Another process wrote to our ledgers lately: batches lock until then.
+    contended_until: Option<Instant>,
 }
+
+/// How long batches lock their ledgers after seeing another process's write to them: where
+/// processes take turns on a ledger, predicted heads would be wrong most of the time.
+const CONTENDED_MS: u64 = 1_000;
+/// Ledgers whose heads a writer remembers; past that it forgets them all (and locks once more).
+const PREDICTED_LEDGERS_MAX: usize = 4_096;
 
 const LOCK_LEDGERS: &str = "SELECT id, name, next_tx_id, next_log_id, last_hash FROM ledgers \
      WHERE name = ANY($1) ORDER BY name FOR UPDATE";
@@ -458,102 +503,161 @@ const FIND_LOGS: &str =
 const FIND_REFERENCES: &str =
     "SELECT reference FROM transactions WHERE ledger_id = $1 AND reference = ANY($2)";
 
-// The parts of the batch's statement; `$n` are the same in both statements below.
+// The parts of the batch's statement; `$n` are the same in every statement below. `$g` gates a
+// part's rows: no condition in the statements the writer sends after locking its ledgers; in
+// those it sends on predicted heads, one that holds only if every head matched its prediction.
 macro_rules! write_heads {
-    () => {
+    (plain) => {
         "heads AS (UPDATE ledgers g SET next_tx_id = u.n, next_log_id = u.l, last_hash = u.h \
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[]) AS u(id, n, l, h) \
          WHERE g.id = u.id RETURNING 1)"
     };
+    (checked) => {
+        // `$48`: the next log id each head had when predicted. Any write moves it.
+        "heads AS (UPDATE ledgers g SET next_tx_id = u.n, next_log_id = u.l, last_hash = u.h \
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[], $48::bigint[]) AS u(id, n, l, h, e) \
+         WHERE g.id = u.id AND g.next_log_id = u.e RETURNING 1)"
+    };
+}
+/// What gates a part's rows (see above): every head matched its prediction, so each was updated.
+macro_rules! gate {
+    (none) => {
+        ""
+    };
+    (where) => {
+        " WHERE (SELECT COUNT(*) FROM heads) = cardinality($1::bigint[])"
+    };
+    (and) => {
+        " AND (SELECT COUNT(*) FROM heads) = cardinality($1::bigint[])"
+    };
 }
 macro_rules! write_transactions {
-    () => {
-        "txs AS (INSERT INTO transactions (ledger_id, id, timestamp, reference, postings, metadata, \
-         post_commit_volumes, inserted_at, updated_at, reverted_at) \
-         SELECT l, i, ts, r, p, CAST(m AS JSONB), v, ia, ua, ra FROM unnest($5::bigint[], $6::bigint[], \
-         $7::bigint[], $8::text[], $9::bytea[], $10::text[], $11::bytea[], $12::bigint[], $13::bigint[], \
-         $14::bigint[]) AS u(l, i, ts, r, p, m, v, ia, ua, ra))"
+    ($g:ident) => {
+        concat!(
+            "txs AS (INSERT INTO transactions (ledger_id, id, timestamp, reference, postings, metadata, \
+             post_commit_volumes, inserted_at, updated_at, reverted_at) \
+             SELECT l, i, ts, r, p, CAST(m AS JSONB), v, ia, ua, ra FROM unnest($5::bigint[], $6::bigint[], \
+             $7::bigint[], $8::text[], $9::bytea[], $10::text[], $11::bytea[], $12::bigint[], $13::bigint[], \
+             $14::bigint[]) AS u(l, i, ts, r, p, m, v, ia, ua, ra)",
+            gate!($g),
+            ")"
+        )
     };
 }
 macro_rules! write_updates {
-    () => {
-        "updates AS (UPDATE transactions t SET metadata = CAST(u.m AS JSONB), reverted_at = u.ra, updated_at = u.ua \
-         FROM unnest($15::bigint[], $16::bigint[], $17::text[], $18::bigint[], $19::bigint[]) AS u(l, i, m, ra, ua) \
-         WHERE t.ledger_id = u.l AND t.id = u.i RETURNING 1)"
+    ($g:ident) => {
+        concat!(
+            "updates AS (UPDATE transactions t SET metadata = CAST(u.m AS JSONB), reverted_at = u.ra, updated_at = u.ua \
+             FROM unnest($15::bigint[], $16::bigint[], $17::text[], $18::bigint[], $19::bigint[]) AS u(l, i, m, ra, ua) \
+             WHERE t.ledger_id = u.l AND t.id = u.i",
+            gate!($g),
+            " RETURNING 1)"
+        )
     };
 }
 macro_rules! write_pending {
-    () => {
-        "pending AS (INSERT INTO moves_pending (owner, ledger_id, first_tx, last_tx) \
-         SELECT CAST($23 AS INTEGER), l, f, t FROM unnest($20::bigint[], $21::bigint[], $22::bigint[]) AS u(l, f, t))"
+    ($g:ident) => {
+        concat!(
+            "pending AS (INSERT INTO moves_pending (owner, ledger_id, first_tx, last_tx) \
+             SELECT CAST($23 AS INTEGER), l, f, t FROM unnest($20::bigint[], $21::bigint[], $22::bigint[]) AS u(l, f, t)",
+            gate!($g),
+            ")"
+        )
     };
 }
 macro_rules! write_volumes {
-    () => {
-        "vols AS (INSERT INTO volumes (ledger_id, address, asset, input, output) \
-         SELECT l, a, s, CAST(i AS NUMERIC), CAST(o AS NUMERIC) FROM unnest($24::bigint[], $25::text[], \
-         $26::text[], $27::text[], $28::text[]) AS u(l, a, s, i, o) \
-         ON CONFLICT (ledger_id, address, asset) DO UPDATE SET input = excluded.input, output = excluded.output)"
+    ($g:ident) => {
+        concat!(
+            "vols AS (INSERT INTO volumes (ledger_id, address, asset, input, output) \
+             SELECT l, a, s, CAST(i AS NUMERIC), CAST(o AS NUMERIC) FROM unnest($24::bigint[], $25::text[], \
+             $26::text[], $27::text[], $28::text[]) AS u(l, a, s, i, o)",
+            gate!($g),
+            " ON CONFLICT (ledger_id, address, asset) DO UPDATE SET input = excluded.input, output = excluded.output)"
+        )
     };
 }
 macro_rules! write_accounts {
-    () => {
-        "accounts_plain AS (INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) \
-         SELECT l, a, CAST('{}' AS JSONB), f, i, u FROM unnest($29::bigint[], $30::text[], $31::bigint[], \
-         $32::bigint[], $33::bigint[]) AS x(l, a, f, i, u) \
-         ON CONFLICT (ledger_id, address) DO UPDATE SET first_usage = LEAST(accounts.first_usage, excluded.first_usage)), \
-         accounts_meta AS (INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) \
-         SELECT l, a, CAST(m AS JSONB), f, i, u FROM unnest($34::bigint[], $35::text[], $36::text[], $37::bigint[], \
-         $38::bigint[], $39::bigint[]) AS x(l, a, m, f, i, u) \
-         ON CONFLICT (ledger_id, address) DO UPDATE SET first_usage = LEAST(accounts.first_usage, excluded.first_usage), \
-         metadata = excluded.metadata, updated_at = excluded.updated_at)"
+    ($g:ident) => {
+        concat!(
+            "accounts_plain AS (INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) \
+             SELECT l, a, CAST('{}' AS JSONB), f, i, u FROM unnest($29::bigint[], $30::text[], $31::bigint[], \
+             $32::bigint[], $33::bigint[]) AS x(l, a, f, i, u)",
+            gate!($g),
+            " ON CONFLICT (ledger_id, address) DO UPDATE SET first_usage = LEAST(accounts.first_usage, excluded.first_usage)), \
+             accounts_meta AS (INSERT INTO accounts (ledger_id, address, metadata, first_usage, insertion_date, updated_at) \
+             SELECT l, a, CAST(m AS JSONB), f, i, u FROM unnest($34::bigint[], $35::text[], $36::text[], $37::bigint[], \
+             $38::bigint[], $39::bigint[]) AS x(l, a, m, f, i, u)",
+            gate!($g),
+            " ON CONFLICT (ledger_id, address) DO UPDATE SET first_usage = LEAST(accounts.first_usage, excluded.first_usage), \
+             metadata = excluded.metadata, updated_at = excluded.updated_at)"
+        )
     };
 }
 macro_rules! write_logs {
-    () => {
-        "logged AS (INSERT INTO logs (ledger_id, id, type, date, data, idempotency_key, idempotency_hash, hash) \
-         SELECT * FROM unnest($40::bigint[], $41::bigint[], $42::text[], $43::bigint[], $44::bytea[], $45::text[], \
-         $46::bytea[], $47::bytea[]))"
+    ($g:ident) => {
+        concat!(
+            "logged AS (INSERT INTO logs (ledger_id, id, type, date, data, idempotency_key, idempotency_hash, hash) \
+             SELECT * FROM unnest($40::bigint[], $41::bigint[], $42::text[], $43::bigint[], $44::bytea[], $45::text[], \
+             $46::bytea[], $47::bytea[])",
+            gate!($g),
+            ")"
+        )
+    };
+}
+/// The whole statement (`full`), or without the parts that most batches leave empty
+/// (transaction updates, new accounts): PostgreSQL sets up every part of a statement at each
+/// execution, empty or not (4 % of the rate, BENCHMARKS.md). The lean one is prepared with the
+/// full one's parameter types, so both take the same parameters (some unused).
+macro_rules! write_batch {
+    (full, $heads:ident, $g:ident, $and:ident) => {
+        concat!(
+            "WITH ",
+            write_heads!($heads),
+            ", ",
+            write_transactions!($g),
+            ", ",
+            write_updates!($and),
+            ", ",
+            write_pending!($g),
+            ", ",
+            write_volumes!($g),
+            ", ",
+            write_accounts!($g),
+            ", ",
+            write_logs!($g),
+            " SELECT (SELECT COUNT(*) FROM heads), (SELECT COUNT(*) FROM updates)"
+        )
+    };
+    (lean, $heads:ident, $g:ident) => {
+        concat!(
+            "WITH ",
+            write_heads!($heads),
+            ", ",
+            write_transactions!($g),
+            ", ",
+            write_pending!($g),
+            ", ",
+            write_volumes!($g),
+            ", ",
+            write_logs!($g),
+            " SELECT (SELECT COUNT(*) FROM heads), CAST(0 AS BIGINT)"
+        )
     };
 }
 
 /// One statement per batch. PostgreSQL runs every data-modifying `WITH` statement to completion
 /// whatever the main query reads, so only the two counts that are checked are returned.
-const WRITE_BATCH: &str = concat!(
-    "WITH ",
-    write_heads!(),
-    ", ",
-    write_transactions!(),
-    ", ",
-    write_updates!(),
-    ", ",
-    write_pending!(),
-    ", ",
-    write_volumes!(),
-    ", ",
-    write_accounts!(),
-    ", ",
-    write_logs!(),
-    " SELECT (SELECT COUNT(*) FROM heads), (SELECT COUNT(*) FROM updates)"
-);
-
-/// `WRITE_BATCH` without the parts that most batches leave empty (transaction updates, new
-/// accounts), for the batches that do: PostgreSQL sets up every part of a statement at each
-/// execution, empty or not (4 % of the rate, BENCHMARKS.md). Prepared with `WRITE_BATCH`'s
-/// parameter types, so both take the same parameters (those of the missing parts unused).
-const WRITE_BATCH_LEAN: &str = concat!(
-    "WITH ",
-    write_heads!(),
-    ", ",
-    write_transactions!(),
-    ", ",
-    write_pending!(),
-    ", ",
-    write_volumes!(),
-    ", ",
-    write_logs!(),
-    " SELECT (SELECT COUNT(*) FROM heads), CAST(0 AS BIGINT)"
-);
+const WRITE_BATCH: &str = write_batch!(full, plain, none, none);
+const WRITE_BATCH_LEAN: &str = write_batch!(lean, plain, none);
+/// The same on predicted heads, sent outside `BEGIN`: it commits on its own, and writes
+/// nothing unless every head is as predicted. Each part reads `heads` (a one-time filter), so
+/// the heads are updated, and their rows locked, before any other row is written.
+const WRITE_CHECKED: &str = write_batch!(full, checked, where, and);
+const WRITE_CHECKED_LEAN: &str = write_batch!(lean, checked, where);
+/// Before answering a batch on predicted heads that wrote nothing (every request refused, or
+/// an atomic group that failed): the refusals rest on those heads.
+const HEADS_MATCH: &str = "SELECT COUNT(*) FROM ledgers g \
+     JOIN unnest($1::bigint[], $2::bigint[]) AS u(id, e) ON g.id = u.id AND g.next_log_id = u.e";
 
 fn decode_hex(hex: &str) -> Option<Hash> {
     if hex.len() != 64 {
@@ -635,18 +739,104 @@ impl PostgresWriter {
         Ok(statement)
     }
 
-    /// `WRITE_BATCH_LEAN`, typed as `WRITE_BATCH` (some parameters it does not use).
-    fn lean_statement(&mut self) -> StoreResult<Statement> {
-        if let Some(statement) = self.statements.get(WRITE_BATCH_LEAN) {
+    /// A lean statement, typed as its full one (some parameters it does not use).
+    fn lean_statement(&mut self, lean: &'static str, full: &'static str) -> StoreResult<Statement> {
+        if let Some(statement) = self.statements.get(lean) {
             return Ok(statement.clone());
         }
-        let full = self.statement(WRITE_BATCH)?;
+        let full = self.statement(full)?;
         let statement = self
             .client
-            .prepare_typed(WRITE_BATCH_LEAN, full.params())
-            .map_err(|e| err(format!("{} in {WRITE_BATCH_LEAN}", pg_err(e))))?;
-        self.statements.insert(WRITE_BATCH_LEAN, statement.clone());
+            .prepare_typed(lean, full.params())
+            .map_err(|e| err(format!("{} in {lean}", pg_err(e))))?;
+        self.statements.insert(lean, statement.clone());
         Ok(statement)
+    }
+
+    /// Heads read under lock are the truth until the commit. One that differs from its
+    /// prediction was moved by another process.
+    fn note_locked(&mut self, heads: &[LedgerHead]) {
+        for head in heads {
+            self.make_room();
+            if let Some(old) = self.predicted.insert(head.name.clone(), head.clone()) {
+                if old != *head {
+                    self.contended();
+                }
+            }
+        }
+    }
+
+    fn contended(&mut self) {
+        self.contended_until = Some(Instant::now() + Duration::from_millis(CONTENDED_MS));
+    }
+
+    fn may_predict(&self, names: &[String]) -> bool {
+        !names.is_empty()
+            && self
+                .contended_until
+                .is_none_or(|until| Instant::now() >= until)
+            && names.iter().all(|name| self.predicted.contains_key(name))
+    }
+
+    /// A batch on predicted heads found one moved by another process; nothing of it was
+    /// written.
+    fn conflicted(&mut self) -> StoreError {
+        self.predictions.conflicts.fetch_add(1, Ordering::Relaxed);
+        self.conflict = true;
+        self.predicted.clear();
+        self.contended();
+        err("another process wrote to the batch's ledgers meanwhile")
+    }
+
+    /// Makes a batch on predicted heads a locked one, for writes the checked statement does not
+    /// cover; a conflict if the heads moved.
+    fn lock_predicted(&mut self) -> StoreResult<()> {
+        let Some(predicted) = self.on_predicted.take() else {
+            return Ok(());
+        };
+        let names: Vec<String> = predicted.iter().map(|head| head.name.clone()).collect();
+        let mut heads = self.begin_and_lock(&names)?;
+        heads.sort_by(|a, b| a.name.cmp(&b.name));
+        if heads != predicted {
+            return Err(self.conflicted());
+        }
+        Ok(())
+    }
+
+    /// For a batch on predicted heads that wrote nothing: a conflict unless they still hold
+    /// (or if that cannot be told).
+    fn check_predicted(&mut self, predicted: &[LedgerHead]) -> StoreResult<()> {
+        let ids: Vec<i64> = predicted.iter().map(|head| head.id).collect();
+        let expected: Vec<i64> = predicted.iter().map(|h| h.next_log_id as i64).collect();
+        let matched = self
+            .statement(HEADS_MATCH)
+            .and_then(|statement| {
+                self.client
+                    .query_one(&statement, &[&ids, &expected])
+                    .map_err(pg_err)
+            })
+            .map(|row| row.get::<_, i64>(0));
+        match matched {
+            Ok(matched) if matched as usize == predicted.len() => Ok(()),
+            Ok(_) => Err(self.conflicted()),
+            Err(e) => {
+                self.conflicted();
+                Err(e)
+            }
+        }
+    }
+
+    fn predict_written(&mut self) {
+        for head in std::mem::take(&mut self.written) {
+            self.make_room();
+            self.predicted.insert(head.name.clone(), head);
+        }
+    }
+
+    fn make_room(&mut self) {
+        if self.predicted.len() >= PREDICTED_LEDGERS_MAX {
+            self.predicted.clear();
+        }
     }
 
     fn query(
@@ -673,8 +863,10 @@ impl StoreWriter for PostgresWriter {
             self.statements.clear();
             self.stash = PendingMoves::default();
             self.moves.rebuild_own.store(true, Ordering::SeqCst);
+            self.predicted.clear();
             tracing::warn!("the writer reconnected to PostgreSQL");
         }
+        self.conflict = false;
         // Sent with the lock query, to save a round trip.
         self.begin_pending = true;
         self.in_transaction = true;
@@ -684,6 +876,19 @@ impl StoreWriter for PostgresWriter {
     fn commit(&mut self) -> StoreResult<()> {
         assert!(self.in_transaction, "commit outside a transaction");
         self.in_transaction = false;
+        if let Some(predicted) = self.on_predicted.take() {
+            if !std::mem::take(&mut self.wrote) {
+                // Nothing written, but the batch's refusals rest on the predicted heads.
+                self.written.clear();
+                return self.check_predicted(&predicted);
+            }
+            // The statement committed; `write` counted the commit as begun.
+            let stash = std::mem::take(&mut self.stash);
+            self.moves.hand_over(stash);
+            self.durable.commit_returned();
+            self.predict_written();
+            return Ok(());
+        }
         if std::mem::take(&mut self.begin_pending) {
             return Ok(());
         }
@@ -693,9 +898,17 @@ impl StoreWriter for PostgresWriter {
         if committed.is_ok() {
             // Before the commit counts as returned: the sync that covers it writes these.
             self.moves.hand_over(stash);
+            self.predict_written();
+        } else {
+            self.written.clear();
+            self.predicted.clear();
         }
         self.durable.commit_returned();
         committed
+    }
+
+    fn take_conflict(&mut self) -> bool {
+        std::mem::take(&mut self.conflict)
     }
 
     fn durability(&self) -> Option<Arc<dyn Durability>> {
@@ -704,6 +917,20 @@ impl StoreWriter for PostgresWriter {
 
     fn rollback(&mut self) -> StoreResult<()> {
         self.stash = PendingMoves::default();
+        self.written.clear();
+        if let Some(predicted) = self.on_predicted.take() {
+            // Its statement commits on its own, and nothing fails after it.
+            assert!(
+                !std::mem::take(&mut self.wrote),
+                "a batch on predicted heads rolled back after its statement committed"
+            );
+            self.in_transaction = false;
+            if !self.conflict {
+                // An atomic group refused on them answers so.
+                self.check_predicted(&predicted)?;
+            }
+            return Ok(());
+        }
         if std::mem::take(&mut self.begin_pending) {
             self.in_transaction = false;
             return Ok(());
@@ -719,25 +946,39 @@ impl StoreWriter for PostgresWriter {
     }
 
     fn lock_ledgers(&mut self, names: &[String]) -> StoreResult<Vec<LedgerHead>> {
-        if std::mem::take(&mut self.begin_pending) {
-            return self.begin_and_lock(names);
+        if self.begin_pending && self.may_predict(names) {
+            // No round trip: the batch's statement checks these (see `predicted`).
+            self.begin_pending = false;
+            self.predictions.batches.fetch_add(1, Ordering::Relaxed);
+            let heads: Vec<LedgerHead> = names
+                .iter()
+                .map(|name| self.predicted[name].clone())
+                .collect();
+            self.on_predicted = Some(heads.clone());
+            return Ok(heads);
         }
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let rows = self.query(LOCK_LEDGERS, &[&names])?;
-        rows.iter()
-            .map(|row| {
-                Ok(LedgerHead {
+        self.lock_predicted()?;
+        let heads = if std::mem::take(&mut self.begin_pending) {
+            self.begin_and_lock(names)?
+        } else {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let rows = self.query(LOCK_LEDGERS, &[&names])?;
+            rows.iter()
+                .map(|row| LedgerHead {
                     id: row.get(0),
                     name: row.get(1),
                     next_tx_id: row.get::<_, i64>(2) as TxId,
                     next_log_id: row.get::<_, i64>(3) as u64,
                     last_hash: hash_of(row.get(4)),
                 })
-            })
-            .collect()
+                .collect()
+        };
+        self.note_locked(&heads);
+        Ok(heads)
     }
 
     fn insert_ledger(&mut self, ledger: &NewLedger) -> StoreResult<Option<LedgerHead>> {
+        self.lock_predicted()?;
         let row = self
             .client
             .query_opt(
@@ -863,6 +1104,14 @@ impl StoreWriter for PostgresWriter {
     /// data-modifying CTEs (each CTE touches different rows, so their order does not matter).
     fn write(&mut self, writes: &BatchWrites) -> StoreResult<()> {
         assert!(self.in_transaction, "write outside a transaction");
+        assert!(
+            !self.wrote,
+            "a second write in one batch on predicted heads"
+        );
+        if !writes.ledger_metadata.is_empty() {
+            // Not in the checked statement.
+            self.lock_predicted()?;
+        }
         for (ledger, metadata) in &writes.ledger_metadata {
             self.client
                 .execute(
@@ -871,7 +1120,27 @@ impl StoreWriter for PostgresWriter {
                 )
                 .map_err(pg_err)?;
         }
-        let heads = &writes.heads;
+        // On predicted heads, the statement updates every head the batch ran on (those it
+        // did not move, to themselves), each only if it is still as predicted.
+        let (heads, expected): (Vec<LedgerHead>, Vec<i64>) = match &self.on_predicted {
+            None => (writes.heads.clone(), Vec::new()),
+            Some(predicted) => {
+                for head in &writes.heads {
+                    assert!(
+                        predicted.iter().any(|p| p.id == head.id),
+                        "a batch on predicted heads wrote to ledger {} it did not predict",
+                        head.id
+                    );
+                }
+                predicted
+                    .iter()
+                    .map(|p| {
+                        let head = writes.heads.iter().find(|h| h.id == p.id).unwrap_or(p);
+                        (head.clone(), p.next_log_id as i64)
+                    })
+                    .unzip()
+            }
+        };
         let head_ids: Vec<i64> = heads.iter().map(|h| h.id).collect();
         let head_next_tx: Vec<i64> = heads.iter().map(|h| h.next_tx_id as i64).collect();
         let head_next_log: Vec<i64> = heads.iter().map(|h| h.next_log_id as i64).collect();
@@ -980,68 +1249,86 @@ impl StoreWriter for PostgresWriter {
         let log_hash: Vec<Vec<u8>> = logs.iter().map(|w| w.log.hash.to_vec()).collect();
 
         let lean = updates.is_empty() && writes.accounts.is_empty();
+        let checked = self.on_predicted.is_some();
+        let statement = match (checked, lean) {
+            (false, false) => self.statement(WRITE_BATCH)?,
+            (false, true) => self.lean_statement(WRITE_BATCH_LEAN, WRITE_BATCH)?,
+            (true, false) => self.statement(WRITE_CHECKED)?,
+            (true, true) => self.lean_statement(WRITE_CHECKED_LEAN, WRITE_CHECKED)?,
+        };
         let row = {
-            let statement = if lean {
-                self.lean_statement()?
-            } else {
-                self.statement(WRITE_BATCH)?
-            };
-            self.client
-                .query_one(
-                    &statement,
-                    &[
-                        &head_ids,
-                        &head_next_tx,
-                        &head_next_log,
-                        &head_hash,
-                        &tx_ledger,
-                        &tx_id,
-                        &tx_ts,
-                        &tx_ref,
-                        &tx_postings,
-                        &tx_meta,
-                        &tx_pcv,
-                        &tx_inserted,
-                        &tx_updated,
-                        &tx_reverted,
-                        &up_ledger,
-                        &up_id,
-                        &up_meta,
-                        &up_reverted,
-                        &up_updated,
-                        &pending_ledger,
-                        &pending_first,
-                        &pending_last,
-                        &self.moves.owner,
-                        &vol_ledger,
-                        &vol_address,
-                        &vol_asset,
-                        &vol_in,
-                        &vol_out,
-                        &acc_ledger,
-                        &acc_address,
-                        &acc_first,
-                        &acc_inserted,
-                        &acc_updated,
-                        &am_ledger,
-                        &am_address,
-                        &am_meta,
-                        &am_first,
-                        &am_inserted,
-                        &am_updated,
-                        &log_ledger,
-                        &log_id,
-                        &log_type,
-                        &log_date,
-                        &log_data,
-                        &log_key,
-                        &log_key_hash,
-                        &log_hash,
-                    ],
-                )
-                .map_err(|e| err(format!("{} in the batch write", pg_err(e))))?
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+                &head_ids,
+                &head_next_tx,
+                &head_next_log,
+                &head_hash,
+                &tx_ledger,
+                &tx_id,
+                &tx_ts,
+                &tx_ref,
+                &tx_postings,
+                &tx_meta,
+                &tx_pcv,
+                &tx_inserted,
+                &tx_updated,
+                &tx_reverted,
+                &up_ledger,
+                &up_id,
+                &up_meta,
+                &up_reverted,
+                &up_updated,
+                &pending_ledger,
+                &pending_first,
+                &pending_last,
+                &self.moves.owner,
+                &vol_ledger,
+                &vol_address,
+                &vol_asset,
+                &vol_in,
+                &vol_out,
+                &acc_ledger,
+                &acc_address,
+                &acc_first,
+                &acc_inserted,
+                &acc_updated,
+                &am_ledger,
+                &am_address,
+                &am_meta,
+                &am_first,
+                &am_inserted,
+                &am_updated,
+                &log_ledger,
+                &log_id,
+                &log_type,
+                &log_date,
+                &log_data,
+                &log_key,
+                &log_key_hash,
+                &log_hash,
+            ];
+            if checked {
+                params.push(&expected);
+                // Outside `BEGIN`, the statement is its own commit.
+                self.durable.commit_begins();
+            }
+            match self.client.query_one(&statement, &params) {
+                Ok(row) => row,
+                Err(e) => {
+                    if checked {
+                        // Its outcome is unknown if the connection broke.
+                        self.predicted.clear();
+                        self.durable.commit_returned();
+                    }
+                    return Err(err(format!("{} in the batch write", pg_err(e))));
+                }
+            }
         };
         let heads_changed: i64 = row.get(0);
+        if checked && heads_changed as usize != heads.len() {
+            // Every part is gated on the heads: nothing was written.
+            self.durable.commit_returned();
+            return Err(self.conflicted());
+        }
         let updates_changed: i64 = row.get(1);
         assert_eq!(
             heads_changed as usize,
@@ -1054,6 +1341,8 @@ impl StoreWriter for PostgresWriter {
             "updated transactions missing"
         );
         self.stash.absorb(stash);
+        self.written = writes.heads.clone();
+        self.wrote = checked;
         Ok(())
     }
 }

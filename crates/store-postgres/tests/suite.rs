@@ -25,6 +25,24 @@ fn fresh() -> Postgres {
 
 coffer_store_tests::store_suite!(fresh());
 
+/// A service on `backend` with ledger "main" and one transfer from `world` into `address`.
+fn main_ledger_funding(
+    backend: &Postgres,
+    address: &str,
+    amount: i128,
+) -> coffer_ledger::service::Ledgers {
+    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
+    let ledgers = service(backend);
+    create_ledger(&ledgers, "main");
+    commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", address, amount, "USD")]),
+    )
+    .unwrap();
+    ledgers
+}
+
 #[test]
 fn two_stores_on_one_database_share_it_safely() {
     use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
@@ -45,6 +63,163 @@ fn two_stores_on_one_database_share_it_safely() {
     );
     let tx = commit(&a, "main", new_tx(vec![posting("x", "y", 40, "USD")])).unwrap();
     assert_eq!(tx.id, 3, "a refused transaction takes no id");
+}
+
+/// A writer runs a batch on the heads its own last commit left, without locking, and its one
+/// statement writes only if they still hold. Another process's write in between makes the
+/// batch conflict: nothing of it is written, and it runs again under lock, so its answers
+/// (refusals too) rest on what is stored.
+#[test]
+fn batches_on_predicted_heads_run_again_when_another_process_wrote() {
+    use coffer_ledger::service::Ledgers;
+    use coffer_ledger::LedgerError;
+    use coffer_store_tests::{balance, commit, config, create_ledger, new_tx, posting};
+    use std::sync::atomic::Ordering::Relaxed;
+    let backend = fresh();
+    let store_a = PostgresStore::open(&backend.url).unwrap();
+    let a = Ledgers::open(store_a.clone(), config()).unwrap();
+    let b = Ledgers::open(PostgresStore::open(&backend.url).unwrap(), config()).unwrap();
+    let predictions = store_a.predictions();
+    let figures = || {
+        (
+            predictions.batches.load(Relaxed),
+            predictions.conflicts.load(Relaxed),
+        )
+    };
+    create_ledger(&a, "main");
+    commit(&a, "main", new_tx(vec![posting("world", "x", 10, "USD")])).unwrap();
+    let (predicted_before, _) = figures();
+    commit(&a, "main", new_tx(vec![posting("world", "z", 1, "USD")])).unwrap();
+    assert_eq!(
+        figures(),
+        (predicted_before + 1, 0),
+        "no other writer: on predicted heads"
+    );
+
+    // A refusal on predicted heads: `a` still sees 10 on x, but `b` brought it to 110.
+    commit(&b, "main", new_tx(vec![posting("world", "x", 100, "USD")])).unwrap();
+    let tx = commit(&a, "main", new_tx(vec![posting("x", "y", 50, "USD")])).unwrap();
+    assert_eq!(tx.id, 4);
+    assert_eq!(
+        figures().1,
+        1,
+        "the refusal was checked and the batch ran again"
+    );
+    assert_eq!(balance(&a, "main", "x", "USD"), 60);
+
+    // A write on predicted heads, once `a` predicts again (after the pause a conflict starts).
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    commit(&a, "main", new_tx(vec![posting("world", "z", 1, "USD")])).unwrap();
+    let (predicted_before, _) = figures();
+    commit(&a, "main", new_tx(vec![posting("world", "z", 1, "USD")])).unwrap();
+    assert_eq!(figures(), (predicted_before + 1, 1));
+    commit(&b, "main", new_tx(vec![posting("x", "w", 60, "USD")])).unwrap();
+    let refused = commit(&a, "main", new_tx(vec![posting("x", "y", 60, "USD")])).unwrap_err();
+    assert!(
+        matches!(refused, LedgerError::InsufficientFunds { available: 0, .. }),
+        "{refused:?}"
+    );
+    let tx = commit(&a, "main", new_tx(vec![posting("world", "x", 5, "USD")])).unwrap();
+    assert_eq!(
+        tx.id, 8,
+        "ids follow b's transaction; the conflicting batch took none"
+    );
+    assert!(figures().1 >= 2, "{:?}", figures());
+
+    // An atomic group refused on predicted heads: checked as well.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    commit(&a, "main", new_tx(vec![posting("world", "z", 1, "USD")])).unwrap();
+    commit(&a, "main", new_tx(vec![posting("world", "q", 1, "USD")])).unwrap();
+    commit(&b, "main", new_tx(vec![posting("world", "q", 30, "USD")])).unwrap();
+    let conflicts_before = figures().1;
+    let group = a
+        .write_atomic_blocking(vec![Ok(coffer_ledger::Request::new(
+            "main",
+            coffer_ledger::Command::CreateTransaction(new_tx(vec![posting("q", "r", 20, "USD")])),
+        ))])
+        .unwrap();
+    assert!(group.committed, "{:?}", group.results);
+    assert_eq!(figures().1, conflicts_before + 1);
+    assert_eq!(balance(&b, "main", "r", "USD"), 20);
+
+    // What the conflicting attempts computed (ids, hashes) never reached the store.
+    assert_eq!(balance(&b, "main", "x", "USD"), 5);
+    assert_eq!(balance(&b, "main", "y", "USD"), 50);
+    let verified = coffer_ledger::verify::verify(a.store().as_ref()).unwrap();
+    assert!(verified.is_ok(), "{verified}");
+}
+
+/// The batch's statement on predicted heads writes nothing unless they hold, whatever its rows
+/// (here a log whose id another process's write does not collide with).
+#[test]
+fn a_statement_on_moved_heads_writes_nothing() {
+    use coffer_ledger::log::{Log, LogType};
+    use coffer_ledger::store::{BatchWrites, LogWrite};
+    use coffer_ledger::Timestamp;
+    use coffer_store_tests::{commit, new_tx, posting};
+    let backend = fresh();
+    let ledgers = main_ledger_funding(&backend, "x", 1);
+    let store = PostgresStore::open(&backend.url).unwrap();
+    let mut writer = store.writer().unwrap();
+    let names = ["main".to_string()];
+    let log = |id: u64| LogWrite {
+        ledger: 1,
+        log: Log {
+            id,
+            kind: LogType::SetMetadata,
+            date: Timestamp::now(),
+            data: "{}".into(),
+            idempotency_key: None,
+            idempotency_hash: None,
+            hash: [id as u8; 32],
+        },
+        packed: None,
+    };
+    let batch = |writer: &mut Box<dyn coffer_ledger::store::StoreWriter>, log_id: u64| {
+        writer.begin().unwrap();
+        let mut head = writer.lock_ledgers(&names).unwrap().remove(0);
+        head.next_log_id = log_id + 1;
+        head.last_hash = Some([log_id as u8; 32]);
+        let writes = BatchWrites {
+            heads: vec![head],
+            logs: vec![log(log_id)],
+            ..BatchWrites::default()
+        };
+        let written = writer.write(&writes).and_then(|()| writer.commit());
+        if written.is_err() {
+            writer.rollback().unwrap();
+        }
+        written
+    };
+    // Locked, then on the heads it left.
+    batch(&mut writer, 10).unwrap();
+    batch(&mut writer, 11).unwrap();
+    assert_eq!(
+        store
+            .predictions()
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "x", 1, "USD")]),
+    )
+    .unwrap();
+    assert!(batch(&mut writer, 50).is_err());
+    assert!(writer.take_conflict());
+    let mut client = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
+    let ids: Vec<i64> = client
+        .query("SELECT id FROM logs WHERE ledger_id = 1 ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(!ids.contains(&50), "{ids:?}");
+    // The next batch locks, and writes.
+    batch(&mut writer, 60).unwrap();
+    assert!(!writer.take_conflict());
 }
 
 /// Moves are written behind the commit by the process's flush connection. A process that died
@@ -157,16 +332,9 @@ fn moves_a_dead_process_left_are_rebuilt() {
 
 #[test]
 fn the_writer_reconnects_after_losing_its_connection() {
-    use coffer_store_tests::{balance, commit, create_ledger, new_tx, posting, service};
+    use coffer_store_tests::{balance, commit, new_tx, posting};
     let backend = fresh();
-    let ledgers = service(&backend);
-    create_ledger(&ledgers, "main");
-    commit(
-        &ledgers,
-        "main",
-        new_tx(vec![posting("world", "u:1", 5, "USD")]),
-    )
-    .unwrap();
+    let ledgers = main_ledger_funding(&backend, "u:1", 5);
     let mut sql = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
     let terminated: i64 = sql
         .query_one(
@@ -223,21 +391,14 @@ fn the_writer_reconnects_after_losing_its_connection() {
 /// there (for a Coffer beside its database: no TCP stack on either side).
 #[test]
 fn a_store_opens_through_a_unix_socket() {
-    use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
+    use coffer_store_tests::{commit, new_tx, posting, service};
     let cluster = coffer_pg_harness::shared();
     let url = cluster.fresh_database().expect("database created");
     let name = url.rsplit('/').next().expect("a database name");
     let socket = cluster.socket_url(name);
     assert!(socket.starts_with("postgres://coffer@%2F"), "{socket}");
     let backend = Postgres { url: socket };
-    let ledgers = service(&backend);
-    create_ledger(&ledgers, "main");
-    commit(
-        &ledgers,
-        "main",
-        new_tx(vec![posting("world", "x", 7, "USD")]),
-    )
-    .unwrap();
+    let ledgers = main_ledger_funding(&backend, "x", 7);
     let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(report.is_ok(), "{report}");
     // The same database over TCP sees the socket's write.
