@@ -513,10 +513,16 @@ macro_rules! write_heads {
          WHERE g.id = u.id RETURNING 1)"
     };
     (checked) => {
-        // `$48`: the next log id each head had when predicted. Any write moves it.
-        "heads AS (UPDATE ledgers g SET next_tx_id = u.n, next_log_id = u.l, last_hash = u.h \
-         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[], $48::bigint[]) AS u(id, n, l, h, e) \
-         WHERE g.id = u.id AND g.next_log_id = u.e RETURNING 1)"
+        // `$48`: the next log id each head had when predicted (any write moves it). The heads
+        // that still hold are locked first, in name order as `LOCK_LEDGERS` does (so that
+        // processes cannot deadlock); then all of them are updated, or none: the statement
+        // commits on its own, and a head moved without its batch would leave a gap in its log.
+        "held AS (SELECT g.id FROM ledgers g \
+         JOIN unnest($1::bigint[], $48::bigint[]) AS u(id, e) ON g.id = u.id AND g.next_log_id = u.e \
+         ORDER BY g.name FOR UPDATE OF g), \
+         heads AS (UPDATE ledgers g SET next_tx_id = u.n, next_log_id = u.l, last_hash = u.h \
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[]) AS u(id, n, l, h) \
+         WHERE g.id = u.id AND (SELECT COUNT(*) FROM held) = cardinality($1::bigint[]) RETURNING 1)"
     };
 }
 /// What gates a part's rows (see above): every head matched its prediction, so each was updated.

@@ -149,21 +149,23 @@ fn batches_on_predicted_heads_run_again_when_another_process_wrote() {
     assert!(verified.is_ok(), "{verified}");
 }
 
-/// The batch's statement on predicted heads writes nothing unless they hold, whatever its rows
+/// The batch's statement on predicted heads writes nothing unless they all hold, whatever its rows
 /// (here a log whose id another process's write does not collide with).
 #[test]
 fn a_statement_on_moved_heads_writes_nothing() {
     use coffer_ledger::log::{Log, LogType};
     use coffer_ledger::store::{BatchWrites, LogWrite};
     use coffer_ledger::Timestamp;
-    use coffer_store_tests::{commit, new_tx, posting};
+    use coffer_store_tests::{commit, create_ledger, new_tx, posting};
     let backend = fresh();
     let ledgers = main_ledger_funding(&backend, "x", 1);
+    create_ledger(&ledgers, "other");
     let store = PostgresStore::open(&backend.url).unwrap();
     let mut writer = store.writer().unwrap();
-    let names = ["main".to_string()];
-    let log = |id: u64| LogWrite {
-        ledger: 1,
+    // A batch on two ledgers, of which another process then moves one: "main".
+    let names = ["main".to_string(), "other".to_string()];
+    let log = |ledger: i64, id: u64| LogWrite {
+        ledger,
         log: Log {
             id,
             kind: LogType::SetMetadata,
@@ -177,12 +179,16 @@ fn a_statement_on_moved_heads_writes_nothing() {
     };
     let batch = |writer: &mut Box<dyn coffer_ledger::store::StoreWriter>, log_id: u64| {
         writer.begin().unwrap();
-        let mut head = writer.lock_ledgers(&names).unwrap().remove(0);
-        head.next_log_id = log_id + 1;
-        head.last_hash = Some([log_id as u8; 32]);
+        let mut heads = writer.lock_ledgers(&names).unwrap();
+        let mut logs = Vec::new();
+        for head in &mut heads {
+            logs.push(log(head.id, log_id));
+            head.next_log_id = log_id + 1;
+            head.last_hash = Some([log_id as u8; 32]);
+        }
         let writes = BatchWrites {
-            heads: vec![head],
-            logs: vec![log(log_id)],
+            heads,
+            logs,
             ..BatchWrites::default()
         };
         let written = writer.write(&writes).and_then(|()| writer.commit());
@@ -207,19 +213,34 @@ fn a_statement_on_moved_heads_writes_nothing() {
         new_tx(vec![posting("world", "x", 1, "USD")]),
     )
     .unwrap();
+    let mut client = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
+    let heads = |client: &mut postgres::Client| -> Vec<(String, i64)> {
+        client
+            .query("SELECT name, next_log_id FROM ledgers ORDER BY name", &[])
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    };
+    let before = heads(&mut client);
     assert!(batch(&mut writer, 50).is_err());
     assert!(writer.take_conflict());
-    let mut client = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
+    // Neither head moved, not even the one that still held: its log would have a gap.
+    assert_eq!(heads(&mut client), before);
     let ids: Vec<i64> = client
-        .query("SELECT id FROM logs WHERE ledger_id = 1 ORDER BY id", &[])
+        .query("SELECT id FROM logs WHERE id = 50", &[])
         .unwrap()
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert!(!ids.contains(&50), "{ids:?}");
+    assert!(ids.is_empty(), "{ids:?}");
     // The next batch locks, and writes.
     batch(&mut writer, 60).unwrap();
     assert!(!writer.take_conflict());
+    assert_eq!(
+        heads(&mut client),
+        vec![("main".to_string(), 61), ("other".to_string(), 61)]
+    );
 }
 
 /// Moves are written behind the commit by the process's flush connection. A process that died
