@@ -20,7 +20,7 @@ use crate::batch::{Batch, PreparedScript};
 use crate::cache::Caches;
 use crate::command::{Command, Request, Response, TxBody};
 use crate::error::LedgerError;
-use crate::store::{Durability, ProjectionTicket, Store, StoreWriter};
+use crate::store::{Durability, ProjectionTicket, Store, StoreWriter, WriteFailure};
 use crate::time::Timestamp;
 
 #[derive(Clone, Debug)]
@@ -498,14 +498,17 @@ fn run_batch(
     let exclusive = jobs.len() == 1 && jobs[0].exclusive();
     let mut touched = Vec::new();
     let mut outcome = execute_batch(writer, caches, flags, &jobs, exclusive, &mut touched);
+    let mut failure = WriteFailure::NotWritten;
     if outcome.is_err() {
         let _ = writer.rollback();
-        if writer.take_conflict() {
-            // Predicted heads another process had moved: nothing was written; once more, locked.
+        failure = writer.take_failure();
+        if failure == WriteFailure::RunAgain {
+            // Nothing was written (predicted heads another process had moved, say); once more.
             forget_batch(caches, &mut touched);
             outcome = execute_batch(writer, caches, flags, &jobs, exclusive, &mut touched);
             if outcome.is_err() {
                 let _ = writer.rollback();
+                failure = writer.take_failure();
             }
         }
     }
@@ -524,9 +527,13 @@ fn run_batch(
             for ledger in touched {
                 caches.invalidate_ledger(ledger);
             }
-            if matches!(err, LedgerError::Store(_)) && jobs.len() > 1 {
+            if matches!(err, LedgerError::Store(_))
+                && jobs.len() > 1
+                && failure != WriteFailure::Unknown
+            {
                 // One request the store refuses must not fail the others of its batch: nothing
-                // was committed, so each runs again alone and gets its own answer.
+                // was committed, so each runs again alone and gets its own answer. (Unless the
+                // batch may have been written: then each gets the store's error.)
                 tracing::warn!(error = %err, requests = count, "batch failed; retrying its requests one by one");
                 for job in jobs {
                     run_batch(writer, caches, flags, replier, vec![job]);
@@ -549,10 +556,10 @@ fn run_batch(
     record_commit(count, started);
 }
 
-/// After a batch on predicted heads that another process had moved: its reads of those
-/// ledgers are stale.
+/// Before a batch that wrote nothing runs again: its reads of those ledgers may be stale
+/// (another process wrote to them).
 fn forget_batch(caches: &mut Caches, touched: &mut Vec<i64>) {
-    metrics::counter!("coffer_batch_conflicts_total").increment(1);
+    metrics::counter!("coffer_batch_reruns_total").increment(1);
     for ledger in touched.drain(..) {
         caches.invalidate_ledger(ledger);
     }
@@ -587,7 +594,7 @@ fn run_atomic(
     if !committed(&outcome) {
         // On predicted heads, the rollback checks them: a refusal rests on them too.
         let _ = writer.rollback();
-        if writer.take_conflict() {
+        if writer.take_failure() == WriteFailure::RunAgain {
             forget_batch(caches, &mut touched);
             outcome = execute_atomic(writer, caches, flags, &job.elements, &mut touched);
             if !committed(&outcome) {

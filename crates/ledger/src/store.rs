@@ -134,6 +134,20 @@ pub trait Durability: Send + Sync {
 
 /// The engine's connection. Used by one thread; every method but `begin` runs inside the
 /// transaction that `begin` opened.
+/// What a failed batch left in the store (see [`StoreWriter::take_failure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// Nothing of it was written.
+    NotWritten,
+    /// Nothing of it was written, and running it again at once may well succeed: it ran on
+    /// predicted heads another process had moved, or its connection broke and the store found
+    /// that it had not committed.
+    RunAgain,
+    /// The connection broke while it committed, and the store could not tell whether it did:
+    /// running it again could write it twice.
+    Unknown,
+}
+
 pub trait StoreWriter: Send {
     fn begin(&mut self) -> StoreResult<()>;
     fn commit(&mut self) -> StoreResult<()>;
@@ -145,13 +159,13 @@ pub trait StoreWriter: Send {
     /// A store may instead return the heads its own last commit left (*predicted* heads, no
     /// round trip) and check them when it writes, commits or rolls back: if another process
     /// moved one of these ledgers meanwhile, nothing of the batch is written, the call fails (a
-    /// rollback too), and [`StoreWriter::take_conflict`] says so. The next batch then locks.
+    /// rollback too), and [`StoreWriter::take_failure`] says [`WriteFailure::RunAgain`]. The
+    /// next batch then locks.
     fn lock_ledgers(&mut self, names: &[String]) -> StoreResult<Vec<LedgerHead>>;
-    /// Whether the last failure was a batch on predicted heads that another process had moved
-    /// (see [`StoreWriter::lock_ledgers`]): nothing was written, and running the batch again
-    /// is safe. Clears the flag.
-    fn take_conflict(&mut self) -> bool {
-        false
+    /// What is known of the batch that last failed (clears it; [`WriteFailure::NotWritten`]
+    /// after any other outcome).
+    fn take_failure(&mut self) -> WriteFailure {
+        WriteFailure::NotWritten
     }
     /// `None` when a ledger of that name exists (another process may have just created it).
     fn insert_ledger(&mut self, ledger: &NewLedger) -> StoreResult<Option<LedgerHead>>;

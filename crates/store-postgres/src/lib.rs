@@ -21,7 +21,7 @@ use coffer_ledger::sql::{Dialect, SqlValue};
 use coffer_ledger::sql_reader::{Row, SqlBackend, SqlReader};
 use coffer_ledger::store::{
     moves_of, BatchWrites, Durability, LedgerHead, NewLedger, Store, StoreReader, StoreResult,
-    StoreWriter, StoredAccount, VolumeKey,
+    StoreWriter, StoredAccount, VolumeKey, WriteFailure,
 };
 use coffer_ledger::types::{Amount, LedgerId, Metadata, Transaction, TxId, Volumes};
 use coffer_ledger::Timestamp;
@@ -131,12 +131,33 @@ fn commit_sync(url: &str, connection: FlushConnection, behind: Arc<MovesBehind>)
 
 /// The engine's connection: its commits return without waiting for the WAL flush; `durable`
 /// flushes for many at once, and the engine answers only after it.
-fn writer_connection(url: &str) -> StoreResult<Client> {
+/// The writer's connection, and its session (to end it if the connection breaks mid-commit).
+fn writer_connection(url: &str) -> StoreResult<(Client, Session)> {
     let mut client = connect(url)?;
-    client
-        .batch_execute("SET synchronous_commit = off; SET application_name = 'coffer-writer'")
+    let messages = client
+        .simple_query(
+            "SET synchronous_commit = off; SET application_name = 'coffer-writer'; \
+             SELECT pid, CAST(backend_start AS TEXT) FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        )
         .map_err(pg_err)?;
-    Ok(client)
+    let session = messages
+        .iter()
+        .find_map(|message| match message {
+            postgres::SimpleQueryMessage::Row(row) => Some(Session {
+                pid: row.get(0)?.parse().ok()?,
+                started: row.get(1)?.to_string(),
+            }),
+            _ => None,
+        })
+        .ok_or_else(|| err("the writer's session is not in pg_stat_activity"))?;
+    Ok((client, session))
+}
+
+/// A PostgreSQL session: its backend's process id, and when it started (process ids are
+/// reused).
+struct Session {
+    pid: i32,
+    started: String,
 }
 
 fn connect(url: &str) -> StoreResult<Client> {
@@ -218,9 +239,13 @@ impl Store for PostgresStore {
     }
 
     fn writer(&self) -> StoreResult<Box<dyn StoreWriter>> {
+        let (client, session) = writer_connection(&self.url)?;
         Ok(Box::new(PostgresWriter {
             url: self.url.clone(),
-            client: writer_connection(&self.url)?,
+            client,
+            session,
+            batch_log: None,
+            batch_sent: false,
             statements: HashMap::new(),
             in_transaction: false,
             begin_pending: false,
@@ -232,7 +257,7 @@ impl Store for PostgresStore {
             on_predicted: None,
             wrote: false,
             written: Vec::new(),
-            conflict: false,
+            failure: WriteFailure::NotWritten,
             contended_until: None,
         }))
     }
@@ -455,6 +480,12 @@ impl SqlBackend for Readers {
 pub struct PostgresWriter {
     url: String,
     client: Client,
+    session: Session,
+    /// The open batch's first log entry (ledger, id, hash): if the connection breaks while it
+    /// commits, finding that entry tells whether it did.
+    batch_log: Option<(LedgerId, u64, Hash)>,
+    /// The open batch sent its writes.
+    batch_sent: bool,
     statements: HashMap<&'static str, Statement>,
     in_transaction: bool,
     /// `BEGIN` not sent yet: it goes with the first query.
@@ -474,8 +505,8 @@ pub struct PostgresWriter {
     wrote: bool,
     /// The heads the open batch writes, predicted once it commits.
     written: Vec<LedgerHead>,
-    /// The last failure was a batch on predicted heads that another process had moved.
-    conflict: bool,
+    /// What the last failed batch left (see `StoreWriter::take_failure`).
+    failure: WriteFailure,
     /// Another process wrote to our ledgers lately: batches lock until then.
     contended_until: Option<Instant>,
 }
@@ -485,6 +516,9 @@ pub struct PostgresWriter {
 const CONTENDED_MS: u64 = 1_000;
 /// Ledgers whose heads a writer remembers; past that it forgets them all (and locks once more).
 const PREDICTED_LEDGERS_MAX: usize = 4_096;
+/// How long a writer whose connection broke mid-commit waits for its old session to end
+/// before it says that the batch may have been written.
+const LOST_SESSION_WAIT_MS_MAX: u64 = 5_000;
 
 const LOCK_LEDGERS: &str = "SELECT id, name, next_tx_id, next_log_id, last_hash FROM ledgers \
      WHERE name = ANY($1) ORDER BY name FOR UPDATE";
@@ -788,7 +822,7 @@ impl PostgresWriter {
     /// written.
     fn conflicted(&mut self) -> StoreError {
         self.predictions.conflicts.fetch_add(1, Ordering::Relaxed);
-        self.conflict = true;
+        self.failure = WriteFailure::RunAgain;
         self.predicted.clear();
         self.contended();
         err("another process wrote to the batch's ledgers meanwhile")
@@ -832,6 +866,86 @@ impl PostgresWriter {
         }
     }
 
+    /// A new connection (the old one broke); what was prepared or predicted on the old one is
+    /// forgotten. A commit whose answer was lost may have succeeded without handing its moves
+    /// over, so the next flush rebuilds this process's listed ranges.
+    fn reconnect(&mut self) -> StoreResult<()> {
+        let (client, session) = writer_connection(&self.url)?;
+        self.client = client;
+        self.session = session;
+        self.statements.clear();
+        self.moves.rebuild_own.store(true, Ordering::SeqCst);
+        self.predicted.clear();
+        tracing::warn!("the writer reconnected to PostgreSQL");
+        Ok(())
+    }
+
+    /// The connection broke while the open batch committed (`message` says how): `Ok` if it
+    /// did commit; otherwise an error, and `failure` says whether it may have.
+    fn after_lost_commit(&mut self, message: String) -> StoreResult<()> {
+        match self.lost_commit_written() {
+            Ok(true) => {
+                tracing::warn!(error = %message, "the connection broke as a batch committed; it had");
+                Ok(())
+            }
+            Ok(false) => {
+                self.failure = WriteFailure::RunAgain;
+                Err(err(format!("{message}; the batch was not written")))
+            }
+            Err(unknown) => {
+                self.failure = WriteFailure::Unknown;
+                Err(err(format!(
+                    "{message}; whether the batch was written cannot be told ({unknown}): it may \
+                     have been. Retry with the same idempotency key, or read the ledger to find out"
+                )))
+            }
+        }
+    }
+
+    /// Whether the open batch committed, its connection lost meanwhile. Its old session may
+    /// still be running it, so that session is ended, and waited for; then the batch's first
+    /// log entry tells (a log id is written once, with its hash).
+    fn lost_commit_written(&mut self) -> StoreResult<bool> {
+        let Some((ledger, log_id, hash)) = self.batch_log else {
+            return Err(err("the batch wrote no log entry to look for"));
+        };
+        let old = std::mem::replace(
+            &mut self.session,
+            Session {
+                pid: 0,
+                started: String::new(),
+            },
+        );
+        self.reconnect()?;
+        let deadline = Instant::now() + Duration::from_millis(LOST_SESSION_WAIT_MS_MAX);
+        loop {
+            let lingering: i64 = self
+                .client
+                .query_one(
+                    "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid) OR true) \
+                     FROM pg_stat_activity WHERE pid = $1 AND CAST(backend_start AS TEXT) = $2",
+                    &[&old.pid, &old.started],
+                )
+                .map_err(pg_err)?
+                .get(0);
+            if lingering == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(err("the broken connection's session did not end"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let found = self
+            .client
+            .query_opt(
+                "SELECT hash FROM logs WHERE ledger_id = $1 AND id = $2",
+                &[&ledger, &(log_id as i64)],
+            )
+            .map_err(pg_err)?;
+        Ok(found.is_some_and(|row| row.get::<_, Vec<u8>>(0) == hash))
+    }
+
     fn predict_written(&mut self) {
         for head in std::mem::take(&mut self.written) {
             self.make_room();
@@ -865,14 +979,12 @@ impl StoreWriter for PostgresWriter {
             // failed (their answers say so); this one starts on a new connection. A commit
             // whose answer was lost may have succeeded without handing its moves over, so the
             // next flush rebuilds this process's listed ranges.
-            self.client = writer_connection(&self.url)?;
-            self.statements.clear();
+            self.reconnect()?;
             self.stash = PendingMoves::default();
-            self.moves.rebuild_own.store(true, Ordering::SeqCst);
-            self.predicted.clear();
-            tracing::warn!("the writer reconnected to PostgreSQL");
         }
-        self.conflict = false;
+        self.failure = WriteFailure::NotWritten;
+        self.batch_log = None;
+        self.batch_sent = false;
         // Sent with the lock query, to save a round trip.
         self.begin_pending = true;
         self.in_transaction = true;
@@ -899,7 +1011,15 @@ impl StoreWriter for PostgresWriter {
             return Ok(());
         }
         self.durable.commit_begins();
-        let committed = self.client.batch_execute("COMMIT").map_err(pg_err);
+        let committed = match self.client.batch_execute("COMMIT") {
+            Ok(()) => Ok(()),
+            // PostgreSQL answered, so the transaction rolled back; or there was nothing to write.
+            Err(e) if e.as_db_error().is_some() || !self.batch_sent => Err(pg_err(e)),
+            Err(e) => {
+                let message = format!("{} committing the batch", pg_err(e));
+                self.after_lost_commit(message)
+            }
+        };
         let stash = std::mem::take(&mut self.stash);
         if committed.is_ok() {
             // Before the commit counts as returned: the sync that covers it writes these.
@@ -913,8 +1033,8 @@ impl StoreWriter for PostgresWriter {
         committed
     }
 
-    fn take_conflict(&mut self) -> bool {
-        std::mem::take(&mut self.conflict)
+    fn take_failure(&mut self) -> WriteFailure {
+        std::mem::replace(&mut self.failure, WriteFailure::NotWritten)
     }
 
     fn durability(&self) -> Option<Arc<dyn Durability>> {
@@ -931,7 +1051,7 @@ impl StoreWriter for PostgresWriter {
                 "a batch on predicted heads rolled back after its statement committed"
             );
             self.in_transaction = false;
-            if !self.conflict {
+            if self.failure == WriteFailure::NotWritten {
                 // An atomic group refused on them answers so.
                 self.check_predicted(&predicted)?;
             }
@@ -1009,6 +1129,9 @@ impl StoreWriter for PostgresWriter {
     }
 
     fn load_ledger_metadata(&mut self, ledger: LedgerId) -> StoreResult<Metadata> {
+        // Another process may change it without moving the head (it is not logged): read it
+        // under the ledger's lock, as its update is written.
+        self.lock_predicted()?;
         let row = self
             .client
             .query_one(
@@ -1118,6 +1241,11 @@ impl StoreWriter for PostgresWriter {
             // Not in the checked statement.
             self.lock_predicted()?;
         }
+        self.batch_sent = true;
+        self.batch_log = writes
+            .logs
+            .first()
+            .map(|write| (write.ledger, write.log.id, write.log.hash));
         for (ledger, metadata) in &writes.ledger_metadata {
             self.client
                 .execute(
@@ -1319,13 +1447,29 @@ impl StoreWriter for PostgresWriter {
             }
             match self.client.query_one(&statement, &params) {
                 Ok(row) => row,
+                // Inside `BEGIN`: its transaction rolls back.
+                Err(e) if !checked => return Err(err(format!("{} in the batch write", pg_err(e)))),
                 Err(e) => {
-                    if checked {
-                        // Its outcome is unknown if the connection broke.
-                        self.predicted.clear();
+                    self.predicted.clear();
+                    let answered = e.as_db_error().is_some();
+                    let message = format!("{} in the batch write", pg_err(e));
+                    if answered {
+                        // PostgreSQL answered: its implicit transaction rolled back.
                         self.durable.commit_returned();
+                        return Err(err(message));
                     }
-                    return Err(err(format!("{} in the batch write", pg_err(e))));
+                    // The connection broke: the statement may have committed.
+                    let written = self.after_lost_commit(message);
+                    self.durable.commit_returned();
+                    if let Err(e) = written {
+                        self.on_predicted = None;
+                        self.in_transaction = false;
+                        return Err(e);
+                    }
+                    self.stash.absorb(stash);
+                    self.written = writes.heads.clone();
+                    self.wrote = true;
+                    return Ok(());
                 }
             }
         };

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use coffer_ledger::store::Store;
+use coffer_ledger::store::{Store, WriteFailure};
 use coffer_store_postgres::PostgresStore;
 
 struct Postgres {
@@ -224,7 +224,7 @@ fn a_statement_on_moved_heads_writes_nothing() {
     };
     let before = heads(&mut client);
     assert!(batch(&mut writer, 50).is_err());
-    assert!(writer.take_conflict());
+    assert_eq!(writer.take_failure(), WriteFailure::RunAgain);
     // Neither head moved, not even the one that still held: its log would have a gap.
     assert_eq!(heads(&mut client), before);
     let ids: Vec<i64> = client
@@ -236,7 +236,7 @@ fn a_statement_on_moved_heads_writes_nothing() {
     assert!(ids.is_empty(), "{ids:?}");
     // The next batch locks, and writes.
     batch(&mut writer, 60).unwrap();
-    assert!(!writer.take_conflict());
+    assert_eq!(writer.take_failure(), WriteFailure::NotWritten);
     assert_eq!(
         heads(&mut client),
         vec![("main".to_string(), 61), ("other".to_string(), 61)]
@@ -534,4 +534,161 @@ fn a_database_from_a_newer_version_is_refused() {
         .expect("refused")
         .to_string();
     assert!(error.contains("newer version of Coffer"), "{error}");
+}
+
+/// Where a [`CuttingProxy`] cuts the connection that carries its marker.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Before PostgreSQL gets the message: it never runs.
+    Before,
+    /// After PostgreSQL got it and had time to run it: only its answer is lost.
+    After,
+}
+
+/// A TCP proxy in front of the test cluster that cuts, once, the connection carrying a
+/// marker: a connection lost mid-commit, for real.
+struct CuttingProxy {
+    url: String,
+    armed: Arc<std::sync::Mutex<Option<(Vec<u8>, Cut)>>>,
+}
+
+impl CuttingProxy {
+    fn start(url: &str) -> CuttingProxy {
+        use std::net::{TcpListener, TcpStream};
+        let (_, rest) = url.split_once('@').expect("a URL with a user");
+        let (upstream, database) = rest.split_once('/').expect("a URL with a database");
+        assert!(upstream.starts_with("127.0.0.1:"), "a TCP URL: {url}");
+        let upstream = upstream.to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy_url = format!(
+            "postgres://coffer@{}/{database}",
+            listener.local_addr().unwrap()
+        );
+        let armed: Arc<std::sync::Mutex<Option<(Vec<u8>, Cut)>>> = Arc::default();
+        let shared = armed.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let server = TcpStream::connect(&upstream).unwrap();
+                let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (c2, s2, cut2) = (
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    cut.clone(),
+                );
+                // PostgreSQL to the client, until the cut.
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let (mut from, mut to) = (s2, c2);
+                    let mut buffer = vec![0u8; 65536];
+                    while let Ok(n) = from.read(&mut buffer) {
+                        if n == 0 || cut2.load(std::sync::atomic::Ordering::SeqCst) {
+                            break;
+                        }
+                        if to.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+                let armed = shared.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let (mut from, mut to) = (client, server);
+                    let mut buffer = vec![0u8; 65536];
+                    while let Ok(n) = from.read(&mut buffer) {
+                        if n == 0 {
+                            break;
+                        }
+                        let chunk = &buffer[..n];
+                        let hit = {
+                            let mut armed = armed.lock().unwrap();
+                            match &*armed {
+                                Some((marker, _))
+                                    if chunk.windows(marker.len()).any(|w| w == marker) =>
+                                {
+                                    armed.take().map(|(_, cut)| cut)
+                                }
+                                _ => None,
+                            }
+                        };
+                        if let Some(at) = hit {
+                            cut.store(true, std::sync::atomic::Ordering::SeqCst);
+                            if at == Cut::After {
+                                to.write_all(chunk).unwrap();
+                                std::thread::sleep(std::time::Duration::from_millis(300));
+                            }
+                            let _ = from.shutdown(std::net::Shutdown::Both);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                            break;
+                        }
+                        if to.write_all(chunk).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        CuttingProxy {
+            url: proxy_url,
+            armed,
+        }
+    }
+
+    fn arm(&self, marker: &str, cut: Cut) {
+        *self.armed.lock().unwrap() = Some((marker.as_bytes().to_vec(), cut));
+    }
+
+    fn fired(&self) -> bool {
+        self.armed.lock().unwrap().is_none()
+    }
+}
+
+/// The writer's connection breaks while its batch commits. If PostgreSQL ran the batch, the
+/// writer finds it written and answers so; if not, it runs it again. Never twice, whatever
+/// the batch's requests (no idempotency key, no reference here).
+#[test]
+fn a_commit_whose_answer_was_lost_is_found_and_never_run_twice() {
+    use coffer_store_tests::{balance, commit, create_ledger, new_tx, posting};
+    for (round, cut) in [Cut::After, Cut::Before].into_iter().enumerate() {
+        let backend = fresh();
+        let proxy = CuttingProxy::start(&backend.url);
+        let ledgers = coffer_store_tests::service(&Postgres {
+            url: proxy.url.clone(),
+        });
+        create_ledger(&ledgers, "main");
+        commit(
+            &ledgers,
+            "main",
+            new_tx(vec![posting("world", "x", 100, "USD")]),
+        )
+        .unwrap();
+        // Locked, then on the heads it left (its statement commits on its own).
+        commit(&ledgers, "main", new_tx(vec![posting("x", "y", 1, "USD")])).unwrap();
+        let marker = format!("cut-here-{round}");
+        proxy.arm(&marker, cut);
+        let mut tx = new_tx(vec![posting("x", "y", 10, "USD")]);
+        tx.metadata.insert("note".into(), marker.clone());
+        let answer = commit(&ledgers, "main", tx);
+        assert!(proxy.fired(), "the batch went through the proxy");
+        assert!(answer.is_ok(), "{answer:?}");
+        let mut sql = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
+        let written: i64 = sql
+            .query_one(
+                "SELECT COUNT(*) FROM transactions WHERE metadata->>'note' = $1",
+                &[&marker],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            written,
+            1,
+            "written once (cut {})",
+            if cut == Cut::After { "after" } else { "before" }
+        );
+        assert_eq!(balance(&ledgers, "main", "y", "USD"), 11);
+        commit(&ledgers, "main", new_tx(vec![posting("x", "y", 1, "USD")])).unwrap();
+        assert_eq!(balance(&ledgers, "main", "y", "USD"), 12);
+        let verified = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+        assert!(verified.is_ok(), "{verified}");
+    }
 }
