@@ -243,6 +243,71 @@ fn a_statement_on_moved_heads_writes_nothing() {
     );
 }
 
+/// Ledger metadata is not logged, so another process's change to it does not move the head: a
+/// batch on predicted heads reads it under the ledger's lock, or it would write back a document
+/// that misses that change.
+#[test]
+fn ledger_metadata_read_on_predicted_heads_is_read_under_lock() {
+    use coffer_ledger::command::{Command, Request};
+    use coffer_ledger::store::BatchWrites;
+    use coffer_store_tests::{commit, new_tx, posting};
+    let backend = fresh();
+    let ledgers = main_ledger_funding(&backend, "x", 1);
+    let store = PostgresStore::open(&backend.url).unwrap();
+    let mut writer = store.writer().unwrap();
+    let names = ["main".to_string()];
+    // Two batches, the second on the heads the first left.
+    for _ in 0..2 {
+        writer.begin().unwrap();
+        let head = writer.lock_ledgers(&names).unwrap().remove(0);
+        writer.commit().unwrap();
+        assert_eq!(head.name, "main");
+    }
+    let predicted_before = store
+        .predictions()
+        .batches
+        .load(std::sync::atomic::Ordering::Relaxed);
+    writer.begin().unwrap();
+    let head = writer.lock_ledgers(&names).unwrap().remove(0);
+    assert_eq!(
+        store
+            .predictions()
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        predicted_before + 1,
+        "on predicted heads"
+    );
+    let mut metadata = writer.load_ledger_metadata(head.id).unwrap();
+    // Another process changes the metadata meanwhile (it waits if the read took the lock).
+    let other = std::thread::spawn(move || {
+        let update = Command::UpdateLedgerMetadata {
+            metadata: [("b".to_string(), "2".to_string())].into(),
+        };
+        ledgers
+            .write_blocking(Request::new("main", update))
+            .unwrap();
+        ledgers
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    metadata.insert("a".into(), "1".into());
+    let writes = BatchWrites {
+        ledger_metadata: vec![(head.id, metadata)],
+        ..BatchWrites::default()
+    };
+    writer.write(&writes).unwrap();
+    writer.commit().unwrap();
+    let ledgers = other.join().unwrap();
+    let stored = ledgers.ledger_fresh("main").unwrap().metadata;
+    assert_eq!(stored.get("a").map(String::as_str), Some("1"), "{stored:?}");
+    assert_eq!(stored.get("b").map(String::as_str), Some("2"), "{stored:?}");
+    commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "x", 1, "USD")]),
+    )
+    .unwrap();
+}
+
 /// Moves are written behind the commit by the process's flush connection. A process that died
 /// in between leaves its ranges in `moves_pending`; the next process to start (or a running
 /// one, later) rebuilds those moves from the transactions, but never those of a live process.
@@ -549,8 +614,11 @@ enum Cut {
 /// marker: a connection lost mid-commit, for real.
 struct CuttingProxy {
     url: String,
-    armed: Arc<std::sync::Mutex<Option<(Vec<u8>, Cut)>>>,
+    armed: Trigger,
 }
+
+/// The marker a [`CuttingProxy`] waits for, and where it cuts; `None` once it has.
+type Trigger = Arc<std::sync::Mutex<Option<(Vec<u8>, Cut)>>>;
 
 impl CuttingProxy {
     fn start(url: &str) -> CuttingProxy {
@@ -564,7 +632,7 @@ impl CuttingProxy {
             "postgres://coffer@{}/{database}",
             listener.local_addr().unwrap()
         );
-        let armed: Arc<std::sync::Mutex<Option<(Vec<u8>, Cut)>>> = Arc::default();
+        let armed: Trigger = Arc::default();
         let shared = armed.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
