@@ -69,7 +69,12 @@ impl CommitSync {
 
     /// The writer, once its commit call returned (succeeded or not).
     pub fn commit_returned(&self) {
-        self.returned.fetch_add(1, Ordering::SeqCst);
+        let returned = self.returned.fetch_add(1, Ordering::SeqCst) + 1;
+        // One more would let a sync count a commit under way as covered.
+        assert!(
+            returned <= self.begun.load(Ordering::SeqCst),
+            "a commit returned that had not begun"
+        );
         {
             let (lock, condvar) = &self.returning;
             let _guard = lock.lock();

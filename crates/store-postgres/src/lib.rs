@@ -137,7 +137,8 @@ fn writer_connection(url: &str) -> StoreResult<(Client, Session)> {
     let messages = client
         .simple_query(
             "SET synchronous_commit = off; SET application_name = 'coffer-writer'; \
-             SELECT pid, CAST(backend_start AS TEXT) FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+             SELECT pid, CAST(EXTRACT(EPOCH FROM backend_start) * 1000000 AS BIGINT) \
+             FROM pg_stat_activity WHERE pid = pg_backend_pid()",
         )
         .map_err(pg_err)?;
     let session = messages
@@ -145,7 +146,7 @@ fn writer_connection(url: &str) -> StoreResult<(Client, Session)> {
         .find_map(|message| match message {
             postgres::SimpleQueryMessage::Row(row) => Some(Session {
                 pid: row.get(0)?.parse().ok()?,
-                started: row.get(1)?.to_string(),
+                started_us: row.get(1)?.parse().ok()?,
             }),
             _ => None,
         })
@@ -157,7 +158,7 @@ fn writer_connection(url: &str) -> StoreResult<(Client, Session)> {
 /// reused).
 struct Session {
     pid: i32,
-    started: String,
+    started_us: i64,
 }
 
 fn connect(url: &str) -> StoreResult<Client> {
@@ -913,21 +914,22 @@ impl PostgresWriter {
             &mut self.session,
             Session {
                 pid: 0,
-                started: String::new(),
+                started_us: 0,
             },
         );
         self.reconnect()?;
         let deadline = Instant::now() + Duration::from_millis(LOST_SESSION_WAIT_MS_MAX);
         loop {
-            let lingering: i64 = self
+            // A row per signalled session: while it is there, it may still commit the batch.
+            let lingering = self
                 .client
-                .query_one(
-                    "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid) OR true) \
-                     FROM pg_stat_activity WHERE pid = $1 AND CAST(backend_start AS TEXT) = $2",
-                    &[&old.pid, &old.started],
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 \
+                     AND CAST(EXTRACT(EPOCH FROM backend_start) * 1000000 AS BIGINT) = $2",
+                    &[&old.pid, &old.started_us],
                 )
                 .map_err(pg_err)?
-                .get(0);
+                .len();
             if lingering == 0 {
                 break;
             }
@@ -1458,10 +1460,10 @@ impl StoreWriter for PostgresWriter {
                         self.durable.commit_returned();
                         return Err(err(message));
                     }
-                    // The connection broke: the statement may have committed.
-                    let written = self.after_lost_commit(message);
-                    self.durable.commit_returned();
-                    if let Err(e) = written {
+                    // The connection broke: the statement may have committed. If it did, the
+                    // commit returns with `commit()`, as usual.
+                    if let Err(e) = self.after_lost_commit(message) {
+                        self.durable.commit_returned();
                         self.on_predicted = None;
                         self.in_transaction = false;
                         return Err(e);

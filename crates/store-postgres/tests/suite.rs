@@ -608,6 +608,9 @@ enum Cut {
     Before,
     /// After PostgreSQL got it and had time to run it: only its answer is lost.
     After,
+    /// As `After`, but only the client's side: PostgreSQL's session lives on (a half-open
+    /// connection), until someone ends it.
+    AfterClientSide,
 }
 
 /// A TCP proxy in front of the test cluster that cuts, once, the connection carrying a
@@ -681,12 +684,17 @@ impl CuttingProxy {
                         };
                         if let Some(at) = hit {
                             cut.store(true, std::sync::atomic::Ordering::SeqCst);
-                            if at == Cut::After {
+                            if at != Cut::Before {
                                 to.write_all(chunk).unwrap();
                                 std::thread::sleep(std::time::Duration::from_millis(300));
                             }
                             let _ = from.shutdown(std::net::Shutdown::Both);
-                            let _ = to.shutdown(std::net::Shutdown::Both);
+                            if at == Cut::AfterClientSide {
+                                // Open, and idle, for the rest of the test process.
+                                std::mem::forget(to);
+                            } else {
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                            }
                             break;
                         }
                         if to.write_all(chunk).is_err() {
@@ -713,16 +721,24 @@ impl CuttingProxy {
 
 /// The writer's connection breaks while its batch commits. If PostgreSQL ran the batch, the
 /// writer finds it written and answers so; if not, it runs it again. Never twice, whatever
-/// the batch's requests (no idempotency key, no reference here).
+/// the batch's requests (no idempotency key, no reference here). Its checked statement on
+/// predicted heads (which commits on its own) and a locked batch's `COMMIT` alike; and when
+/// the old session lives on, the writer ends it before it looks.
 #[test]
 fn a_commit_whose_answer_was_lost_is_found_and_never_run_twice() {
-    use coffer_store_tests::{balance, commit, create_ledger, new_tx, posting};
-    for (round, cut) in [Cut::After, Cut::Before].into_iter().enumerate() {
+    use coffer_ledger::service::Ledgers;
+    use coffer_store_tests::{balance, commit, config, create_ledger, new_tx, posting, service};
+    let scenarios = [
+        (Cut::After, false),
+        (Cut::Before, false),
+        (Cut::AfterClientSide, false),
+        (Cut::After, true),
+    ];
+    for (round, (cut, locked)) in scenarios.into_iter().enumerate() {
         let backend = fresh();
         let proxy = CuttingProxy::start(&backend.url);
-        let ledgers = coffer_store_tests::service(&Postgres {
-            url: proxy.url.clone(),
-        });
+        let store = PostgresStore::open(&proxy.url).unwrap();
+        let ledgers = Ledgers::open(store.clone(), config()).unwrap();
         create_ledger(&ledgers, "main");
         commit(
             &ledgers,
@@ -732,30 +748,48 @@ fn a_commit_whose_answer_was_lost_is_found_and_never_run_twice() {
         .unwrap();
         // Locked, then on the heads it left (its statement commits on its own).
         commit(&ledgers, "main", new_tx(vec![posting("x", "y", 1, "USD")])).unwrap();
-        let marker = format!("cut-here-{round}");
-        proxy.arm(&marker, cut);
+        let mut y = 1;
+        let predictions = store.predictions();
+        let predicted = || {
+            predictions
+                .batches
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let note = format!("cut-here-{round}");
+        if locked {
+            // Another process's write: the writer's next batch finds its heads moved, runs
+            // again locked, and locks for a while.
+            let other = service(&backend);
+            commit(&other, "main", new_tx(vec![posting("x", "y", 1, "USD")])).unwrap();
+            commit(&ledgers, "main", new_tx(vec![posting("x", "y", 1, "USD")])).unwrap();
+            y += 2;
+            proxy.arm("COMMIT", cut);
+        } else {
+            proxy.arm(&note, cut);
+        }
+        let predicted_before = predicted();
         let mut tx = new_tx(vec![posting("x", "y", 10, "USD")]);
-        tx.metadata.insert("note".into(), marker.clone());
+        tx.metadata.insert("note".into(), note.clone());
         let answer = commit(&ledgers, "main", tx);
         assert!(proxy.fired(), "the batch went through the proxy");
         assert!(answer.is_ok(), "{answer:?}");
+        if locked {
+            assert_eq!(predicted(), predicted_before, "a locked batch");
+        } else {
+            assert!(predicted() > predicted_before, "on predicted heads");
+        }
         let mut sql = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
         let written: i64 = sql
             .query_one(
                 "SELECT COUNT(*) FROM transactions WHERE metadata->>'note' = $1",
-                &[&marker],
+                &[&note],
             )
             .unwrap()
             .get(0);
-        assert_eq!(
-            written,
-            1,
-            "written once (cut {})",
-            if cut == Cut::After { "after" } else { "before" }
-        );
-        assert_eq!(balance(&ledgers, "main", "y", "USD"), 11);
+        assert_eq!(written, 1, "written once (round {round})");
+        assert_eq!(balance(&ledgers, "main", "y", "USD"), y + 10);
         commit(&ledgers, "main", new_tx(vec![posting("x", "y", 1, "USD")])).unwrap();
-        assert_eq!(balance(&ledgers, "main", "y", "USD"), 12);
+        assert_eq!(balance(&ledgers, "main", "y", "USD"), y + 11);
         let verified = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
         assert!(verified.is_ok(), "{verified}");
     }
