@@ -869,16 +869,37 @@ impl PostgresWriter {
 
     /// A new connection (the old one broke); what was prepared or predicted on the old one is
     /// forgotten. A commit whose answer was lost may have succeeded without handing its moves
-    /// over, so the next flush rebuilds this process's listed ranges.
+    /// over, so the next flush rebuilds this process's listed ranges. The old session may live
+    /// on (a half-open connection), holding its ledger locks, or still running a batch: it is
+    /// ended, and waited for; an error if it lingers.
     fn reconnect(&mut self) -> StoreResult<()> {
         let (client, session) = writer_connection(&self.url)?;
         self.client = client;
-        self.session = session;
+        let old = std::mem::replace(&mut self.session, session);
         self.statements.clear();
         self.moves.rebuild_own.store(true, Ordering::SeqCst);
         self.predicted.clear();
         tracing::warn!("the writer reconnected to PostgreSQL");
-        Ok(())
+        let deadline = Instant::now() + Duration::from_millis(LOST_SESSION_WAIT_MS_MAX);
+        loop {
+            // A row per signalled session: while it is there, it may still commit a batch.
+            let lingering = self
+                .client
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 \
+                     AND CAST(EXTRACT(EPOCH FROM backend_start) * 1000000 AS BIGINT) = $2",
+                    &[&old.pid, &old.started_us],
+                )
+                .map_err(pg_err)?
+                .len();
+            if lingering == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(err("the broken connection's session did not end"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The connection broke while the open batch committed (`message` says how): `Ok` if it
@@ -903,41 +924,15 @@ impl PostgresWriter {
         }
     }
 
-    /// Whether the open batch committed, its connection lost meanwhile. Its old session may
-    /// still be running it, so that session is ended, and waited for; then the batch's first
-    /// log entry tells (a log id is written once, with its hash).
+    /// Whether the open batch committed, its connection lost meanwhile: once its old session is
+    /// gone (`reconnect`), the batch's first log entry tells (a log id is written once, with
+    /// its hash).
     fn lost_commit_written(&mut self) -> StoreResult<bool> {
         let Some((ledger, log_id, hash)) = self.batch_log else {
             return Err(err("the batch wrote no log entry to look for"));
         };
-        let old = std::mem::replace(
-            &mut self.session,
-            Session {
-                pid: 0,
-                started_us: 0,
-            },
-        );
+        // Once the old session is gone, what it did is final.
         self.reconnect()?;
-        let deadline = Instant::now() + Duration::from_millis(LOST_SESSION_WAIT_MS_MAX);
-        loop {
-            // A row per signalled session: while it is there, it may still commit the batch.
-            let lingering = self
-                .client
-                .query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 \
-                     AND CAST(EXTRACT(EPOCH FROM backend_start) * 1000000 AS BIGINT) = $2",
-                    &[&old.pid, &old.started_us],
-                )
-                .map_err(pg_err)?
-                .len();
-            if lingering == 0 {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(err("the broken connection's session did not end"));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
         let found = self
             .client
             .query_opt(

@@ -794,3 +794,49 @@ fn a_commit_whose_answer_was_lost_is_found_and_never_run_twice() {
         assert!(verified.is_ok(), "{verified}");
     }
 }
+
+/// The writer's connection breaks inside a locked batch, before its `COMMIT`, and
+/// PostgreSQL's side stays open: that session holds the ledger's lock until someone ends it.
+/// The batch fails (nothing of it was written), and the writer's next batch, on a new
+/// connection, ends that session instead of waiting behind it.
+#[test]
+fn a_session_left_half_open_is_ended_before_the_writer_goes_on() {
+    use coffer_ledger::service::Ledgers;
+    use coffer_store_tests::{balance, commit, config, create_ledger, new_tx, posting, service};
+    let backend = fresh();
+    let proxy = CuttingProxy::start(&backend.url);
+    let ledgers = Ledgers::open(PostgresStore::open(&proxy.url).unwrap(), config()).unwrap();
+    create_ledger(&ledgers, "main");
+    commit(
+        &ledgers,
+        "main",
+        new_tx(vec![posting("world", "x", 100, "USD")]),
+    )
+    .unwrap();
+    // Another process's write: the writer's next batch finds its heads moved, runs again
+    // locked, and locks for a while.
+    let other = service(&backend);
+    commit(&other, "main", new_tx(vec![posting("x", "y", 1, "USD")])).unwrap();
+    commit(&ledgers, "main", new_tx(vec![posting("x", "y", 1, "USD")])).unwrap();
+    proxy.arm("half-open", Cut::AfterClientSide);
+    let mut tx = new_tx(vec![posting("x", "y", 10, "USD")]);
+    tx.metadata.insert("note".into(), "half-open".into());
+    let refused = commit(&ledgers, "main", tx);
+    assert!(proxy.fired(), "the batch went through the proxy");
+    assert!(refused.is_err(), "{refused:?}");
+    let (done, answers) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let answer = commit(&ledgers, "main", new_tx(vec![posting("x", "y", 1, "USD")]));
+        let _ = done.send((answer.is_ok(), ledgers));
+    });
+    let (ok, ledgers) = answers
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the next batch must not wait behind the old session");
+    assert!(ok);
+    assert_eq!(
+        balance(&ledgers, "main", "y", "USD"),
+        3,
+        "the cut batch was not written"
+    );
+    assert_eq!(balance(&other, "main", "y", "USD"), 3);
+}
