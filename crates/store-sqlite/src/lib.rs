@@ -57,6 +57,9 @@ pub struct SqliteStore {
     /// the readers.
     recent: Arc<RecentVolumes>,
     recent_transactions: Arc<RecentTransactions>,
+    /// A writer was opened: the overlays above are its own (generations, confirmations), so a
+    /// second writer would take the first one's unwritten entries for written ones.
+    writer_opened: std::sync::atomic::AtomicBool,
 }
 
 impl SqliteStore {
@@ -106,6 +109,7 @@ impl SqliteStore {
             durable: Some(durable),
             recent,
             recent_transactions,
+            writer_opened: Default::default(),
         }))
     }
 
@@ -139,6 +143,7 @@ impl SqliteStore {
             durable: None,
             recent: Arc::default(),
             recent_transactions: Arc::default(),
+            writer_opened: Default::default(),
         }))
     }
 }
@@ -168,6 +173,14 @@ impl Store for SqliteStore {
         let (Some(_), Some(durable)) = (&self.lock, &self.durable) else {
             return Err(err("the store was opened read-only"));
         };
+        if self
+            .writer_opened
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(err(
+                "the store has a writer already: open the store again for another",
+            ));
+        }
         Ok(Box::new(SqliteWriter::open(
             &self.path,
             &self.wal_main,
@@ -316,5 +329,69 @@ impl SqlBackend for Snapshot {
 
     fn lazy_projections(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_ledger::command::{Command, Request};
+    use coffer_ledger::service::{PageRequest, TransactionsQuery};
+    use coffer_ledger::Ledgers;
+    use coffer_store_tests::{config, create_ledger, new_tx, posting};
+
+    #[test]
+    fn a_store_has_one_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("coffer.db")).unwrap();
+        let _writer = store.writer().unwrap();
+        let second = store.writer().err().expect("refused");
+        assert!(
+            second.to_string().contains("has a writer already"),
+            "{second}"
+        );
+    }
+
+    /// Commits of many transactions each (atomic groups here; large batches under load):
+    /// confirmed ones leave the writer's overlay as fast as they come.
+    #[test]
+    fn the_overlay_of_transactions_does_not_pile_up_under_large_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("coffer.db")).unwrap();
+        let ledgers = Ledgers::open(store.clone(), config()).unwrap();
+        create_ledger(&ledgers, "main");
+        let group_size = 3_000;
+        for round in 0..5 {
+            let group = (0..group_size)
+                .map(|i| {
+                    let tx = new_tx(vec![posting("world", &format!("a:{round}:{i}"), 1, "USD")]);
+                    Ok(Request::new("main", Command::CreateTransaction(tx)))
+                })
+                .collect();
+            let outcome = ledgers.write_atomic_blocking(group).unwrap();
+            assert!(outcome.committed);
+            // A list of transactions waits until the flusher wrote every one of them.
+            let page = ledgers
+                .list_transactions(
+                    "main",
+                    TransactionsQuery::default(),
+                    &PageRequest::default(),
+                )
+                .unwrap();
+            assert!(!page.data.is_empty());
+        }
+        // The next commit drops what the flusher confirmed: at most the last group is left,
+        // and what that commit added.
+        coffer_store_tests::commit(
+            &ledgers,
+            "main",
+            new_tx(vec![posting("world", "b", 1, "USD")]),
+        )
+        .unwrap();
+        let left = store.recent_transactions.len();
+        assert!(
+            left <= group_size + 1,
+            "{left} transactions left in the overlay"
+        );
     }
 }

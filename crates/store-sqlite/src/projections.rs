@@ -391,7 +391,17 @@ impl Flusher {
                     receiver,
                     queued_rows: thread_queued_rows,
                 };
-                flusher_loop(conn, queue, thread_shared, catch_up, durable)
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    flusher_loop(conn, queue, thread_shared, catch_up, durable)
+                }));
+                if run.is_err() {
+                    // Its waiters (the writer among them) would wait for ever; and a broken
+                    // invariant must stop the ledger, as in the writer.
+                    eprintln!(
+                        "fatal: the projection flusher stopped on a broken invariant; exiting"
+                    );
+                    std::process::abort();
+                }
             })
             .map_err(|e| err(format!("cannot start the projection flusher: {e}")))?;
         Ok(Flusher {
@@ -548,10 +558,15 @@ fn flusher_loop(
             // sync that keeps failing as it gives up a write.
             while !given_up {
                 let Err(error) = durable.sync() else { break };
-                if shared.0.lock().stopping {
+                let (lock, condvar) = &*shared;
+                let mut state = lock.lock();
+                if state.stopping {
                     tracing::error!(error = %error, "syncing the transactions failed while \
                         closing; projections are rebuilt from the logs at the next open");
                     given_up = true;
+                    // Waiters get the error instead of waiting for a write that will not come.
+                    state.error = Some(error);
+                    condvar.notify_all();
                 } else {
                     tracing::error!(error = %error, "syncing the transactions failed; retrying");
                     std::thread::sleep(RETRY_DELAY);

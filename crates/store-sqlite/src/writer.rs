@@ -37,9 +37,10 @@ pub static RECENT_PRUNE_ENTRIES_MIN: std::sync::atomic::AtomicUsize =
 /// Past this many unconfirmed entries (volumes, or transactions), the writer waits for the
 /// flusher.
 const RECENT_ENTRIES_MAX: usize = 500_000;
-/// Confirmed transactions dropped per commit at most: they leave a little at a time, in the
-/// order they were handed over, rather than in one sweep that would hold up a batch for
-/// milliseconds (more than are handed over per commit, so they cannot pile up).
+/// Confirmed transactions dropped per commit at most, beyond as many as the commit handed over:
+/// they leave a little at a time, in the order they were handed over, rather than in one sweep
+/// that would hold up a batch for milliseconds, and faster than they come, so they cannot pile
+/// up.
 const RECENT_TRANSACTIONS_DROPPED_PER_COMMIT: usize = 1024;
 
 pub struct SqliteWriter {
@@ -121,10 +122,15 @@ impl SqliteWriter {
 
     /// Between batches only: a batch reads the projections database after this, so it sees
     /// every write the flusher confirmed.
-    fn prune_recent(&mut self) -> StoreResult<()> {
+    /// `handed`: transactions the commit handed over.
+    fn prune_recent(&mut self, handed: usize) -> StoreResult<()> {
         let flushed = self.flusher.flushed();
-        self.drop_confirmed_transactions(flushed);
-        if self.recent_transactions.len() > RECENT_ENTRIES_MAX {
+        self.drop_confirmed_transactions(flushed, RECENT_TRANSACTIONS_DROPPED_PER_COMMIT + handed);
+        // `recent_order` holds an entry per hand-over, so it may outgrow the map (transactions
+        // handed over again and again).
+        if self.recent_transactions.len() > RECENT_ENTRIES_MAX
+            || self.recent_order.len() > 2 * RECENT_ENTRIES_MAX
+        {
             self.wait_for_flusher()?;
             self.recent_transactions.write().clear();
             self.recent_references.clear();
@@ -151,9 +157,9 @@ impl SqliteWriter {
         written
     }
 
-    /// Drops up to `RECENT_TRANSACTIONS_DROPPED_PER_COMMIT` transactions (and their
-    /// references) the flusher has written, oldest first.
-    fn drop_confirmed_transactions(&mut self, flushed: u64) {
+    /// Drops up to `count` hand-overs of transactions (and their references) the flusher has
+    /// written, oldest first.
+    fn drop_confirmed_transactions(&mut self, flushed: u64, count: usize) {
         if self
             .recent_order
             .front()
@@ -162,7 +168,7 @@ impl SqliteWriter {
             return;
         }
         let mut recent_transactions = self.recent_transactions.write();
-        for _ in 0..RECENT_TRANSACTIONS_DROPPED_PER_COMMIT {
+        for _ in 0..count {
             match self.recent_order.front() {
                 Some(&(generation, ledger, id)) if generation <= flushed => {
                     self.recent_order.pop_front();
@@ -240,6 +246,8 @@ impl StoreWriter for SqliteWriter {
         self.in_transaction = false;
         let staged = std::mem::take(&mut self.staged);
         if !staged.is_empty() {
+            // Hand-overs of transactions: new ones, and updated ones (`remember_update`).
+            let handed = staged.transactions.len() + staged.updates.len();
             self.generation += 1;
             // Before the requests are answered (the engine answers once this returns).
             self.recent.put(&staged.volumes, self.generation);
@@ -268,7 +276,7 @@ impl StoreWriter for SqliteWriter {
             if let Err(error) = self.flusher.hand_over(self.generation, staged) {
                 tracing::error!(error = %error, "projections not handed over; rebuilt at next open");
             }
-            if let Err(error) = self.prune_recent() {
+            if let Err(error) = self.prune_recent(handed) {
                 tracing::error!(error = %error, "projections not confirmed");
             }
         }
