@@ -1030,6 +1030,20 @@ impl<'w> Batch<'w> {
                     log.id
                 )));
             }
+            if let Some(key) = &log.idempotency_key {
+                // The store's unique key would refuse it only at commit, as a store error.
+                let known = self.idempotency.contains_key(&(ledger, key.clone()))
+                    || !self
+                        .writer
+                        .find_logs_by_idempotency_keys(ledger, std::slice::from_ref(key))?
+                        .is_empty();
+                if known {
+                    return Err(LedgerError::Import(format!(
+                        "log {}: duplicate idempotency key {key:?}",
+                        log.id
+                    )));
+                }
+            }
             let invalid =
                 |err: serde_json::Error| LedgerError::Import(format!("log {}: {err}", log.id));
             let saved_now = self.now;
@@ -1130,7 +1144,14 @@ impl<'w> Batch<'w> {
             post_commit_volumes: Self::post_commit_volumes(&overlay),
         };
         if let Some(reference) = &tx.reference {
-            if !self.references.insert((ledger, reference.clone())) {
+            // The store may write transactions behind the commit, where a duplicate would fail
+            // for ever: ask it, unless this batch knows the reference already.
+            let known = self.references.contains(&(ledger, reference.clone()))
+                || !self
+                    .writer
+                    .find_references(ledger, std::slice::from_ref(reference))?
+                    .is_empty();
+            if known || !self.references.insert((ledger, reference.clone())) {
                 return Err(LedgerError::Import(format!(
                     "duplicate reference {reference:?}"
                 )));

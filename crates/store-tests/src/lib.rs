@@ -1305,6 +1305,57 @@ pub fn export_import(backend: &dyn Backend) {
         ledgers.scan_logs("tampered", 0, 10).unwrap().is_empty(),
         "a failed import leaves nothing"
     );
+    // An imported transaction's reference, or a log's idempotency key, the ledger already has:
+    // refused, and the ledger goes on (stores may write transactions behind their commit, where
+    // a duplicate would fail for ever).
+    create_ledger(&ledgers, "dup");
+    let mut first = new_tx(vec![posting("world", "a", 5, "USD")]);
+    first.reference = Some("R".into());
+    let first = Request::new("dup", Command::CreateTransaction(first)).with_idempotency_key("K");
+    ledgers.write_blocking(first).unwrap();
+    for (source, with_reference) in [("refsrc", true), ("keysrc", false)] {
+        create_ledger(&ledgers, source);
+        commit(
+            &ledgers,
+            source,
+            new_tx(vec![posting("world", "a", 1, "USD")]),
+        )
+        .unwrap();
+        let mut second = new_tx(vec![posting("world", "a", 2, "USD")]);
+        let mut request = Request::new(source, Command::CreateTransaction(second.clone()));
+        if with_reference {
+            second.reference = Some("R".into());
+            request = Request::new(source, Command::CreateTransaction(second));
+        } else {
+            request = request.with_idempotency_key("K");
+        }
+        ledgers.write_blocking(request).unwrap();
+        let mut logs = ledgers.scan_logs(source, 1, 10).unwrap();
+        assert_eq!(logs.len(), 1);
+        logs[0].hash = [0; 32]; // no hash: the chain is not checked
+        let err = ledgers
+            .write_blocking(Request::new("dup", Command::ImportLogs { logs }))
+            .unwrap_err();
+        let expected = if with_reference {
+            "reference"
+        } else {
+            "idempotency key"
+        };
+        assert!(
+            matches!(err, LedgerError::Import(ref m) if m.contains(expected)),
+            "{err:?}"
+        );
+    }
+    commit(
+        &ledgers,
+        "dup",
+        new_tx(vec![posting("world", "a", 1, "USD")]),
+    )
+    .unwrap();
+    let listed = ledgers
+        .list_transactions("dup", TransactionsQuery::default(), &PageRequest::default())
+        .unwrap();
+    assert_eq!(listed.data.len(), 2);
     let verified = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(verified.is_ok(), "{verified}");
 }
