@@ -402,23 +402,38 @@ impl<'w> Batch<'w> {
         ledger: LedgerId,
         entry: &IdempotencyEntry,
     ) -> Result<Outcome, LedgerError> {
-        let id = match entry.kind {
+        let corrupt =
+            |err: serde_json::Error| LedgerError::Store(format!("corrupt log payload: {err}"));
+        let logged = match entry.kind {
             LogType::NewTransaction => {
-                let payload: NewTransactionPayload = serde_json::from_str(&entry.data)
-                    .map_err(|err| LedgerError::Store(format!("corrupt log payload: {err}")))?;
-                payload.transaction.id
+                let payload: NewTransactionPayload =
+                    serde_json::from_str(&entry.data).map_err(corrupt)?;
+                payload.transaction
             }
             LogType::RevertedTransaction => {
-                let payload: RevertedTransactionPayload = serde_json::from_str(&entry.data)
-                    .map_err(|err| LedgerError::Store(format!("corrupt log payload: {err}")))?;
-                payload.transaction.id
+                let payload: RevertedTransactionPayload =
+                    serde_json::from_str(&entry.data).map_err(corrupt)?;
+                payload.transaction
             }
             LogType::SetMetadata | LogType::DeleteMetadata => return Ok(Outcome::Done),
         };
-        let tx = self.transaction(ledger, id)?.ok_or_else(|| {
+        // The answer the write gave: the transaction as logged, before any later change
+        // (metadata, a revert); its post-commit volumes and insertion date never change.
+        let id = logged.id;
+        let stored = self.transaction(ledger, id)?.ok_or_else(|| {
             LedgerError::Store(format!("transaction {id} of an idempotency log is missing"))
         })?;
-        Ok(Outcome::Transaction(tx))
+        Ok(Outcome::Transaction(Transaction {
+            id,
+            timestamp: logged.timestamp()?,
+            inserted_at: stored.inserted_at,
+            updated_at: stored.inserted_at,
+            postings: logged.postings(),
+            reference: logged.reference,
+            metadata: logged.metadata,
+            reverted_at: None,
+            post_commit_volumes: stored.post_commit_volumes,
+        }))
     }
 
     fn transaction(

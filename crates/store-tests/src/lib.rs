@@ -512,6 +512,39 @@ pub fn idempotency_and_references(backend: &dyn Backend) {
         commit(&ledgers, "main", with_reference("order-1")).unwrap_err(),
         LedgerError::DuplicateReference("order-1".into())
     );
+
+    // A replay answers what the write answered, not the transaction as it is now: changed
+    // since (metadata), reverted since; a revert's replay likewise.
+    let save = |id: u64| {
+        let command = Command::SaveMetadata {
+            target: Target::Transaction(id),
+            metadata: meta(&[("later", "yes")]),
+        };
+        ledgers
+            .write_blocking(Request::new("main", command))
+            .unwrap();
+    };
+    let revert = || {
+        let command = Command::RevertTransaction {
+            id: 1,
+            force: true,
+            at_effective_date: false,
+            metadata: Metadata::new(),
+        };
+        Request::new("main", command).with_idempotency_key("revert-1")
+    };
+    save(1);
+    let reverted = ledgers.write_blocking(revert()).unwrap();
+    let Outcome::Transaction(reversal) = &reverted.outcome else {
+        panic!("{reverted:?}");
+    };
+    save(reversal.id);
+    let replay = ledgers.write_blocking(request(10)).unwrap();
+    assert!(replay.idempotency_hit);
+    assert_eq!(replay.outcome, first.outcome);
+    let replay = ledgers.write_blocking(revert()).unwrap();
+    assert!(replay.idempotency_hit);
+    assert_eq!(replay.outcome, reverted.outcome);
 }
 
 fn request_with_key(amount: i128, key: &str) -> Request {
