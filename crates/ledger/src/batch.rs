@@ -25,7 +25,7 @@ use crate::store::{
 use crate::time::Timestamp;
 use crate::types::{
     default_features, LedgerId, Metadata, Posting, Transaction, TxId, Volumes, VolumesByAccount,
-    WORLD,
+    POSTINGS_MAX, WORLD,
 };
 
 /// Metadata key Formance sets on the transaction that reverts another.
@@ -751,7 +751,7 @@ impl<'w> Batch<'w> {
                     metadata.insert(key, value);
                 }
                 account_metadata = execution.account_metadata;
-                let postings = execution
+                let postings: Vec<Posting> = execution
                     .postings
                     .into_iter()
                     .map(|p| Posting {
@@ -761,6 +761,17 @@ impl<'w> Batch<'w> {
                         amount: p.amount,
                     })
                     .collect();
+                // A script's variables and colours are not checked against the ledger's own
+                // rules until here (an address's length, an asset coloured twice).
+                if postings.len() > POSTINGS_MAX {
+                    return Err(LedgerError::Validation(format!(
+                        "the script makes {} postings: at most {POSTINGS_MAX}",
+                        postings.len()
+                    )));
+                }
+                for (index, posting) in postings.iter().enumerate() {
+                    posting.validate(index)?;
+                }
                 (postings, Funds::Skip)
             }
         };

@@ -365,6 +365,21 @@ pub fn scripts(backend: &dyn Backend) {
     let debit = "vars {\n  monetary $amount\n  account $user\n}\n\
         send $amount (\n  source = { @users:1:coupon @users:1:main }\n  destination = @shop\n)\n\
         set_tx_meta(\"kind\", \"debit\")\nset_account_meta(@shop, \"last\", $amount)\n";
+    // A variable is held to the ledger's own rules for addresses (here, their length).
+    let long = "a".repeat(coffer_ledger::types::ADDRESS_BYTES_MAX + 1);
+    let refused = commit(
+        &ledgers,
+        "main",
+        script(
+            "vars {\n  account $to\n}\nsend [USD/2 1] (\n  source = @world\n  destination = $to\n)\n",
+            &[("to", &long)],
+        ),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(refused, LedgerError::Validation(ref m) if m.contains("invalid account address")),
+        "{refused:?}"
+    );
     let tx = commit(
         &ledgers,
         "main",
