@@ -185,7 +185,7 @@ fn verify_ledger(
     let mut computed = volumes.computed;
 
     // 2. Stored volumes equal the recomputed ones, and each asset sums to zero.
-    let mut sums: BTreeMap<String, Amount> = BTreeMap::new();
+    let mut sums: BTreeMap<String, WideSum> = BTreeMap::new();
     let mut volume_rows = VolumeCursor::new(reader, ledger.id);
     while let Some(row) = volume_rows.next()? {
         out.volumes_rows += 1;
@@ -206,10 +206,13 @@ fn verify_ledger(
                 row.address, row.asset
             )),
         }
-        let sum = sums.entry(row.asset.clone()).or_default();
-        match row.volumes.balance().ok().and_then(|b| sum.checked_add(b)) {
-            Some(total) => *sum = total,
-            None => out.problems.push(format!("sum of {} overflows", row.asset)),
+        // Balances each fit 128 bits (volumes are at most 2^127 - 1), their running sum may not.
+        match row.volumes.balance() {
+            Ok(balance) => sums.entry(row.asset.clone()).or_default().add(balance),
+            Err(_) => out.problems.push(format!(
+                "balance of {} {} overflows",
+                row.address, row.asset
+            )),
         }
     }
     for ((address, asset), _) in computed {
@@ -219,9 +222,13 @@ fn verify_ledger(
     }
     out.assets = sums.len() as u64;
     for (asset, sum) in sums {
-        if sum != 0 {
+        if sum.wraps != 0 {
+            out.problems.push(format!(
+                "asset {asset} sums to more than 128 bits hold, not 0"
+            ));
+        } else if sum.low != 0 {
             out.problems
-                .push(format!("asset {asset} sums to {sum}, not 0"));
+                .push(format!("asset {asset} sums to {}, not 0", sum.low));
         }
     }
 
@@ -603,5 +610,48 @@ impl<'r> TxCursor<'r> {
             self.after = tx.id;
         }
         Ok(next)
+    }
+}
+
+/// A sum of 128-bit amounts that cannot overflow: `low` wraps, `wraps` counts how often (up
+/// for a positive overflow, down for a negative one), so the sum is `wraps * 2^128 + low`.
+#[derive(Default)]
+struct WideSum {
+    low: Amount,
+    wraps: i64,
+}
+
+impl WideSum {
+    fn add(&mut self, amount: Amount) {
+        let (low, overflowed) = self.low.overflowing_add(amount);
+        self.low = low;
+        if overflowed {
+            self.wraps += if amount > 0 { 1 } else { -1 };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(amounts: &[Amount], expected: (i64, Amount)) {
+        let mut sum = WideSum::default();
+        for amount in amounts {
+            sum.add(*amount);
+        }
+        assert_eq!((sum.wraps, sum.low), expected, "{amounts:?}");
+    }
+
+    #[test]
+    fn sums_of_balances_past_128_bits_are_exact() {
+        let big = Amount::MAX;
+        check(&[], (0, 0));
+        check(&[5, -3, -2], (0, 0));
+        // Forced overdrafts: the running sum leaves 128 bits, the total is zero.
+        check(&[-big, -big, big, big], (0, 0));
+        check(&[big, big, -big, -big], (0, 0));
+        check(&[big, 1], (1, Amount::MIN));
+        check(&[-big, -2], (-1, Amount::MAX));
     }
 }
