@@ -78,6 +78,9 @@ pub struct Batch<'w> {
     transactions: HashMap<(LedgerId, TxId), TxEntry>,
     references: HashSet<(LedgerId, String)>,
     idempotency: HashMap<(LedgerId, String), IdempotencyEntry>,
+    /// Postings of the transactions the batch wrote (reverts and scripts included, whose
+    /// postings are known only once they run): the engine ends a batch past its bound.
+    postings_written: usize,
     ledger_metadata: HashMap<LedgerId, Metadata>,
     logs: Vec<LogWrite>,
 }
@@ -117,6 +120,7 @@ impl<'w> Batch<'w> {
             transactions: HashMap::new(),
             references: HashSet::new(),
             idempotency: HashMap::new(),
+            postings_written: 0,
             ledger_metadata: HashMap::new(),
             logs: Vec::new(),
         }
@@ -623,6 +627,7 @@ impl<'w> Batch<'w> {
 
     /// Folds a successful command's overlay into the batch state.
     fn apply(&mut self, ledger: LedgerId, tx: &Transaction, overlay: Overlay) {
+        self.postings_written = self.postings_written.saturating_add(tx.postings.len());
         for ((address, asset), volumes) in overlay.volumes {
             self.touch_account(ledger, &address, tx.timestamp);
             let key = VolumeKey {
@@ -1332,6 +1337,11 @@ impl<'w> Batch<'w> {
                 self.caches.put_account(ledger, &address, first_usage);
             }
         }
+    }
+
+    /// Postings of the transactions written so far.
+    pub fn postings_written(&self) -> usize {
+        self.postings_written
     }
 
     /// Ledgers whose cache must be dropped if the batch fails.

@@ -446,7 +446,14 @@ fn writer_loop_with(
         if let Some(job) = atomic {
             run_atomic(writer, &mut caches, &flags, replier, job);
         } else if !jobs.is_empty() {
-            run_batch(writer, &mut caches, &flags, replier, jobs);
+            run_batch(
+                writer,
+                &mut caches,
+                &flags,
+                replier,
+                jobs,
+                config.batch_postings_max,
+            );
         }
         if writer.pending_projections() > 0 && held_back_since.is_none() {
             held_back_since = Some(Instant::now());
@@ -491,13 +498,37 @@ fn run_batch(
     caches: &mut Caches,
     flags: &numscript::FeatureFlags,
     replier: &Replier,
-    jobs: Vec<Job>,
+    mut jobs: Vec<Job>,
+    postings_max: usize,
 ) {
+    while !jobs.is_empty() {
+        jobs = run_batch_once(writer, caches, flags, replier, jobs, postings_max);
+    }
+}
+
+/// Runs a batch, or its first part when it reaches `postings_max`: returns the rest.
+fn run_batch_once(
+    writer: &mut dyn StoreWriter,
+    caches: &mut Caches,
+    flags: &numscript::FeatureFlags,
+    replier: &Replier,
+    mut jobs: Vec<Job>,
+    postings_max: usize,
+) -> Vec<Job> {
     let started = Instant::now();
     let count = jobs.len();
     let exclusive = jobs.len() == 1 && jobs[0].exclusive();
     let mut touched = Vec::new();
-    let mut outcome = execute_batch(writer, caches, flags, &jobs, exclusive, &mut touched);
+    let mut rest = Vec::new();
+    let mut outcome = execute_batch(
+        writer,
+        caches,
+        flags,
+        &jobs,
+        exclusive,
+        postings_max,
+        &mut touched,
+    );
     let mut failure = WriteFailure::NotWritten;
     if outcome.is_err() {
         let _ = writer.rollback();
@@ -505,7 +536,15 @@ fn run_batch(
         if failure == WriteFailure::RunAgain {
             // Nothing was written (predicted heads another process had moved, say); once more.
             forget_batch(caches, &mut touched);
-            outcome = execute_batch(writer, caches, flags, &jobs, exclusive, &mut touched);
+            outcome = execute_batch(
+                writer,
+                caches,
+                flags,
+                &jobs,
+                exclusive,
+                postings_max,
+                &mut touched,
+            );
             if outcome.is_err() {
                 let _ = writer.rollback();
                 failure = writer.take_failure();
@@ -514,6 +553,8 @@ fn run_batch(
     }
     match outcome {
         Ok(results) => {
+            // Those it ended before (past its postings bound) go in a batch of their own.
+            rest = jobs.split_off(results.len());
             replier.send(Box::new(move |failure| {
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.reply.send(match &failure {
@@ -536,9 +577,9 @@ fn run_batch(
                 // batch may have been written: then each gets the store's error.)
                 tracing::warn!(error = %err, requests = count, "batch failed; retrying its requests one by one");
                 for job in jobs {
-                    run_batch(writer, caches, flags, replier, vec![job]);
+                    run_batch(writer, caches, flags, replier, vec![job], postings_max);
                 }
-                return;
+                return Vec::new();
             }
             if matches!(err, LedgerError::Store(_)) {
                 metrics::counter!("coffer_batch_failures_total").increment(1);
@@ -553,7 +594,8 @@ fn run_batch(
             }));
         }
     }
-    record_commit(count, started);
+    record_commit(count - rest.len(), started);
+    rest
 }
 
 /// Before a batch that wrote nothing runs again: its reads of those ledgers may be stale
@@ -669,6 +711,7 @@ fn execute_batch(
     flags: &numscript::FeatureFlags,
     jobs: &[Job],
     exclusive: bool,
+    postings_max: usize,
     touched: &mut Vec<i64>,
 ) -> Result<Vec<Result<Response, LedgerError>>, LedgerError> {
     writer.begin()?;
@@ -686,6 +729,11 @@ fn execute_batch(
             // An import is all or nothing.
             Err(err) if exclusive => return Err(err),
             result => results.push(result),
+        }
+        if batch.postings_written() >= postings_max && results.len() < jobs.len() {
+            // Reverts and scripts write more postings than the batch counted on: the rest go
+            // in the next one (memory stays bounded).
+            break;
         }
     }
     *touched = batch.ledger_ids();

@@ -201,4 +201,37 @@ pub fn batches_bounded_by_postings(backend: &dyn Backend) {
     assert!(commits.len() >= 9, "{commits:?}");
     assert_eq!(commits.last(), Some(&1), "{commits:?}");
     assert_eq!(balance(&ledgers, "main", "world", "USD"), -240);
+
+    // Reverts of those 20 transactions of 10 postings: each looks like one posting when the
+    // batch is gathered, and writes 10. The batch ends once it wrote the bound or more.
+    shared.commits.lock().expect("commits").clear();
+    let revert = |id: u64| {
+        let command = Command::RevertTransaction {
+            id,
+            force: false,
+            at_effective_date: false,
+            metadata: Default::default(),
+        };
+        Request::new("main", command)
+    };
+    shared.gate.lock().expect("gate").held = true;
+    let mut answers = vec![ledgers.submit(revert(1)).expect("queued")];
+    {
+        let mut gate = shared.gate.lock().expect("gate");
+        while !gate.waiting {
+            gate = shared.changed.wait(gate).expect("gate");
+        }
+    }
+    for id in 2..=20 {
+        answers.push(ledgers.submit(revert(id)).expect("queued"));
+    }
+    shared.gate.lock().expect("gate").held = false;
+    shared.changed.notify_all();
+    for answer in answers {
+        answer.wait_blocking().expect("reverted");
+    }
+    let commits = shared.commits.lock().expect("commits").clone();
+    assert_eq!(commits.iter().sum::<usize>(), 20, "{commits:?}");
+    assert!(commits.iter().all(|&n| n <= 3), "{commits:?}");
+    assert_eq!(balance(&ledgers, "main", "world", "USD"), -40);
 }
