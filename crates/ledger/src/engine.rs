@@ -8,6 +8,7 @@
 //! database round-trip per transaction.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -671,7 +672,7 @@ fn execute_atomic(
     touched: &mut Vec<i64>,
 ) -> Result<AtomicOutcome, LedgerError> {
     writer.begin()?;
-    let mut batch = Batch::new(writer, caches, Timestamp::now(), flags);
+    let mut batch = Batch::new(writer, caches, batch_now(), flags);
     let requests: Vec<&Request> = elements
         .iter()
         .filter_map(|element| element.as_ref().ok().map(|(request, _)| request))
@@ -705,6 +706,20 @@ fn execute_atomic(
     })
 }
 
+/// The latest time a batch took, in microseconds.
+static BATCH_LATEST_US: AtomicI64 = AtomicI64::new(i64::MIN);
+
+/// A batch's time: the clock's, but never before an earlier batch's, so that a clock stepped
+/// back does not date logs and insertions before those already written.
+fn batch_now() -> Timestamp {
+    not_before_latest(Timestamp::now(), &BATCH_LATEST_US)
+}
+
+fn not_before_latest(now: Timestamp, latest_us: &AtomicI64) -> Timestamp {
+    let before = latest_us.fetch_max(now.0, std::sync::atomic::Ordering::SeqCst);
+    Timestamp(before.max(now.0))
+}
+
 fn execute_batch(
     writer: &mut dyn StoreWriter,
     caches: &mut Caches,
@@ -715,7 +730,7 @@ fn execute_batch(
     touched: &mut Vec<i64>,
 ) -> Result<Vec<Result<Response, LedgerError>>, LedgerError> {
     writer.begin()?;
-    let mut batch = Batch::new(writer, caches, Timestamp::now(), flags);
+    let mut batch = Batch::new(writer, caches, batch_now(), flags);
     let requests: Vec<&Request> = jobs.iter().map(|job| &job.request).collect();
     let prepared = batch.prepare(&requests);
     *touched = batch.ledger_ids();
@@ -755,6 +770,16 @@ mod tests {
             Ok(())
         });
         (flushes, Arc::new(if early { sync.early() } else { sync }))
+    }
+
+    #[test]
+    fn batch_times_never_go_back() {
+        let latest = AtomicI64::new(i64::MIN);
+        let times: Vec<i64> = [10, 12, 5, 12, 13]
+            .into_iter()
+            .map(|now| not_before_latest(Timestamp(now), &latest).0)
+            .collect();
+        assert_eq!(times, [10, 12, 12, 12, 13]);
     }
 
     fn wait_until(what: &str, done: impl Fn() -> bool) {
