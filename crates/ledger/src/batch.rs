@@ -290,7 +290,9 @@ impl<'w> Batch<'w> {
             .map(|_| request.fingerprint());
         if let Some(key) = &request.idempotency_key {
             if let Some(entry) = self.idempotency.get(&(head.id, key.clone())).cloned() {
-                if entry.fingerprint != fingerprint {
+                let same = entry.fingerprint == fingerprint
+                    || entry.fingerprint == Some(request.legacy_fingerprint());
+                if !same {
                     return Err(LedgerError::IdempotencyKeyConflict(key.clone()));
                 }
                 let outcome = self.replay(head.id, &entry)?;
