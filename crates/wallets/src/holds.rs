@@ -111,6 +111,7 @@ impl Wallets {
         request: &ConfirmHold,
         idempotency_key: Option<&str>,
     ) -> Result<(), WalletError> {
+        let _turn = self.hold_turn(id);
         let account = self.hold_account(id)?;
         let hold = expanded_hold_of(&account);
         let amount = match request.amount {
@@ -150,12 +151,13 @@ impl Wallets {
             }
             return Err(refusal);
         }
-        self.write(command, idempotency_key)?;
-        Ok(())
+        let written = self.write(command, idempotency_key)?;
+        moved_out_of(&written, &address)
     }
 
     /// Returns what a hold still has to the balances it was taken from.
     pub fn void_hold(&self, id: &str, idempotency_key: Option<&str>) -> Result<(), WalletError> {
+        let _turn = self.hold_turn(id);
         let account = self.hold_account(id)?;
         let hold = expanded_hold_of(&account);
         let address = chart::hold_account(id);
@@ -208,8 +210,8 @@ impl Wallets {
             }
             return Err(WalletError::HoldClosed);
         }
-        self.write(command, idempotency_key)?;
-        Ok(())
+        let written = self.write(command, idempotency_key)?;
+        moved_out_of(&written, &address)
     }
 
     /// Transactions written by the wallets, newest first; with a wallet, those touching its
@@ -230,5 +232,22 @@ impl Wallets {
             ..Default::default()
         };
         Ok(self.ledgers.list_transactions(&self.ledger, query, page)?)
+    }
+}
+
+/// A confirm or a void sends what the hold has left: if another process's confirm or void
+/// emptied it meanwhile, the script sent nothing, and the hold was closed.
+fn moved_out_of(written: &coffer_ledger::Response, hold: &str) -> Result<(), WalletError> {
+    let moved = match &written.outcome {
+        coffer_ledger::Outcome::Transaction(tx) => tx
+            .postings
+            .iter()
+            .any(|posting| posting.source == hold && posting.amount > 0),
+        _ => true,
+    };
+    if moved {
+        Ok(())
+    } else {
+        Err(WalletError::HoldClosed)
     }
 }

@@ -61,7 +61,13 @@ pub struct Wallets {
     /// Wallets seen to exist. A wallet is never deleted, so debits and credits of a known
     /// wallet skip the lookup (bounded: forgotten entries are just looked up again).
     known_wallets: parking_lot::Mutex<lru::LruCache<String, ()>>,
+    /// Confirms and voids of one hold take turns (a stripe per hash of its id): each reads the
+    /// hold, then writes a script that sends what is left, which another one may just have sent.
+    hold_locks: Vec<parking_lot::Mutex<()>>,
 }
+
+/// Stripes of `Wallets::hold_locks`.
+const HOLD_LOCKS: usize = 64;
 
 /// Wallet ids remembered as existing.
 pub const KNOWN_WALLETS_MAX: usize = 100_000;
@@ -90,6 +96,9 @@ impl Wallets {
             known_wallets: parking_lot::Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(KNOWN_WALLETS_MAX).expect("non-zero"),
             )),
+            hold_locks: (0..HOLD_LOCKS)
+                .map(|_| parking_lot::Mutex::new(()))
+                .collect(),
         })
     }
 
@@ -107,6 +116,14 @@ impl Wallets {
             request = request.with_idempotency_key(key);
         }
         request
+    }
+
+    /// The turn of a hold's confirms and voids in this process (see `hold_locks`).
+    fn hold_turn(&self, id: &str) -> parking_lot::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash =
+            BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(id);
+        self.hold_locks[hash as usize % HOLD_LOCKS].lock()
     }
 
     fn write(&self, command: Command, key: Option<&str>) -> Result<Response, WalletError> {
