@@ -151,7 +151,15 @@ impl Wallets {
         } else {
             self.account_row(&address)?
         };
-        Ok(account.filter(|account| chart::is_primary(&account.metadata)))
+        // Addresses drop dashes, so several spellings of an id reach one account: only the one
+        // the wallet was created with names it (holds and lists find a wallet by that id).
+        Ok(account.filter(|account| {
+            chart::is_primary(&account.metadata)
+                && account
+                    .metadata
+                    .get(chart::KEY_WALLET_ID)
+                    .is_none_or(|stored| stored == id)
+        }))
     }
 
     /// Wallet `field` must exist (for operations where an unknown wallet is a client mistake).

@@ -735,6 +735,29 @@ fn void_after_partial_confirm_returns_the_rest_to_the_sources() {
     );
 }
 
+/// Addresses drop dashes, so an id spelled without them reaches the wallet's accounts; but it
+/// is not the wallet's id, and holds made through it would not be found by that id.
+#[test]
+fn a_wallet_id_spelled_without_its_dashes_is_not_found() {
+    let f = fixture();
+    let wallet = f.wallet("w");
+    assert!(wallet.id.contains('-'), "{}", wallet.id);
+    f.credit(&wallet, None, 100);
+    let undashed = Wallet {
+        id: wallet.id.replace('-', ""),
+        ..wallet.clone()
+    };
+    assert!(matches!(
+        f.wallets.get_wallet(&undashed.id),
+        Err(WalletError::NotFound(_))
+    ));
+    let refused = f
+        .wallets
+        .debit(&pending(&undashed, 60, named(&["main"])), None);
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(f.usd_in(&wallet, "main"), 100);
+}
+
 /// A confirm and a void of one hold at the same time: one of them takes what the hold has,
 /// the other is told the hold is closed; never both "done" with one of them moving nothing.
 #[test]
