@@ -521,6 +521,8 @@ fn run_batch_once(
     let exclusive = jobs.len() == 1 && jobs[0].exclusive();
     let mut touched = Vec::new();
     let mut rest = Vec::new();
+    // The requests the batch took before it ended (all of them, unless it reached its bound).
+    let mut included = jobs.len();
     let mut outcome = execute_batch(
         writer,
         caches,
@@ -529,6 +531,7 @@ fn run_batch_once(
         exclusive,
         postings_max,
         &mut touched,
+        &mut included,
     );
     let mut failure = WriteFailure::NotWritten;
     if outcome.is_err() {
@@ -545,6 +548,7 @@ fn run_batch_once(
                 exclusive,
                 postings_max,
                 &mut touched,
+                &mut included,
             );
             if outcome.is_err() {
                 let _ = writer.rollback();
@@ -568,6 +572,10 @@ fn run_batch_once(
         Err(err) => {
             for ledger in touched {
                 caches.invalidate_ledger(ledger);
+            }
+            if failure == WriteFailure::Unknown {
+                // Only those the batch took may have been written; the rest were not.
+                rest = jobs.split_off(included);
             }
             if matches!(err, LedgerError::Store(_))
                 && jobs.len() > 1
@@ -728,7 +736,9 @@ fn execute_batch(
     exclusive: bool,
     postings_max: usize,
     touched: &mut Vec<i64>,
+    included: &mut usize,
 ) -> Result<Vec<Result<Response, LedgerError>>, LedgerError> {
+    *included = jobs.len();
     writer.begin()?;
     let mut batch = Batch::new(writer, caches, batch_now(), flags);
     let requests: Vec<&Request> = jobs.iter().map(|job| &job.request).collect();
@@ -752,6 +762,7 @@ fn execute_batch(
         }
     }
     *touched = batch.ledger_ids();
+    *included = results.len();
     batch.commit()?;
     Ok(results)
 }

@@ -130,8 +130,8 @@ fn commit_sync(url: &str, connection: FlushConnection, behind: Arc<MovesBehind>)
 }
 
 /// The engine's connection: its commits return without waiting for the WAL flush; `durable`
-/// flushes for many at once, and the engine answers only after it.
-/// The writer's connection, and its session (to end it if the connection breaks mid-commit).
+/// flushes for many at once, and the engine answers only after it. With its session, to end
+/// it if the connection breaks (see `PostgresWriter::reconnect`).
 fn writer_connection(url: &str) -> StoreResult<(Client, Session)> {
     let mut client = connect(url)?;
     let messages = client
