@@ -728,6 +728,9 @@ fn not_before_latest(now: Timestamp, latest_us: &AtomicI64) -> Timestamp {
     Timestamp(before.max(now.0))
 }
 
+/// `touched`: the ledgers whose caches a failure must drop; `included`: the requests the batch
+/// took (fewer than `jobs` when it reached `postings_max`).
+#[allow(clippy::too_many_arguments)]
 fn execute_batch(
     writer: &mut dyn StoreWriter,
     caches: &mut Caches,
