@@ -1184,11 +1184,12 @@ impl<'w> Batch<'w> {
                     .writer
                     .find_references(ledger, std::slice::from_ref(reference))?
                     .is_empty();
-            if known || !self.references.insert((ledger, reference.clone())) {
+            if known {
                 return Err(LedgerError::Import(format!(
                     "duplicate reference {reference:?}"
                 )));
             }
+            self.references.insert((ledger, reference.clone()));
         }
         self.heads.get_mut(&head.name).expect("locked").next_tx_id += 1;
         self.apply(ledger, &tx, overlay);

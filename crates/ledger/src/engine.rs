@@ -518,7 +518,6 @@ fn run_batch_once(
 ) -> Vec<Job> {
     let started = Instant::now();
     let count = jobs.len();
-    let exclusive = jobs.len() == 1 && jobs[0].exclusive();
     let mut touched = Vec::new();
     let mut rest = Vec::new();
     // The requests the batch took before it ended (all of them, unless it reached its bound).
@@ -528,7 +527,6 @@ fn run_batch_once(
         caches,
         flags,
         &jobs,
-        exclusive,
         postings_max,
         &mut touched,
         &mut included,
@@ -545,7 +543,6 @@ fn run_batch_once(
                 caches,
                 flags,
                 &jobs,
-                exclusive,
                 postings_max,
                 &mut touched,
                 &mut included,
@@ -730,18 +727,17 @@ fn not_before_latest(now: Timestamp, latest_us: &AtomicI64) -> Timestamp {
 
 /// `touched`: the ledgers whose caches a failure must drop; `included`: the requests the batch
 /// took (fewer than `jobs` when it reached `postings_max`).
-#[allow(clippy::too_many_arguments)]
 fn execute_batch(
     writer: &mut dyn StoreWriter,
     caches: &mut Caches,
     flags: &numscript::FeatureFlags,
     jobs: &[Job],
-    exclusive: bool,
     postings_max: usize,
     touched: &mut Vec<i64>,
     included: &mut usize,
 ) -> Result<Vec<Result<Response, LedgerError>>, LedgerError> {
     *included = jobs.len();
+    let exclusive = jobs.len() == 1 && jobs[0].exclusive();
     writer.begin()?;
     let mut batch = Batch::new(writer, caches, batch_now(), flags);
     let requests: Vec<&Request> = jobs.iter().map(|job| &job.request).collect();
