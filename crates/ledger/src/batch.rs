@@ -287,10 +287,14 @@ impl<'w> Batch<'w> {
         let fingerprint = request
             .idempotency_key
             .as_ref()
-            .map(|_| request.fingerprint());
+            .map(|_| request.key_fingerprint());
         if let Some(key) = &request.idempotency_key {
             if let Some(entry) = self.idempotency.get(&(head.id, key.clone())).cloned() {
+                // Keys stored before the caller's input fingerprint was used, or before the
+                // encoding was made explicit, hold the command's own fingerprint.
                 let same = entry.fingerprint == fingerprint
+                    || (request.input_fingerprint.is_some()
+                        && entry.fingerprint == Some(request.fingerprint()))
                     || entry.fingerprint == Some(request.legacy_fingerprint());
                 if !same {
                     return Err(LedgerError::IdempotencyKeyConflict(key.clone()));

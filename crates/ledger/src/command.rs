@@ -108,6 +108,10 @@ pub struct Request {
     pub idempotency_key: Option<String>,
     /// Run everything, report the outcome, keep nothing.
     pub dry_run: bool,
+    /// What an idempotency key is matched on, when the caller derives the command from its own
+    /// input and state (a wallet debit drawing from `*`): the caller's fingerprint of that
+    /// input, so that a retry replays even when the command it would derive now differs.
+    pub input_fingerprint: Option<Hash>,
 }
 
 impl Request {
@@ -117,12 +121,25 @@ impl Request {
             command,
             idempotency_key: None,
             dry_run: false,
+            input_fingerprint: None,
         }
     }
 
     pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Request {
         self.idempotency_key = Some(key.into());
         self
+    }
+
+    /// Matches the idempotency key on `fingerprint` instead of the command (see
+    /// `input_fingerprint`).
+    pub fn with_input_fingerprint(mut self, fingerprint: Hash) -> Request {
+        self.input_fingerprint = Some(fingerprint);
+        self
+    }
+
+    /// The fingerprint an idempotency key is stored with and matched on.
+    pub fn key_fingerprint(&self) -> Hash {
+        self.input_fingerprint.unwrap_or_else(|| self.fingerprint())
     }
 
     /// Checks everything that does not need the ledger's state.

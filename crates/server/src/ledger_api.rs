@@ -768,6 +768,7 @@ fn ledger_request(
         command,
         idempotency_key: key,
         dry_run: dry_run.unwrap_or(false),
+        input_fingerprint: None,
     }
 }
 

@@ -1423,6 +1423,42 @@ pub fn export_import(backend: &dyn Backend) {
         ledgers.write_blocking(other).unwrap_err(),
         LedgerError::IdempotencyKeyConflict("old-key".into())
     );
+    // A caller's input fingerprint: a retry replays whatever command it derives now, and the
+    // key is matched on that fingerprint alone (a different input conflicts).
+    let derived = |amount: i128, fingerprint: u8| {
+        Request::new(
+            "older",
+            Command::CreateTransaction(new_tx(vec![posting("world", "a", amount, "USD")])),
+        )
+        .with_idempotency_key("input-key")
+        .with_input_fingerprint([fingerprint; 32])
+    };
+    assert!(!ledgers.write_blocking(derived(5, 1)).unwrap().idempotency_hit);
+    assert!(ledgers.write_blocking(derived(6, 1)).unwrap().idempotency_hit);
+    assert_eq!(
+        ledgers.write_blocking(derived(5, 2)).unwrap_err(),
+        LedgerError::IdempotencyKeyConflict("input-key".into())
+    );
+    // A key stored with the command's own fingerprint (before its caller sent one) still
+    // replays the same command.
+    let plain = || {
+        let mut request = derived(7, 0);
+        request.idempotency_key = Some("plain-key".into());
+        request.input_fingerprint = None;
+        request
+    };
+    assert!(!ledgers.write_blocking(plain()).unwrap().idempotency_hit);
+    let mut upgraded = plain();
+    upgraded.input_fingerprint = Some([9; 32]);
+    assert!(ledgers.write_blocking(upgraded).unwrap().idempotency_hit);
+    let mut changed = derived(8, 9);
+    changed.idempotency_key = Some("plain-key".into());
+    assert_eq!(
+        ledgers.write_blocking(changed).unwrap_err(),
+        LedgerError::IdempotencyKeyConflict("plain-key".into())
+    );
+    let a = ledgers.find_account("older", "a", true).unwrap().unwrap();
+    assert_eq!(a.volumes["USD"].input, 15, "3 imported, 5 and 7 written once");
     commit(
         &ledgers,
         "dup",

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use coffer_ledger::command::Request;
 use coffer_ledger::command::{Command, NewTransaction, TxBody};
-use coffer_ledger::{Metadata, Timestamp};
+use coffer_ledger::{LedgerError, Metadata, Timestamp};
+use sha2::{Digest, Sha256};
 use serde_json::json;
 
 use crate::balances::{balance_of, is_balance_of};
@@ -146,7 +147,39 @@ impl Wallets {
             }
         }
         self.require_wallet("id", &debit.wallet_id)?;
-        let sources = self.debit_sources(&debit.wallet_id, &debit.sources)?;
+        // A retry under the same key must replay even when the sources it would draw from now
+        // differ (a balance created or expired since): the key is matched on the debit as the
+        // client sent it, not on the script derived from it.
+        let key = idempotency_key.map(|key| (key, debit_fingerprint(debit)));
+        match self.debit_sources(&debit.wallet_id, &debit.sources) {
+            Ok(sources) => Ok(self.debit_with_sources(debit, sources, key)),
+            // It cannot be planned now (its balances expired since, say); made earlier under
+            // this key, it still replays: the ledger answers a known key from its log before
+            // it looks at the script, so any sources serve.
+            Err(err) => match key {
+                Some(key) => {
+                    let placeholder = vec![chart::main_account(&debit.wallet_id)];
+                    let planned = self.debit_with_sources(debit, placeholder, Some(key));
+                    match self.replays(&planned.0)? {
+                        true => Ok(planned),
+                        false => Err(err),
+                    }
+                }
+                None => Err(err),
+            },
+        }
+    }
+
+    /// The request and hold of a debit drawing from `sources`, in order; with an idempotency
+    /// key, matched on the debit's fingerprint.
+    fn debit_with_sources(
+        &self,
+        debit: &Debit,
+        sources: Vec<String>,
+        key: Option<(&str, coffer_ledger::log::Hash)>,
+    ) -> (Request, Option<Hold>) {
+        let idempotency_key = key.map(|(key, _)| key);
+        let destination = debit.destination.clone().unwrap_or_else(Subject::world);
         let mut account_metadata = BTreeMap::new();
         let mut hold = None;
         let target = if debit.pending {
@@ -177,7 +210,24 @@ impl Wallets {
             debit.timestamp,
             account_metadata,
         );
-        Ok((self.request(command, idempotency_key), hold))
+        let mut request = self.request(command, idempotency_key);
+        if let Some((_, fingerprint)) = key {
+            request = request.with_input_fingerprint(fingerprint);
+        }
+        (request, hold)
+    }
+
+    /// Whether `request`'s idempotency key was already used for the same input: a dry run,
+    /// answered from the log when it was.
+    fn replays(&self, request: &Request) -> Result<bool, WalletError> {
+        let mut lookup = request.clone();
+        lookup.dry_run = true;
+        match self.ledgers.write_blocking(lookup) {
+            Ok(response) => Ok(response.idempotency_hit),
+            Err(LedgerError::IdempotencyKeyConflict(_)) => Ok(false),
+            Err(LedgerError::InsufficientFunds { .. }) => Ok(false),
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// The accounts a debit draws from, in order, expired balances left out.
@@ -242,6 +292,56 @@ impl Wallets {
         }
         Ok(live)
     }
+}
+
+/// SHA-256 of a debit as the client sent it: what its idempotency key is matched on. Each
+/// field is written out length-prefixed, so the value changes only if this encoding does.
+fn debit_fingerprint(debit: &Debit) -> coffer_ledger::log::Hash {
+    let mut hasher = Sha256::new();
+    let mut put = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(bytes);
+    };
+    fn subject(put: &mut dyn FnMut(&[u8]), subject: &Subject) {
+        match subject {
+            Subject::Account(address) => {
+                put(b"account");
+                put(address.as_bytes());
+            }
+            Subject::Wallet { id, balance } => {
+                put(b"wallet");
+                put(id.as_bytes());
+                put(balance.as_deref().unwrap_or(MAIN_BALANCE).as_bytes());
+            }
+        }
+    }
+    let put: &mut dyn FnMut(&[u8]) = &mut put;
+    put(b"coffer-wallets-debit-1");
+    put(debit.wallet_id.as_bytes());
+    put(debit.amount.asset.as_bytes());
+    put(debit.amount.amount.to_string().as_bytes());
+    put(if debit.pending { b"1" } else { b"0" });
+    put(debit.metadata.len().to_string().as_bytes());
+    for (key, value) in &debit.metadata {
+        put(key.as_bytes());
+        put(value.as_bytes());
+    }
+    put(debit.description.as_bytes());
+    subject(put, debit.destination.as_ref().unwrap_or(&Subject::world()));
+    match &debit.sources {
+        DebitSources::Main => put(b"main"),
+        DebitSources::All => put(b"*"),
+        DebitSources::Named(names) => {
+            put(b"named");
+            put(names.len().to_string().as_bytes());
+            for name in names {
+                put(name.as_bytes());
+            }
+        }
+    }
+    put(debit.reference.as_deref().unwrap_or("").as_bytes());
+    put(debit.timestamp.map(|t| t.0.to_string()).unwrap_or_default().as_bytes());
+    hasher.finalize().into()
 }
 
 /// Metadata of a hold account (`DebitHold.LedgerMetadata`). JSON values are written as Go's

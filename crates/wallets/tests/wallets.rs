@@ -1099,9 +1099,9 @@ fn zero_amount_hold_is_closed_from_the_start() {
 }
 
 #[test]
-fn wildcard_debit_with_a_key_replays_while_the_sources_are_unchanged() {
-    // Formance v2.2.0 refuses keys on "*" debits; here a retry replays, and only a retry
-    // whose resolved sources changed is refused (never applied twice).
+fn a_debit_retried_under_its_key_replays_though_its_sources_changed() {
+    // The key is matched on the debit as sent, not on the sources "*" resolves to now: a
+    // balance created since does not make the retry a conflict, nor a second debit.
     let f = fixture();
     let wallet = f.wallet("w");
     f.balance(&wallet, "b", None, 0);
@@ -1117,8 +1117,56 @@ fn wildcard_debit_with_a_key_replays_while_the_sources_are_unchanged() {
         Some(Timestamp(Timestamp::now().0 + MINUTE_MICROS)),
         0,
     );
-    check_validation(f.wallets.debit(&request, Some("star")), "Idempotency-Key");
-    assert_eq!((f.usd_in(&wallet, "b"), f.usd_in(&wallet, "main")), (0, 5));
+    f.credit(&wallet, Some("c"), 4);
+    f.wallets.debit(&request, Some("star")).unwrap();
+    assert_eq!(
+        (f.usd_in(&wallet, "b"), f.usd_in(&wallet, "c"), f.usd_in(&wallet, "main")),
+        (0, 4, 5)
+    );
+    // The same key with another input is still refused.
+    let other = debit(&wallet, 1, DebitSources::All);
+    check_validation(f.wallets.debit(&other, Some("star")), "Idempotency-Key");
+    assert_eq!(f.usd_in(&wallet, "main"), 5);
+}
+
+#[test]
+fn a_debit_retried_after_its_balance_expired_replays() {
+    // The retry can no longer be planned (nothing left to draw from), yet it was made.
+    let f = fixture();
+    let wallet = f.wallet("w");
+    let expires_at = Timestamp(Timestamp::now().0 + 1_500_000);
+    f.balance(&wallet, "soon", Some(expires_at), 0);
+    f.credit(&wallet, Some("soon"), 10);
+    let pending = Debit {
+        pending: true,
+        ..debit(&wallet, 4, DebitSources::Named(vec!["soon".into()]))
+    };
+    let first = f.wallets.debit(&pending, Some("hold-key")).unwrap().unwrap();
+    while Timestamp::now() <= expires_at {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Without the key the same debit is refused now.
+    assert!(matches!(
+        f.wallets.debit(&pending, None),
+        Err(WalletError::InsufficientFund)
+    ));
+    let retried = f.wallets.debit(&pending, Some("hold-key")).unwrap().unwrap();
+    assert_eq!(retried, first);
+    assert_eq!(f.usd_in(&wallet, "soon"), 6);
+    // A new key, or the key with another input, gets the refusal a new debit gets.
+    assert!(matches!(
+        f.wallets.debit(&pending, Some("new-key")),
+        Err(WalletError::InsufficientFund)
+    ));
+    let other = Debit {
+        pending: true,
+        ..debit(&wallet, 5, DebitSources::Named(vec!["soon".into()]))
+    };
+    assert!(matches!(
+        f.wallets.debit(&other, Some("hold-key")),
+        Err(WalletError::InsufficientFund)
+    ));
+    assert_eq!(f.usd_in(&wallet, "soon"), 6);
 }
 
 #[test]
