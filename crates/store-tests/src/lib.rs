@@ -1433,8 +1433,18 @@ pub fn export_import(backend: &dyn Backend) {
         .with_idempotency_key("input-key")
         .with_input_fingerprint([fingerprint; 32])
     };
-    assert!(!ledgers.write_blocking(derived(5, 1)).unwrap().idempotency_hit);
-    assert!(ledgers.write_blocking(derived(6, 1)).unwrap().idempotency_hit);
+    assert!(
+        !ledgers
+            .write_blocking(derived(5, 1))
+            .unwrap()
+            .idempotency_hit
+    );
+    assert!(
+        ledgers
+            .write_blocking(derived(6, 1))
+            .unwrap()
+            .idempotency_hit
+    );
     assert_eq!(
         ledgers.write_blocking(derived(5, 2)).unwrap_err(),
         LedgerError::IdempotencyKeyConflict("input-key".into())
@@ -1458,7 +1468,10 @@ pub fn export_import(backend: &dyn Backend) {
         LedgerError::IdempotencyKeyConflict("plain-key".into())
     );
     let a = ledgers.find_account("older", "a", true).unwrap().unwrap();
-    assert_eq!(a.volumes["USD"].input, 15, "3 imported, 5 and 7 written once");
+    assert_eq!(
+        a.volumes["USD"].input, 15,
+        "3 imported, 5 and 7 written once"
+    );
     commit(
         &ledgers,
         "dup",

@@ -65,6 +65,8 @@ impl Wallets {
             priority: request.priority,
         };
         let address = chart::balance_account(wallet_id, &request.name);
+        // The name check and the cap count hold until the write is durable.
+        let _turn = self.turn("wallet", wallet_id);
         if let Some(replayed) = self.replay_balance(&address, &balance, idempotency_key)? {
             return Ok(replayed);
         }

@@ -111,7 +111,7 @@ impl Wallets {
         request: &ConfirmHold,
         idempotency_key: Option<&str>,
     ) -> Result<(), WalletError> {
-        let _turn = self.hold_turn(id);
+        let _turn = self.turn("hold", id);
         let account = self.hold_account(id)?;
         let hold = expanded_hold_of(&account);
         let amount = match request.amount {
@@ -157,7 +157,7 @@ impl Wallets {
 
     /// Returns what a hold still has to the balances it was taken from.
     pub fn void_hold(&self, id: &str, idempotency_key: Option<&str>) -> Result<(), WalletError> {
-        let _turn = self.hold_turn(id);
+        let _turn = self.turn("hold", id);
         let account = self.hold_account(id)?;
         let hold = expanded_hold_of(&account);
         let address = chart::hold_account(id);

@@ -61,13 +61,15 @@ pub struct Wallets {
     /// Wallets seen to exist. A wallet is never deleted, so debits and credits of a known
     /// wallet skip the lookup (bounded: forgotten entries are just looked up again).
     known_wallets: parking_lot::Mutex<lru::LruCache<String, ()>>,
-    /// Confirms and voids of one hold take turns (a stripe per hash of its id): each reads the
-    /// hold, then writes a script that sends what is left, which another one may just have sent.
-    hold_locks: Vec<parking_lot::Mutex<()>>,
+    /// Writes that read, then write what they read allows, take turns per object (a stripe
+    /// per hash of it): a hold's confirms and voids (each sends what the hold has left, which
+    /// another may just have sent), a wallet's balance creations (each checks the name is free
+    /// and the wallet under its cap).
+    turns: Vec<parking_lot::Mutex<()>>,
 }
 
-/// Stripes of `Wallets::hold_locks`.
-const HOLD_LOCKS: usize = 64;
+/// Stripes of `Wallets::turns`.
+const TURN_STRIPES: usize = 64;
 
 /// Wallet ids remembered as existing.
 pub const KNOWN_WALLETS_MAX: usize = 100_000;
@@ -96,7 +98,7 @@ impl Wallets {
             known_wallets: parking_lot::Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(KNOWN_WALLETS_MAX).expect("non-zero"),
             )),
-            hold_locks: (0..HOLD_LOCKS)
+            turns: (0..TURN_STRIPES)
                 .map(|_| parking_lot::Mutex::new(()))
                 .collect(),
         })
@@ -118,12 +120,13 @@ impl Wallets {
         request
     }
 
-    /// The turn of a hold's confirms and voids in this process (see `hold_locks`).
-    fn hold_turn(&self, id: &str) -> parking_lot::MutexGuard<'_, ()> {
+    /// The turn of writes to one object in this process (see `turns`); `kind` keeps a hold's
+    /// and a wallet's stripes apart. Never held while taking another.
+    fn turn(&self, kind: &str, id: &str) -> parking_lot::MutexGuard<'_, ()> {
         use std::hash::{BuildHasher, BuildHasherDefault};
-        let hash =
-            BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(id);
-        self.hold_locks[hash as usize % HOLD_LOCKS].lock()
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one((kind, id));
+        self.turns[hash as usize % TURN_STRIPES].lock()
     }
 
     fn write(&self, command: Command, key: Option<&str>) -> Result<Response, WalletError> {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use coffer_ledger::command::Request;
 use coffer_ledger::command::{Command, NewTransaction, TxBody};
 use coffer_ledger::{LedgerError, Metadata, Timestamp};
-use sha2::{Digest, Sha256};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use crate::balances::{balance_of, is_balance_of};
 use crate::chart::{self, *};
@@ -340,7 +340,11 @@ fn debit_fingerprint(debit: &Debit) -> coffer_ledger::log::Hash {
         }
     }
     put(debit.reference.as_deref().unwrap_or("").as_bytes());
-    put(debit.timestamp.map(|t| t.0.to_string()).unwrap_or_default().as_bytes());
+    put(debit
+        .timestamp
+        .map(|t| t.0.to_string())
+        .unwrap_or_default()
+        .as_bytes());
     hasher.finalize().into()
 }
 

@@ -1120,7 +1120,11 @@ fn a_debit_retried_under_its_key_replays_though_its_sources_changed() {
     f.credit(&wallet, Some("c"), 4);
     f.wallets.debit(&request, Some("star")).unwrap();
     assert_eq!(
-        (f.usd_in(&wallet, "b"), f.usd_in(&wallet, "c"), f.usd_in(&wallet, "main")),
+        (
+            f.usd_in(&wallet, "b"),
+            f.usd_in(&wallet, "c"),
+            f.usd_in(&wallet, "main")
+        ),
         (0, 4, 5)
     );
     // The same key with another input is still refused.
@@ -1141,7 +1145,11 @@ fn a_debit_retried_after_its_balance_expired_replays() {
         pending: true,
         ..debit(&wallet, 4, DebitSources::Named(vec!["soon".into()]))
     };
-    let first = f.wallets.debit(&pending, Some("hold-key")).unwrap().unwrap();
+    let first = f
+        .wallets
+        .debit(&pending, Some("hold-key"))
+        .unwrap()
+        .unwrap();
     while Timestamp::now() <= expires_at {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -1150,7 +1158,11 @@ fn a_debit_retried_after_its_balance_expired_replays() {
         f.wallets.debit(&pending, None),
         Err(WalletError::InsufficientFund)
     ));
-    let retried = f.wallets.debit(&pending, Some("hold-key")).unwrap().unwrap();
+    let retried = f
+        .wallets
+        .debit(&pending, Some("hold-key"))
+        .unwrap()
+        .unwrap();
     assert_eq!(retried, first);
     assert_eq!(f.usd_in(&wallet, "soon"), 6);
     // A new key, or the key with another input, gets the refusal a new debit gets.
@@ -1196,4 +1208,74 @@ fn a_cursor_keeps_expand_balances() {
         .list_wallets(&ListWallets::default(), &page(1))
         .unwrap();
     assert!(plain.data[0].main_assets.is_empty());
+}
+
+#[test]
+fn balance_creations_racing_on_one_wallet_keep_its_cap_and_each_name_once() {
+    let f = fixture();
+    let wallet = f.wallet("w");
+    let create = |name: String, priority: i64| {
+        let request = CreateBalance {
+            name,
+            expires_at: None,
+            priority,
+        };
+        f.wallets.create_balance(&wallet.id, &request, None)
+    };
+    // One name, eight racers with different settings: one is created, the rest refused,
+    // and what is stored is the one that was answered as created.
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..8)
+            .map(|priority| scope.spawn(move || create("coupon".into(), priority)))
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let created: Vec<&Balance> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(created.len(), 1, "{results:?}");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        check_validation::<()>(Err(refused.clone()), "already exists");
+    }
+    let stored = f.wallets.get_balance(&wallet.id, "coupon").unwrap();
+    assert_eq!(&stored.balance, created[0]);
+    // Up to the cap less two ("main" and "coupon" count), then sixteen racers for the last
+    // two places.
+    let filler = BALANCES_PER_WALLET_MAX - 4;
+    std::thread::scope(|scope| {
+        for part in 0..8 {
+            let create = &create;
+            scope.spawn(move || {
+                for index in (part..filler).step_by(8) {
+                    create(format!("filler{index}"), 0).unwrap();
+                }
+            });
+        }
+    });
+    let last: Vec<_> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..16)
+            .map(|index| {
+                let create = &create;
+                scope.spawn(move || create(format!("last{index}"), 0))
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let won = last.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 2, "{last:?}");
+    for refused in last.iter().filter_map(|r| r.as_ref().err()) {
+        check_validation::<()>(Err(refused.clone()), "at most");
+    }
+    let mut stored = 0;
+    let mut request = page(100);
+    loop {
+        let listed = f
+            .wallets
+            .list_balances(&wallet.id, &Metadata::new(), &request)
+            .unwrap();
+        stored += listed.data.len();
+        match listed.next {
+            Some(next) if listed.has_more => request.cursor = Some(next),
+            _ => break,
+        }
+    }
+    assert_eq!(stored, BALANCES_PER_WALLET_MAX);
 }
