@@ -103,6 +103,8 @@ pub struct AtomicOutcome {
 }
 
 /// What the writer thread receives.
+// Writes are nearly all messages: boxing them would allocate once more per request.
+#[allow(clippy::large_enum_variant)]
 enum Message {
     Write(Job),
     Atomic(AtomicJob),
