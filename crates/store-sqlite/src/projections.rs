@@ -9,6 +9,7 @@
 
 use hashbrown::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -335,6 +336,9 @@ pub struct Flusher {
     sender: Option<SyncSender<Message>>,
     /// Rows handed over and not yet taken by the flusher (see `FLUSH_QUEUED_ROWS_MAX`).
     queued_rows: Arc<(Mutex<usize>, Condvar)>,
+    /// A reader's kick is in the queue: at most one is, so readers never fill the queue the
+    /// writer hands over through.
+    kicked: Arc<AtomicBool>,
     shared: Arc<(Mutex<FlushState>, Condvar)>,
     thread: Option<JoinHandle<()>>,
 }
@@ -344,6 +348,7 @@ pub struct Ticket {
     shared: Arc<(Mutex<FlushState>, Condvar)>,
     generation: u64,
     kick: Option<SyncSender<Message>>,
+    kicked: Arc<AtomicBool>,
 }
 
 impl Ticket {
@@ -351,8 +356,7 @@ impl Ticket {
         let (lock, condvar) = &*self.shared;
         if lock.lock().flushed < self.generation {
             if let Some(kick) = &self.kick {
-                // A full queue means the flusher has plenty to write already.
-                let _ = kick.try_send(Message::Kick);
+                kick_once(kick, &self.kicked);
             }
         }
         let mut state = lock.lock();
@@ -369,6 +373,14 @@ impl Ticket {
     }
 }
 
+/// Asks the flusher to write now, unless a kick is already queued. A full queue means the
+/// flusher has plenty to write already.
+fn kick_once(kick: &SyncSender<Message>, kicked: &AtomicBool) {
+    if !kicked.swap(true, Ordering::AcqRel) && kick.try_send(Message::Kick).is_err() {
+        kicked.store(false, Ordering::Release);
+    }
+}
+
 impl Flusher {
     /// `durable`: projections are written only once the transactions they come from are.
     pub fn start(
@@ -382,6 +394,8 @@ impl Flusher {
         let (sender, receiver) = sync_channel(FLUSH_QUEUE_MAX);
         let shared = Arc::new((Mutex::new(FlushState::default()), Condvar::new()));
         let queued_rows = Arc::new((Mutex::new(0), Condvar::new()));
+        let kicked = Arc::new(AtomicBool::new(false));
+        let thread_kicked = kicked.clone();
         let thread_shared = shared.clone();
         let thread_queued_rows = queued_rows.clone();
         let thread = std::thread::Builder::new()
@@ -390,6 +404,7 @@ impl Flusher {
                 let queue = Queue {
                     receiver,
                     queued_rows: thread_queued_rows,
+                    kicked: thread_kicked,
                 };
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     flusher_loop(conn, queue, thread_shared, catch_up, durable)
@@ -407,6 +422,7 @@ impl Flusher {
         Ok(Flusher {
             sender: Some(sender),
             queued_rows,
+            kicked,
             shared,
             thread: Some(thread),
         })
@@ -449,6 +465,7 @@ impl Flusher {
             shared: self.shared.clone(),
             generation,
             kick: self.sender.clone(),
+            kicked: self.kicked.clone(),
         }
     }
 
@@ -474,6 +491,7 @@ impl Drop for Flusher {
 struct Queue {
     receiver: Receiver<Message>,
     queued_rows: Arc<(Mutex<usize>, Condvar)>,
+    kicked: Arc<AtomicBool>,
 }
 
 impl Queue {
@@ -539,6 +557,8 @@ fn flusher_loop(
                     }
                 }
                 Ok(Message::Kick) => {
+                    // Taken out: the next reader that waits may kick again.
+                    queue.kicked.store(false, Ordering::Release);
                     reader_waited = Some(Instant::now());
                     if gathered.is_some() {
                         break;
@@ -1031,4 +1051,24 @@ pub fn recover_legacy(conn: &Connection) -> StoreResult<u64> {
         }
     }
     Ok(replayed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readers_queue_one_kick_at_most() {
+        let (sender, receiver) = sync_channel(FLUSH_QUEUE_MAX);
+        let kicked = AtomicBool::new(false);
+        for _ in 0..FLUSH_QUEUE_MAX + 3 {
+            kick_once(&sender, &kicked);
+        }
+        assert!(matches!(receiver.try_recv(), Ok(Message::Kick)));
+        assert!(receiver.try_recv().is_err(), "one kick queued");
+        // Once the flusher takes it, the next reader kicks again.
+        kicked.store(false, Ordering::Release);
+        kick_once(&sender, &kicked);
+        assert!(matches!(receiver.try_recv(), Ok(Message::Kick)));
+    }
 }
