@@ -689,3 +689,122 @@ def test_nul_characters_are_refused(sdk, ledger, http):
     count = sdk.ledger.v2.count_transactions(request={"ledger": ledger, "request_body": {}})
     assert header(count, "Count") == "0"
     assert fund(sdk, ledger, "users:nul", 1).id == 1
+
+
+def test_logs_filtered_by_type_id_and_date(sdk, ledger, http):
+    tx = fund(sdk, ledger, "users:lf", 10)
+    sdk.ledger.v2.add_metadata_on_transaction(
+        request={"ledger": ledger, "id": tx.id, "request_body": {"k": "v"}}
+    )
+    fund(sdk, ledger, "users:lf", 5)
+    url = f"/api/ledger/v2/{ledger}/logs"
+
+    def types(query):
+        res = http.get(url, params={"query": json.dumps(query)})
+        assert res.status_code == 200, res.text
+        return [log["type"] for log in res.json()["cursor"]["data"]]
+
+    assert types({"$match": {"type": "NEW_TRANSACTION"}}) == ["NEW_TRANSACTION"] * 2
+    assert types({"$match": {"type": "SET_METADATA"}}) == ["SET_METADATA"]
+    assert types({"$lte": {"id": 1}}) == ["NEW_TRANSACTION"]
+    assert types({"$gte": {"date": "2000-01-01T00:00:00Z"}}) == [
+        "NEW_TRANSACTION",
+        "SET_METADATA",
+        "NEW_TRANSACTION",
+    ]
+    res = http.get(url, params={"query": json.dumps({"$match": {"metadata[k]": "v"}})})
+    assert (res.status_code, res.json()["errorCode"]) == (400, "VALIDATION")
+
+
+def test_transactions_in_effective_order_page_to_the_end(sdk, ledger):
+    # Timestamps out of id order, so that the effective order differs from the ids'.
+    for day in [5, 1, 4, 2, 3]:
+        fund(sdk, ledger, "users:eo", day, timestamp=f"2024-01-0{day}T00:00:00Z")
+    seen = []
+    res = sdk.ledger.v2.list_transactions(
+        request={"ledger": ledger, "page_size": 2, "order": "effective", "request_body": {}}
+    )
+    while True:
+        cursor = res.v2_transactions_cursor_response.cursor
+        seen += [tx.postings[0].amount for tx in cursor.data]
+        if not cursor.has_more:
+            break
+        # As the SDKs do: the cursor alone.
+        res = sdk.ledger.v2.list_transactions(
+            request={"ledger": ledger, "cursor": cursor.next, "request_body": {}}
+        )
+    assert seen == [5, 4, 3, 2, 1]
+
+
+def test_bulk_metadata_targets_what_target_type_names(sdk, ledger, http):
+    tx = fund(sdk, ledger, "users:bt", 1)
+    url = f"/api/ledger/v2/{ledger}/_bulk"
+
+    def add(target_type, target_id):
+        element = {
+            "action": "ADD_METADATA",
+            "data": {"targetType": target_type, "targetId": target_id, "metadata": {"k": "v"}},
+        }
+        return http.post(url, json=[element])
+
+    assert add("TRANSACTION", tx.id).status_code == 200
+    got = sdk.ledger.v2.get_transaction(request={"ledger": ledger, "id": tx.id})
+    assert got.v2_get_transaction_response.data.metadata == {"k": "v"}
+    assert add("ACCOUNT", "users:bt").status_code == 200
+    for target_type, target_id in [("ACCOUNT", tx.id), ("TRANSACTION", str(tx.id)), ("BOGUS", 1), (None, 1)]:
+        res = add(target_type, target_id)
+        assert res.status_code == 400, (target_type, target_id, res.text)
+        assert res.json()["data"][0]["errorCode"] == "VALIDATION"
+    # Nothing landed on an account named after the id.
+    res = http.get(f"/api/ledger/v2/{ledger}/accounts/{tx.id}")
+    assert res.status_code == 404
+
+
+def test_an_unknown_ledger_is_not_found(http):
+    res = http.get(f"/api/ledger/v2/{unique('missing')}")
+    assert (res.status_code, res.json()["errorCode"]) == (404, "NOT_FOUND")
+
+
+def test_atomic_bulk_refuses_parallel(sdk, ledger, http):
+    res = http.post(
+        f"/api/ledger/v2/{ledger}/_bulk",
+        params={"atomic": "true", "parallel": "true"},
+        json=[bulk_transfer("world", "users:par", 1)],
+    )
+    assert (res.status_code, res.json()["errorCode"]) == (412, "VALIDATION")
+    count = sdk.ledger.v2.count_transactions(request={"ledger": ledger, "request_body": {}})
+    assert header(count, "Count") == "0"
+
+
+def test_ledgers_sorted_by_id_and_name_both_ways(sdk, http):
+    prefix = unique("sorted")
+    names = [f"{prefix}-{suffix}" for suffix in ["b", "c", "a"]]
+    for name in names:
+        sdk.ledger.v2.create_ledger(request={"ledger": name, "v2_create_ledger_request": {}})
+
+    def listed(sort):
+        out, cursor = [], None
+        while True:
+            # Pages of two through every ledger of the server; ours are picked out.
+            params = {"cursor": cursor} if cursor else {"sort": sort, "pageSize": 2}
+            res = http.get("/api/ledger/v2", params=params)
+            assert res.status_code == 200, res.text
+            page = res.json()["cursor"]
+            out += [l["name"] for l in page["data"] if l["name"].startswith(prefix)]
+            if not page["hasMore"]:
+                return out
+            cursor = page["next"]
+
+    assert listed("id:asc") == names
+    assert listed("id:desc") == names[::-1]
+    assert listed("name:desc") == sorted(names, reverse=True)
+    assert listed("name:asc") == sorted(names)
+
+
+def test_reads_by_insertion_date_are_refused_not_ignored(ledger, http):
+    base = f"/api/ledger/v2/{ledger}"
+    res = http.get(f"{base}/aggregate/balances", params={"pit": "2030-01-01T00:00:00Z", "useInsertionDate": "true"})
+    assert (res.status_code, res.json()["errorCode"]) == (400, "VALIDATION")
+    res = http.get(f"{base}/volumes", params={"endTime": "2030-01-01T00:00:00Z", "insertionDate": "true"})
+    assert (res.status_code, res.json()["errorCode"]) == (400, "VALIDATION")
+    assert http.get(f"{base}/aggregate/balances", params={"useInsertionDate": "true"}).status_code == 200

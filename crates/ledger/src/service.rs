@@ -103,7 +103,16 @@ pub struct VolumesQuery {
 pub struct LedgersQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
+    /// Order by id (creation order) instead of name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_id: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub descending: bool,
 }
+
+/// Ledgers read at most for a page in another order than by ascending name (read whole, then
+/// cut: ledgers are few).
+pub const LEDGERS_SORTED_MAX: u32 = 10_000;
 
 #[derive(Serialize, Deserialize)]
 struct CursorState {
@@ -159,7 +168,8 @@ fn paginate<Q, T>(
     ledger: &str,
     query: Q,
     page: &PageRequest,
-    key_of: impl Fn(&T) -> Value,
+    // The query is the one the cursor carries, not the request's (which a cursor overrides).
+    key_of: impl Fn(&Q, &T) -> Value,
     fetch: impl Fn(&Q, bool, Option<&Value>, u32) -> Result<Vec<T>, LedgerError>,
 ) -> Result<Page<T>, LedgerError>
 where
@@ -196,12 +206,12 @@ where
         (more_in_direction, key.is_some())
     };
     let next = match rows.last() {
-        Some(last) if has_more => Some(cursor(key_of(last), false)),
+        Some(last) if has_more => Some(cursor(key_of(&query, last), false)),
         None if has_more => key.clone().map(|k| cursor(k, false)),
         _ => None,
     };
     let previous = match rows.first() {
-        Some(first) if has_previous => Some(cursor(key_of(first), true)),
+        Some(first) if has_previous => Some(cursor(key_of(&query, first), true)),
         _ => None,
     };
     Ok(Page {
@@ -360,25 +370,55 @@ impl Ledgers {
             "",
             query,
             page,
-            |info: &LedgerInfo| Value::String(info.name.clone()),
+            |query: &LedgersQuery, info: &LedgerInfo| match query.by_id {
+                true => Value::from(info.id),
+                false => Value::String(info.name.clone()),
+            },
             |query, backward, key, limit| {
-                if backward {
-                    // Names ascend; a backward page is rare enough to read forward and cut.
-                    let filter = parse_filter(Resource::Ledgers, &query.filter)?;
-                    let all = self.reader().list_ledgers(filter.as_ref(), None, 10_000)?;
-                    let before = key_text(key)?;
-                    let mut rows: Vec<LedgerInfo> = all
-                        .into_iter()
-                        .filter(|l| before.as_deref().is_none_or(|b| l.name.as_str() < b))
-                        .collect();
-                    rows.reverse();
-                    rows.truncate(limit as usize);
-                    return Ok(rows);
-                }
                 let filter = parse_filter(Resource::Ledgers, &query.filter)?;
-                Ok(self
-                    .reader()
-                    .list_ledgers(filter.as_ref(), key_text(key)?.as_deref(), limit)?)
+                if !backward && !query.by_id && !query.descending {
+                    return Ok(self.reader().list_ledgers(
+                        filter.as_ref(),
+                        key_text(key)?.as_deref(),
+                        limit,
+                    )?);
+                }
+                let mut all =
+                    self.reader()
+                        .list_ledgers(filter.as_ref(), None, LEDGERS_SORTED_MAX)?;
+                if query.by_id {
+                    all.sort_by_key(|l| l.id);
+                }
+                // Rows in the page's direction: the order asked, reversed for a backward page.
+                if query.descending != backward {
+                    all.reverse();
+                }
+                let ahead = |l: &LedgerInfo| -> Result<bool, LedgerError> {
+                    let ordering = match query.by_id {
+                        true => match key_int(key)? {
+                            None => return Ok(true),
+                            Some(after) => l.id.cmp(&after),
+                        },
+                        false => match key_text(key)? {
+                            None => return Ok(true),
+                            Some(after) => l.name.as_str().cmp(after.as_str()),
+                        },
+                    };
+                    Ok(match query.descending != backward {
+                        false => ordering.is_gt(),
+                        true => ordering.is_lt(),
+                    })
+                };
+                let mut rows = Vec::new();
+                for ledger in all {
+                    if rows.len() == limit as usize {
+                        break;
+                    }
+                    if ahead(&ledger)? {
+                        rows.push(ledger);
+                    }
+                }
+                Ok(rows)
             },
         )
     }
@@ -422,14 +462,13 @@ impl Ledgers {
             self.sync_transactions()?;
         }
         parse_filter(Resource::Transactions, &query.filter)?;
-        let effective = query.effective_order;
         paginate(
             "transactions",
             ledger,
             query,
             page,
-            move |tx: &Transaction| {
-                if effective {
+            |query: &TransactionsQuery, tx: &Transaction| {
+                if query.effective_order {
                     serde_json::json!([tx.timestamp.micros(), tx.id])
                 } else {
                     Value::from(tx.id)
@@ -553,7 +592,7 @@ impl Ledgers {
             ledger,
             query,
             page,
-            |account: &Account| Value::String(account.address.clone()),
+            |_: &_, account: &Account| Value::String(account.address.clone()),
             |query, backward, key, limit| {
                 let filter = parse_filter(Resource::Accounts, &query.filter)?;
                 let base = if query.descending {
@@ -617,7 +656,7 @@ impl Ledgers {
             ledger,
             query,
             page,
-            |row: &VolumeRow| serde_json::json!([row.address, row.asset]),
+            |_: &_, row: &VolumeRow| serde_json::json!([row.address, row.asset]),
             |query, backward, key, limit| {
                 let filter = parse_filter(Resource::Volumes, &query.filter)?;
                 let after = match key {
@@ -670,7 +709,7 @@ impl Ledgers {
             ledger,
             query,
             page,
-            |log: &Log| Value::from(log.id),
+            |_: &_, log: &Log| Value::from(log.id),
             |query, backward, key, limit| {
                 let filter = parse_filter(Resource::Logs, &query.filter)?;
                 let base = if query.ascending {
@@ -748,7 +787,7 @@ mod tests {
                 page_size: Some(3),
                 cursor: None,
             },
-            |r: &i64| Value::from(*r),
+            |_: &_, r: &i64| Value::from(*r),
             fetch,
         )
         .unwrap();
@@ -764,7 +803,7 @@ mod tests {
                 page_size: None,
                 cursor: first.next.clone(),
             },
-            |r: &i64| Value::from(*r),
+            |_: &_, r: &i64| Value::from(*r),
             fetch,
         )
         .unwrap();
@@ -784,7 +823,7 @@ mod tests {
                 page_size: None,
                 cursor: second.next.clone(),
             },
-            |r: &i64| Value::from(*r),
+            |_: &_, r: &i64| Value::from(*r),
             fetch,
         )
         .unwrap();
@@ -800,7 +839,7 @@ mod tests {
                 page_size: None,
                 cursor: third.previous.clone(),
             },
-            |r: &i64| Value::from(*r),
+            |_: &_, r: &i64| Value::from(*r),
             fetch,
         )
         .unwrap();
@@ -813,7 +852,7 @@ mod tests {
                 page_size: None,
                 cursor: back.previous.clone(),
             },
-            |r: &i64| Value::from(*r),
+            |_: &_, r: &i64| Value::from(*r),
             fetch,
         )
         .unwrap();

@@ -166,11 +166,12 @@ fn compile_condition(
         Volumes => "v",
         Ledgers => "g",
     };
-    let metadata_column = match resource {
-        Transactions => "t.metadata",
-        Accounts | Volumes => "a.metadata",
-        Ledgers => "g.metadata",
-        Logs => return Err(unsupported()),
+    // Logs carry no metadata: asked only by metadata conditions, which logs never parse to.
+    let metadata_column = || match resource {
+        Transactions => Ok("t.metadata"),
+        Accounts | Volumes => Ok("a.metadata"),
+        Ledgers => Ok("g.metadata"),
+        Logs => Err(unsupported()),
     };
     Ok(match condition {
         Condition::Id(op, value) => match resource {
@@ -202,7 +203,11 @@ fn compile_condition(
             format!("{column} {} {}", op.sql(), params.int(timestamp.micros()))
         }
         Condition::Reverted(true) => match context.pit {
-            Some(pit) => format!("t.reverted_at <= {}", params.int(pit.micros())),
+            // Spelled out so that `$not` of it keeps the transactions never reverted.
+            Some(pit) => format!(
+                "(t.reverted_at IS NOT NULL AND t.reverted_at <= {})",
+                params.int(pit.micros())
+            ),
             None => "t.reverted_at IS NOT NULL".to_string(),
         },
         Condition::Reverted(false) => match context.pit {
@@ -251,11 +256,11 @@ fn compile_condition(
         Condition::MetadataEq { key, value } => {
             let key = params.text(key.clone());
             let value = params.text(value.clone());
-            dialect.metadata_eq(metadata_column, &key, &value)
+            dialect.metadata_eq(metadata_column()?, &key, &value)
         }
         Condition::MetadataExists(key) => {
             let key = params.text(key.clone());
-            dialect.metadata_has(metadata_column, &key)
+            dialect.metadata_has(metadata_column()?, &key)
         }
         Condition::Name(name) if resource == Ledgers => {
             format!("g.name = {}", params.text(name.clone()))

@@ -535,14 +535,16 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
             None => format!(
                 "SELECT v.asset, {} FROM volumes v JOIN accounts a ON a.ledger_id = v.ledger_id AND a.address = v.address \
                  WHERE {accounts} GROUP BY v.asset ORDER BY v.asset",
-                d.amount_out(&d.sub(&d.sum("v.input"), &d.sum("v.output")))
+                // Each row's balance, then their sum: sums of inputs and of outputs apart may
+                // pass the largest amount when the balances' sum does not.
+                d.amount_out(&d.sum(&d.sub("v.input", "v.output")))
             ),
             Some(pit) => {
                 let pit = params.int(pit.micros());
                 format!(
                     "SELECT m.asset, {} FROM moves m JOIN accounts a ON a.ledger_id = m.ledger_id AND a.address = m.address \
                      WHERE {accounts} AND m.timestamp <= {pit} GROUP BY m.asset ORDER BY m.asset",
-                    d.amount_out(&d.sub(&d.sum("m.input_delta"), &d.sum("m.output_delta")))
+                    d.amount_out(&d.sum(&d.sub("m.input_delta", "m.output_delta")))
                 )
             }
         };
@@ -565,7 +567,8 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
                 bounds.push_str(&format!(" AND timestamp <= {}", params.int(end.micros())));
             }
             if let Some(start) = query.start_time {
-                bounds.push_str(&format!(" AND timestamp > {}", params.int(start.micros())));
+                // Inclusive, as in Formance (`effective_date >= startTime`).
+                bounds.push_str(&format!(" AND timestamp >= {}", params.int(start.micros())));
             }
             format!(
                 "SELECT ledger_id, address, asset, {} AS input, {} AS output FROM moves WHERE ledger_id = {ledger}{bounds} \

@@ -615,14 +615,19 @@ impl<'r> TxCursor<'r> {
 
 /// A sum of 128-bit amounts that cannot overflow: `low` wraps, `wraps` counts how often (up
 /// for a positive overflow, down for a negative one), so the sum is `wraps * 2^128 + low`.
-#[derive(Default)]
-struct WideSum {
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WideSum {
     low: Amount,
     wraps: i64,
 }
 
 impl WideSum {
-    fn add(&mut self, amount: Amount) {
+    /// The sum, when it is an amount.
+    pub fn total(&self) -> Option<Amount> {
+        (self.wraps == 0).then_some(self.low)
+    }
+
+    pub fn add(&mut self, amount: Amount) {
         let (low, overflowed) = self.low.overflowing_add(amount);
         self.low = low;
         if overflowed {

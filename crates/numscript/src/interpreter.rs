@@ -1094,10 +1094,8 @@ impl<'a> Interpreter<'a, '_> {
             // Save all: a positive balance becomes 0, a negative one stays.
             None => current.min(0),
             // As upstream: reduce by the amount, never below 0.
-            Some(amount) => current
-                .checked_sub(amount)
-                .ok_or_else(|| overflow("save"))?
-                .max(0),
+            // Below the smallest amount is below 0 as well.
+            Some(amount) => current.checked_sub(amount).map_or(0, |left| left.max(0)),
         };
         self.entry(&key).amount = saved;
         Ok(())
@@ -1256,11 +1254,16 @@ impl<'a> Interpreter<'a, '_> {
             (Some(overdraft), amount) => {
                 assert!(overdraft >= 0);
                 let balance = self.balance(&key)?;
-                let available = balance
-                    .checked_add(overdraft)
-                    .ok_or_else(|| overflow("overdraft"))?
-                    .max(0);
-                amount.map_or(available, |amount| available.min(amount))
+                match (balance.checked_add(overdraft), amount) {
+                    (Some(available), amount) => {
+                        let available = available.max(0);
+                        amount.map_or(available, |amount| available.min(amount))
+                    }
+                    // More than the largest amount is available: any amount can be taken, but
+                    // not all of it.
+                    (None, Some(amount)) => amount,
+                    (None, None) => return Err(overflow("overdraft")),
+                }
             }
         };
         assert!(taken >= 0);

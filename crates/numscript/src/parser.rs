@@ -733,6 +733,28 @@ impl<'s> Parser<'s> {
         result.map(|()| left)
     }
 
+    /// A monetary literal after its `[`.
+    fn monetary_rest(&mut self, open: Span) -> PResult<Expr> {
+        let asset = self.operand()?;
+        if self.at(TokenKind::Star) {
+            let span = self.current().span;
+            self.push(
+                span,
+                "`[ASSET *]` (send all) is only allowed as the value of `send` or `save`".into(),
+            );
+            return Err(Fail);
+        }
+        let amount = self.expr()?;
+        let close = self.expect(TokenKind::RBracket, "to close the monetary literal")?;
+        Ok(Expr {
+            kind: ExprKind::Monetary {
+                asset: Box::new(asset),
+                amount: Box::new(amount),
+            },
+            span: open.to(close.span),
+        })
+    }
+
     fn unary(&mut self) -> PResult<Expr> {
         if self.at(TokenKind::Minus) {
             let minus = self.bump();
@@ -814,25 +836,12 @@ impl<'s> Parser<'s> {
             }
             TokenKind::LBracket => {
                 self.bump();
-                let asset = self.operand()?;
-                if self.at(TokenKind::Star) {
-                    let span = self.current().span;
-                    self.push(
-                        span,
-                        "`[ASSET *]` (send all) is only allowed as the value of `send` or `save`"
-                            .into(),
-                    );
-                    return Err(Fail);
-                }
-                let amount = self.expr()?;
-                let close = self.expect(TokenKind::RBracket, "to close the monetary literal")?;
-                return Ok(Expr {
-                    kind: ExprKind::Monetary {
-                        asset: Box::new(asset),
-                        amount: Box::new(amount),
-                    },
-                    span: token.span.to(close.span),
-                });
+                // The asset is an operand, which may open another literal: counted, so that
+                // `[[[…` is refused, not a stack overflow.
+                self.enter()?;
+                let literal = self.monetary_rest(token.span);
+                self.leave();
+                return literal;
             }
             TokenKind::LParen => {
                 self.bump();

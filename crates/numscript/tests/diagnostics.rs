@@ -134,3 +134,36 @@ send $amount (
 "#,
     );
 }
+
+#[test]
+fn deep_nesting_of_any_kind_is_refused_not_a_stack_overflow() {
+    // On a small stack, as a server's worker thread has: without a bound on each nesting path,
+    // this aborts the process (a stack overflow cannot be caught).
+    let depth = 50_000;
+    let nests = [
+        ("[", "USD 1", "]"),
+        ("(", "[USD 1]", ")"),
+        ("-", "[USD 1]", ""),
+        ("[(", "USD 1", ")]"),
+    ];
+    for (open, inner, close) in nests {
+        let source = format!(
+            "send {}{inner}{} (source = @world destination = @a)",
+            open.repeat(depth),
+            close.repeat(depth)
+        );
+        let diagnostics = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || numscript::check(&source))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(
+            diagnostics
+                .iter()
+                .any(|d| d.message.contains("nesting too deep")),
+            "{open}: {:?}",
+            diagnostics.first()
+        );
+    }
+}

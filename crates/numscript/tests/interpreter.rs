@@ -237,6 +237,31 @@ fn amounts_past_the_supported_range_are_clear_errors() {
         &[("a", "COIN", i128::MAX - 5), ("b", "COIN", 10)],
         "error OVERFLOW: arithmetic overflow in send all: amounts are limited to ±(2^127-1)",
     );
+    // A bound past the range means "enough for any amount": the sum of balance and bound is
+    // never needed when the amount is known; sending everything it allows is past the range.
+    check(
+        &format!(
+            "send [USD 5] (source = @a allowing overdraft up to [USD {max}] destination = @b)"
+        ),
+        &[],
+        &[("a", "USD", 1)],
+        "a -> b: USD 5",
+    );
+    check(
+        &format!(
+            "send [USD *] (source = @a allowing overdraft up to [USD {max}] destination = @b)"
+        ),
+        &[],
+        &[("a", "USD", 1)],
+        "error OVERFLOW: arithmetic overflow in overdraft: amounts are limited to ±(2^127-1)",
+    );
+    // Saving more than the range from a negative balance leaves 0, as any larger save does.
+    check(
+        &format!("save [USD {max}] from @a\nsend [USD 1] (source = @a allowing overdraft up to [USD 1] destination = @b)"),
+        &[],
+        &[("a", "USD", -5)],
+        "a -> b: USD 1",
+    );
     // Portions of huge amounts stay exact (256-bit intermediate).
     check(
         &format!("send [COIN {max}] (source = @world destination = {{ 1/3 to @a remaining to @b }})"),

@@ -29,6 +29,8 @@ pub enum ApiError {
     Wallet(WalletError),
     /// A request body over the limit.
     TooLarge { wallets: bool },
+    /// Options that cannot go together (412, as Formance answers `atomic` with `parallel`).
+    Precondition(String),
 }
 
 impl From<LedgerError> for ApiError {
@@ -133,6 +135,9 @@ impl IntoResponse for ApiError {
                         json_error(status, code, message)
                     }
                 }
+            }
+            ApiError::Precondition(message) => {
+                json_error(StatusCode::PRECONDITION_FAILED, "VALIDATION", message)
             }
             ApiError::TooLarge { .. } => json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -392,7 +392,7 @@ pub struct VolumesParams {
     pub cursor: Option<String>,
     pub end_time: Option<String>,
     pub start_time: Option<String>,
-    #[allow(dead_code)] // Accepted for SDK compatibility; has no effect here.
+    /// `true` with time bounds is refused (volumes are by effective date).
     pub insertion_date: Option<bool>,
     pub group_by: Option<u32>,
     pub sort: Option<String>,
@@ -404,10 +404,9 @@ pub struct VolumesParams {
 #[into_params(parameter_in = Query)]
 pub struct AggregateParams {
     pub pit: Option<String>,
-    #[allow(dead_code)] // Accepted for SDK compatibility; has no effect here.
+    /// `true` with `pit` is refused (point-in-time reads are by effective date).
     pub use_insertion_date: Option<bool>,
     #[serde(rename = "use_insertion_date")]
-    #[allow(dead_code)] // Accepted for SDK compatibility; has no effect here.
     pub use_insertion_date_snake: Option<bool>,
     pub query: Option<String>,
 }
@@ -567,9 +566,11 @@ async fn list_ledgers(
     Query(params): Query<LedgersParams>,
     OptionalJsonBody(body): OptionalJsonBody<Value>,
 ) -> ApiResult<Json<CursorResponse<V2Ledger>>> {
-    parse_sort(&params.sort, &["name", "id"])?;
+    let sort = parse_sort(&params.sort, &["name", "id"])?;
     let query = LedgersQuery {
         filter: filter_text(&params.query, body),
+        by_id: matches!(sort, Some(("id", _))),
+        descending: matches!(sort, Some((_, false))),
     };
     let page = page_request(params.page_size, &params.cursor);
     let page = blocking(move || Ok(state.ledgers.list_ledgers(query, &page)?)).await?;
@@ -583,7 +584,15 @@ async fn get_ledger(
     State(state): State<SharedState>,
     Path(ledger): Path<String>,
 ) -> ApiResult<Json<DataResponse<V2Ledger>>> {
-    let info = blocking(move || Ok(state.ledgers.ledger_fresh(&ledger)?)).await?;
+    // Formance answers NOT_FOUND here (LEDGER_NOT_FOUND is for the routes under a ledger), and
+    // the wallets of its SDKs create their ledger on exactly that code.
+    let info = blocking(move || match state.ledgers.ledger_fresh(&ledger) {
+        Err(LedgerError::LedgerNotFound(name)) => Err(ApiError::Ledger(LedgerError::NotFound(
+            format!("ledger {name:?}"),
+        ))),
+        other => Ok(other?),
+    })
+    .await?;
     Ok(Json(DataResponse {
         data: ledger_json(&info),
     }))
@@ -1109,6 +1118,15 @@ async fn get_balances_aggregated(
 ) -> ApiResult<Json<V2AggregateBalancesResponse>> {
     let filter = filter_text(&params.query, body);
     let pit = parse_time("pit", &params.pit)?;
+    let by_insertion = params
+        .use_insertion_date
+        .or(params.use_insertion_date_snake);
+    if pit.is_some() && by_insertion == Some(true) {
+        // Refused rather than ignored: the answer would be by effective date.
+        return Err(invalid(
+            "useInsertionDate: not supported; pit reads are by effective date",
+        ));
+    }
     let balances = blocking(move || {
         Ok(state
             .ledgers
@@ -1129,6 +1147,13 @@ async fn get_volumes(
     OptionalJsonBody(body): OptionalJsonBody<Value>,
 ) -> ApiResult<Json<CursorResponse<V2VolumesWithBalance>>> {
     let sort = parse_sort(&params.sort, &["account", "address"])?;
+    let bounded = params.start_time.is_some() || params.end_time.is_some();
+    if bounded && params.insertion_date == Some(true) {
+        // Refused rather than ignored: the answer would be by effective date.
+        return Err(invalid(
+            "insertionDate: not supported; volumes are bounded by effective date",
+        ));
+    }
     let query = VolumesQuery {
         filter: filter_text(&params.query, body),
         start_time: parse_time("startTime", &params.start_time)?.map(|t| t.micros()),
@@ -1352,7 +1377,7 @@ pub struct V2BulkElementResult {
 pub struct BulkParams {
     pub continue_on_failure: Option<bool>,
     pub atomic: Option<bool>,
-    #[allow(dead_code)] // Accepted for SDK compatibility; has no effect here.
+    /// Refused with `atomic`; otherwise accepted with no effect (elements run in order).
     pub parallel: Option<bool>,
 }
 
@@ -1361,14 +1386,19 @@ pub const BULK_ELEMENTS_MAX: usize = 1000;
 fn bulk_command(element: &V2BulkElement) -> ApiResult<Command> {
     let data = element.data.clone();
     let field = |name: &str| data.get(name).cloned().unwrap_or(Value::Null);
-    let parse_target = |value: Value| -> ApiResult<Target> {
-        match value {
-            Value::Number(n) => n
+    // As in Formance, `targetType` says how to read `targetId`: an address, or a transaction id.
+    let parse_target = || -> ApiResult<Target> {
+        match (field("targetType").as_str(), field("targetId")) {
+            (Some("ACCOUNT"), Value::String(address)) => Ok(Target::Account(address)),
+            (Some("ACCOUNT"), _) => Err(invalid("data.targetId: expected an address")),
+            (Some("TRANSACTION"), Value::Number(n)) => n
                 .as_u64()
                 .map(Target::Transaction)
-                .ok_or_else(|| invalid("targetId: expected an id")),
-            Value::String(address) => Ok(Target::Account(address)),
-            _ => Err(invalid("targetId: expected a transaction id or an address")),
+                .ok_or_else(|| invalid("data.targetId: expected a transaction id")),
+            (Some("TRANSACTION"), _) => Err(invalid("data.targetId: expected a transaction id")),
+            _ => Err(invalid(
+                "data.targetType: expected \"ACCOUNT\" or \"TRANSACTION\"",
+            )),
         }
     };
     Ok(match element.action.as_str() {
@@ -1378,12 +1408,12 @@ fn bulk_command(element: &V2BulkElement) -> ApiResult<Command> {
             Command::CreateTransaction(new_transaction(body, None)?)
         }
         "ADD_METADATA" => Command::SaveMetadata {
-            target: parse_target(field("targetId"))?,
+            target: parse_target()?,
             metadata: serde_json::from_value(field("metadata"))
                 .map_err(|e| invalid(format!("data.metadata: {e}")))?,
         },
         "DELETE_METADATA" => Command::DeleteMetadata {
-            target: parse_target(field("targetId"))?,
+            target: parse_target()?,
             key: field("key")
                 .as_str()
                 .ok_or_else(|| invalid("data.key: expected a string"))?
@@ -1416,6 +1446,7 @@ pub enum V2BulkFailure {
 #[utoipa::path(post, path = "/api/ledger/v2/{ledger}/_bulk", tag = "ledger.v2",
     params(("ledger" = String, Path), BulkParams), request_body = Vec<V2BulkElement>,
     responses((status = 200, body = DataResponse<Vec<V2BulkElementResult>>), (status = 400, body = V2BulkFailure),
+        (status = 412, description = "`atomic` with `parallel`", body = ErrorResponse),
         (status = "default", body = ErrorResponse)))]
 async fn create_bulk(
     State(state): State<SharedState>,
@@ -1429,6 +1460,11 @@ async fn create_bulk(
         ))));
     }
     if params.atomic.unwrap_or(false) {
+        if params.parallel.unwrap_or(false) {
+            return Err(ApiError::Precondition(
+                "atomic and parallel cannot be used together".into(),
+            ));
+        }
         return atomic_bulk(&state, &ledger, &elements).await;
     }
     let continue_on_failure = params.continue_on_failure.unwrap_or(false);

@@ -10,6 +10,7 @@ use coffer_ledger::sql::{Dialect, SqlValue};
 use coffer_ledger::sql_reader::Row;
 use coffer_ledger::store::StoreResult;
 use coffer_ledger::types::Amount;
+use coffer_ledger::verify::WideSum;
 use rusqlite::functions::{Aggregate, Context, FunctionFlags};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql};
@@ -253,14 +254,16 @@ fn overflow() -> rusqlite::Error {
 
 struct Sum;
 
-impl Aggregate<Option<Amount>, Option<Value>> for Sum {
-    fn init(&self, _: &mut Context<'_>) -> rusqlite::Result<Option<Amount>> {
+/// Exact whatever the order of rows: a running sum may leave 128 bits where the total does not
+/// (balances of opposite signs).
+impl Aggregate<Option<WideSum>, Option<Value>> for Sum {
+    fn init(&self, _: &mut Context<'_>) -> rusqlite::Result<Option<WideSum>> {
         Ok(None)
     }
 
-    fn step(&self, ctx: &mut Context<'_>, total: &mut Option<Amount>) -> rusqlite::Result<()> {
+    fn step(&self, ctx: &mut Context<'_>, total: &mut Option<WideSum>) -> rusqlite::Result<()> {
         if let Some(value) = amount_of(ctx.get_raw(0))? {
-            *total = Some(total.unwrap_or(0).checked_add(value).ok_or_else(overflow)?);
+            total.get_or_insert_with(WideSum::default).add(value);
         }
         Ok(())
     }
@@ -268,9 +271,12 @@ impl Aggregate<Option<Amount>, Option<Value>> for Sum {
     fn finalize(
         &self,
         _: &mut Context<'_>,
-        total: Option<Option<Amount>>,
+        total: Option<Option<WideSum>>,
     ) -> rusqlite::Result<Option<Value>> {
-        Ok(total.flatten().map(amount_value))
+        match total.flatten() {
+            None => Ok(None),
+            Some(sum) => Ok(Some(amount_value(sum.total().ok_or_else(overflow)?))),
+        }
     }
 }
 

@@ -1243,10 +1243,85 @@ pub fn point_in_time(backend: &dyn Backend) {
         ..VolumesQuery::default()
     };
     let rows = ledgers
-        .list_volumes("main", window, &PageRequest::default())
+        .list_volumes("main", window.clone(), &PageRequest::default())
         .unwrap()
         .data;
     assert_eq!(rows[0].volumes.input, 16);
+    // The window's start is inclusive, as in Formance.
+    let from_the_first = VolumesQuery {
+        start_time: Some(at("2024-03-01T00:00:00Z").micros()),
+        ..window
+    };
+    let rows = ledgers
+        .list_volumes("main", from_the_first, &PageRequest::default())
+        .unwrap()
+        .data;
+    assert_eq!(rows[0].volumes.input, 16);
+    // "Not reverted at the pit" keeps the transactions never reverted.
+    create_ledger(&ledgers, "reverts");
+    let kept = commit(&ledgers, "reverts", dated("2024-01-01T00:00:00Z", 1)).unwrap();
+    let reverted = commit(&ledgers, "reverts", dated("2024-01-02T00:00:00Z", 2)).unwrap();
+    let revert = Command::RevertTransaction {
+        id: reverted.id,
+        force: false,
+        at_effective_date: false,
+        metadata: Metadata::new(),
+    };
+    ledgers
+        .write_blocking(Request::new("reverts", revert))
+        .unwrap();
+    for (filter, expected) in [
+        (
+            r#"{"$not":{"$match":{"reverted":true}}}"#,
+            vec![reverted.id + 1, kept.id],
+        ),
+        (
+            r#"{"$match":{"reverted":false}}"#,
+            vec![reverted.id + 1, kept.id],
+        ),
+        (r#"{"$match":{"reverted":true}}"#, vec![reverted.id]),
+        (
+            r#"{"$not":{"$match":{"reverted":false}}}"#,
+            vec![reverted.id],
+        ),
+    ] {
+        let query = TransactionsQuery {
+            pit: Some(at("2100-01-01T00:00:00Z").micros()),
+            filter: Some(filter.into()),
+            ..TransactionsQuery::default()
+        };
+        let ids: Vec<u64> = ledgers
+            .list_transactions("reverts", query, &PageRequest::default())
+            .unwrap()
+            .data
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, expected, "{filter}");
+    }
+    // Balances summed per account: sums of inputs and of outputs apart would pass 128 bits.
+    create_ledger(&ledgers, "big");
+    let huge = 10i128.pow(38);
+    commit(
+        &ledgers,
+        "big",
+        new_tx(vec![posting("world", "u", huge, "COIN")]),
+    )
+    .unwrap();
+    commit(
+        &ledgers,
+        "big",
+        new_tx(vec![posting("u", "v", huge, "COIN")]),
+    )
+    .unwrap();
+    for pit in [None, Some(at("2100-01-01T00:00:00Z"))] {
+        let sums = ledgers.aggregate_balances("big", None, pit).unwrap();
+        assert_eq!(sums["COIN"], 0, "pit {pit:?}");
+        let users = ledgers
+            .aggregate_balances("big", Some(r#"{"$match":{"address":"u"}}"#), pit)
+            .unwrap();
+        assert_eq!(users["COIN"], 0, "pit {pit:?}");
+    }
     // First usage follows backdated transactions whichever asset they move (the engine caches
     // a first usage with each balance; one asset's entry may lag behind another's).
     let moved = |ts: &str, asset: &str| NewTransaction {
