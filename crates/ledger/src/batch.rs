@@ -1412,9 +1412,17 @@ impl numscript::Store for ScriptView<'_, '_> {
         &mut self,
         requests: &[numscript::BalanceRequest],
     ) -> Result<Vec<numscript::BalanceRow>, numscript::StoreError> {
+        // Answering `BASE/*` needs every precision of an asset an account holds, which the
+        // writer cannot list; refused (a script error, 400) rather than read as no balance.
+        if requests.iter().any(|r| r.asset.ends_with("/*")) {
+            return Err(numscript::StoreError(
+                "asset scaling is not supported by this ledger (it cannot list the precisions \
+                 of an asset an account holds)"
+                    .into(),
+            ));
+        }
         let keys: Vec<VolumeKey> = requests
             .iter()
-            .filter(|r| !r.asset.ends_with("/*"))
             .map(|r| VolumeKey {
                 ledger: self.ledger,
                 address: r.account.clone(),
@@ -1427,11 +1435,7 @@ impl numscript::Store for ScriptView<'_, '_> {
             return Err(numscript::StoreError(message));
         }
         let mut rows = Vec::with_capacity(requests.len());
-        for (request, key) in requests
-            .iter()
-            .filter(|r| !r.asset.ends_with("/*"))
-            .zip(&keys)
-        {
+        for (request, key) in requests.iter().zip(&keys) {
             let balance = self.batch.volumes[key]
                 .balance()
                 .map_err(|err| numscript::StoreError(err.to_string()))?;

@@ -352,10 +352,11 @@ fn validate_new_transaction(tx: &NewTransaction) -> Result<(), LedgerError> {
                     "script.plain: at most {SCRIPT_BYTES_MAX} bytes"
                 )));
             }
-            if vars.len() > 1024 {
-                return Err(LedgerError::Validation(
-                    "script.vars: at most 1024 variables".into(),
-                ));
+            if vars.len() > numscript::limits::VARIABLES_MAX {
+                return Err(LedgerError::Validation(format!(
+                    "script.vars: at most {} variables",
+                    numscript::limits::VARIABLES_MAX
+                )));
             }
         }
     }

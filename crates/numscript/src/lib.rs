@@ -36,15 +36,17 @@ pub mod limits {
     pub const SCRIPT_BYTES_MAX: usize = 256 * 1024;
     /// Most statements in one script.
     pub const STATEMENTS_MAX: usize = 1024;
-    /// Most variable declarations in one `vars` block.
-    pub const VARIABLES_MAX: usize = 256;
+    /// Most variable declarations in one `vars` block (a wallet's void names two per balance
+    /// it returns to, and a wallet has up to 1,000 balances).
+    pub const VARIABLES_MAX: usize = 4096;
     /// Deepest nesting of sources, destinations and expressions (a chain `a + b + c` counts
     /// one level per operator).
     pub const NESTING_DEPTH_MAX: u32 = 64;
     /// Most items in one allotment.
     pub const ALLOTMENT_ITEMS_MAX: usize = 256;
-    /// Most sources in one in-order or `oneof` block, or `max` clauses in a destination block.
-    pub const BLOCK_ITEMS_MAX: usize = 256;
+    /// Most sources in one in-order or `oneof` block, or `max` clauses in a destination block
+    /// (a wallet's `*` debit draws from each of its up to 1,000 balances).
+    pub const BLOCK_ITEMS_MAX: usize = 1024;
     /// Most arguments in one function call.
     pub const FUNCTION_ARGS_MAX: usize = 8;
     /// Most names in `#![feature(…)]`.

@@ -365,6 +365,23 @@ pub fn scripts(backend: &dyn Backend) {
     let debit = "vars {\n  monetary $amount\n  account $user\n}\n\
         send $amount (\n  source = { @users:1:coupon @users:1:main }\n  destination = @shop\n)\n\
         set_tx_meta(\"kind\", \"debit\")\nset_account_meta(@shop, \"last\", $amount)\n";
+    // Asset scaling, which a script may turn on, is refused as a script error, not run as if
+    // the account held nothing.
+    let scaling = commit(
+        &ledgers,
+        "main",
+        script(
+            "#![feature(\"experimental-asset-scaling\")]\n\
+             send [USD/4 100] (source = @users:1:main with scaling through @swap destination = @x)\n",
+            &[],
+        ),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(scaling, LedgerError::ScriptRuntime { ref message, .. }
+            if message.contains("asset scaling is not supported")),
+        "{scaling:?}"
+    );
     // A variable is held to the ledger's own rules for addresses (here, their length).
     let long = "a".repeat(coffer_ledger::types::ADDRESS_BYTES_MAX + 1);
     let refused = commit(

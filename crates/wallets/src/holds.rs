@@ -11,7 +11,7 @@ use crate::model::{ConfirmHold, ExpandedHold, Hold, ListHolds, Subject};
 use crate::movements::transaction;
 use crate::scripts;
 use crate::wallet::map_page;
-use crate::DEBIT_SOURCES_MAX;
+use crate::BALANCES_PER_WALLET_MAX;
 use crate::{custom_conditions, metadata_filter, validate, WalletError, Wallets};
 
 fn hold_of(account: &Account) -> Hold {
@@ -111,7 +111,8 @@ impl Wallets {
         request: &ConfirmHold,
         idempotency_key: Option<&str>,
     ) -> Result<(), WalletError> {
-        let _turn = self.turn("hold", id);
+        // Keyed on the address, as two spellings of one id (with and without dashes) name one hold.
+        let _turn = self.turn("hold", &chart::hold_account(id));
         let account = self.hold_account(id)?;
         let hold = expanded_hold_of(&account);
         let amount = match request.amount {
@@ -157,7 +158,8 @@ impl Wallets {
 
     /// Returns what a hold still has to the balances it was taken from.
     pub fn void_hold(&self, id: &str, idempotency_key: Option<&str>) -> Result<(), WalletError> {
-        let _turn = self.turn("hold", id);
+        // Keyed on the address, as two spellings of one id (with and without dashes) name one hold.
+        let _turn = self.turn("hold", &chart::hold_account(id));
         let account = self.hold_account(id)?;
         let hold = expanded_hold_of(&account);
         let address = chart::hold_account(id);
@@ -187,7 +189,7 @@ impl Wallets {
             .filter(|p| p.destination == address && p.asset == hold.hold.asset)
             .map(|p| (p.source.clone(), p.amount))
             .collect();
-        if returns.is_empty() || returns.len() > DEBIT_SOURCES_MAX {
+        if returns.is_empty() || returns.len() > BALANCES_PER_WALLET_MAX {
             return Err(WalletError::Ledger(coffer_ledger::LedgerError::Store(
                 format!(
                     "hold {id}: the funding transaction {} has {} postings into the hold",

@@ -283,13 +283,9 @@ impl Wallets {
         if live.is_empty() {
             return Err(WalletError::InsufficientFund);
         }
-        if live.len() > DEBIT_SOURCES_MAX {
-            return Err(WalletError::validation(format!(
-                "balances: a debit draws from at most {DEBIT_SOURCES_MAX} balances, \
-                 \"*\" selects {}",
-                live.len()
-            )));
-        }
+        // `*` may select every balance a wallet can have (named lists are held to
+        // DEBIT_SOURCES_MAX when parsed).
+        assert!(live.len() <= BALANCES_PER_WALLET_MAX);
         Ok(live)
     }
 }

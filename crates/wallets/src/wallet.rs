@@ -270,10 +270,26 @@ impl Wallets {
                 .balances
                 .push(crate::BalanceWithAssets { balance, assets });
         }
-        let holds = metadata_filter(&[(KEY_HOLD_WALLET_ID.to_string(), id.to_string())]);
-        summary.hold_funds = self
+        // What holds keep of their own asset (as Formance sums each hold's remaining): funds
+        // of another asset sent to a hold account are not the wallet's.
+        let holds = |asset: Option<&str>| {
+            let mut conditions = vec![(KEY_HOLD_WALLET_ID.to_string(), id.to_string())];
+            if let Some(asset) = asset {
+                conditions.push((KEY_HOLD_ASSET.to_string(), asset.to_string()));
+            }
+            metadata_filter(&conditions)
+        };
+        let held = self
             .ledgers
-            .aggregate_balances(&self.ledger, Some(&holds), None)?;
+            .aggregate_balances(&self.ledger, Some(&holds(None)), None)?;
+        for asset in held.keys() {
+            let of_asset =
+                self.ledgers
+                    .aggregate_balances(&self.ledger, Some(&holds(Some(asset))), None)?;
+            if let Some(amount) = of_asset.get(asset) {
+                summary.hold_funds.insert(asset.clone(), *amount);
+            }
+        }
         Ok(summary)
     }
 }

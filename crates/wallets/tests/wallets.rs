@@ -1,5 +1,6 @@
 //! Behaviour of the wallets against a real ledger on a SQLite store in a temporary directory.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use coffer_ledger::service::{PageRequest, TransactionsQuery};
@@ -1278,4 +1279,76 @@ fn balance_creations_racing_on_one_wallet_keep_its_cap_and_each_name_once() {
         }
     }
     assert_eq!(stored, BALANCES_PER_WALLET_MAX);
+}
+
+#[test]
+fn a_wildcard_debit_draws_from_more_balances_than_a_named_list_may_hold() {
+    // `*` takes every live balance a wallet can have (the cap, main included); its hold's
+    // void returns to each.
+    let f = fixture();
+    let wallet = f.wallet("w");
+    let named = BALANCES_PER_WALLET_MAX - 1;
+    assert!(named > DEBIT_SOURCES_MAX);
+    std::thread::scope(|scope| {
+        for part in 0..4 {
+            let (f, wallet) = (&f, &wallet);
+            scope.spawn(move || {
+                for index in (part..named).step_by(4) {
+                    let name = format!("b{index}");
+                    f.balance(wallet, &name, None, 0);
+                    f.credit(wallet, Some(&name), 1);
+                }
+            });
+        }
+    });
+    f.credit(&wallet, None, 1);
+    let pending = Debit {
+        pending: true,
+        ..debit(&wallet, named as i128 + 1, DebitSources::All)
+    };
+    let hold = f.wallets.debit(&pending, None).unwrap().unwrap();
+    assert_eq!(f.usd_in(&wallet, "b0"), 0);
+    assert_eq!(f.usd_in(&wallet, "main"), 0);
+    f.wallets.void_hold(&hold.id, None).unwrap();
+    for index in 0..named {
+        assert_eq!(f.usd_in(&wallet, &format!("b{index}")), 1, "b{index}");
+    }
+    assert_eq!(f.usd_in(&wallet, "main"), 1);
+}
+
+#[test]
+fn hold_funds_count_only_each_holds_own_asset() {
+    let f = fixture();
+    let wallet = f.wallet("w");
+    let other = f.wallet("x");
+    f.credit(&wallet, None, 40);
+    let eur = Monetary {
+        asset: "EUR".into(),
+        amount: 50,
+    };
+    f.wallets
+        .credit(
+            &Credit {
+                amount: eur.clone(),
+                ..credit(&other, None, 0)
+            },
+            None,
+        )
+        .unwrap();
+    let hold = f
+        .wallets
+        .debit(&pending(&wallet, 40, DebitSources::Main), None)
+        .unwrap()
+        .unwrap();
+    // Another wallet pays EUR into the hold's account: not funds the wallet holds.
+    let stray = Debit {
+        amount: eur,
+        destination: Some(Subject::Account(chart::hold_account(&hold.id))),
+        ..debit(&other, 0, DebitSources::Main)
+    };
+    f.wallets.debit(&stray, None).unwrap();
+    let held = |f: &Fixture| f.wallets.summary(&wallet.id).unwrap().hold_funds;
+    assert_eq!(held(&f), BTreeMap::from([("USD".to_string(), 40)]));
+    f.wallets.void_hold(&hold.id, None).unwrap();
+    assert_eq!(held(&f), BTreeMap::from([("USD".to_string(), 0)]));
 }
