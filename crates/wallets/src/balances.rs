@@ -1,7 +1,7 @@
 //! Named balances: create, read, list.
 
 use coffer_ledger::service::{Page, PageRequest};
-use coffer_ledger::{Account, Metadata, Timestamp};
+use coffer_ledger::{Account, LedgerError, Metadata, Timestamp};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -36,6 +36,9 @@ pub(crate) fn is_balance_of(account: &Account, wallet_id: &str, name: &str) -> b
         && metadata.get(KEY_BALANCE_NAME).map(String::as_str) == Some(name)
         && metadata.get(KEY_WALLET_ID).map(String::as_str) == Some(wallet_id)
 }
+
+/// The ledger idempotency key a balance's creation is written under (then the address).
+pub const BALANCE_CREATION_KEY_PREFIX: &str = "coffer/wallets/balance-created/";
 
 fn idempotency_marker(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
@@ -101,11 +104,28 @@ impl Wallets {
             target: coffer_ledger::Target::Account(address.clone()),
             metadata,
         };
-        match self.write(command, idempotency_key) {
-            Ok(_) => Ok(balance),
+        // Created once, across processes too: the write carries a key of the balance's own,
+        // which the ledger takes once. A creation racing in another process (which the turn
+        // above does not order) finds it taken, and answers as if it had come second here.
+        // The client's key is kept in the marker, which `replay_balance` reads.
+        let once = format!("{BALANCE_CREATION_KEY_PREFIX}{address}");
+        match self
+            .ledgers
+            .write_blocking(self.request(command, Some(&once)))
+        {
+            Ok(response) if !response.idempotency_hit => Ok(balance),
+            Ok(_) | Err(LedgerError::IdempotencyKeyConflict(_)) => {
+                match self.replay_balance(&address, &balance, idempotency_key)? {
+                    Some(replayed) => Ok(replayed),
+                    None => Err(WalletError::validation(format!(
+                        "name: balance {:?} already exists",
+                        balance.name
+                    ))),
+                }
+            }
             Err(err) => match self.replay_balance(&address, &balance, idempotency_key)? {
                 Some(replayed) => Ok(replayed),
-                None => Err(err),
+                None => Err(err.into()),
             },
         }
     }

@@ -1352,3 +1352,59 @@ fn hold_funds_count_only_each_holds_own_asset() {
     f.wallets.void_hold(&hold.id, None).unwrap();
     assert_eq!(held(&f), BTreeMap::from([("USD".to_string(), 0)]));
 }
+
+#[test]
+fn one_balance_name_is_created_once_by_racers_that_do_not_take_turns() {
+    // Two `Wallets` on one ledger share no turns, as two processes on one database do.
+    let f = fixture();
+    let second = Wallets::open(f.wallets.ledgers().clone(), LEDGER).unwrap();
+    let wallet = f.wallet("w");
+    for round in 0..10 {
+        let name = format!("coupon{round}");
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..8)
+                .map(|priority| {
+                    let wallets = if priority % 2 == 0 {
+                        &f.wallets
+                    } else {
+                        &second
+                    };
+                    let (name, id) = (name.clone(), wallet.id.clone());
+                    scope.spawn(move || {
+                        let request = CreateBalance {
+                            name,
+                            expires_at: None,
+                            priority,
+                        };
+                        wallets.create_balance(&id, &request, None)
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let created: Vec<&Balance> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(created.len(), 1, "{results:?}");
+        let stored = f.wallets.get_balance(&wallet.id, &name).unwrap();
+        assert_eq!(&stored.balance, created[0]);
+    }
+    // A retry under the client's key is still answered with the balance.
+    let request = CreateBalance {
+        name: "keyed".into(),
+        expires_at: None,
+        priority: 3,
+    };
+    let first = second
+        .create_balance(&wallet.id, &request, Some("k"))
+        .unwrap();
+    assert_eq!(
+        f.wallets
+            .create_balance(&wallet.id, &request, Some("k"))
+            .unwrap(),
+        first
+    );
+    check_validation(
+        f.wallets
+            .create_balance(&wallet.id, &request, Some("other")),
+        "already exists",
+    );
+}
