@@ -84,7 +84,9 @@ pub fn compile_filter(
     filter: &Filter,
 ) -> Result<String, LedgerError> {
     Ok(match filter {
-        Filter::And(items) | Filter::Or(items) if items.is_empty() => "1 = 1".to_string(),
+        // As in logic: no condition to meet holds, and none of no conditions does not.
+        Filter::And(items) if items.is_empty() => "1 = 1".to_string(),
+        Filter::Or(items) if items.is_empty() => "1 = 0".to_string(),
         Filter::And(items) | Filter::Or(items) => {
             let joiner = if matches!(filter, Filter::And(_)) {
                 " AND "
@@ -404,6 +406,13 @@ mod tests {
             Resource::Transactions,
             r#"{"$in":{"id":[]}}"#,
             "1 = 0 -- []",
+        );
+        check(Resource::Accounts, r#"{"$or":[]}"#, "1 = 0 -- []");
+        check(Resource::Accounts, r#"{"$and":[]}"#, "1 = 1 -- []");
+        check(
+            Resource::Accounts,
+            r#"{"$not":{"$or":[]}}"#,
+            "NOT (1 = 0) -- []",
         );
         check(Resource::Transactions, r#"{"$match":{"source":"bank"}}"#, "t.id IN (SELECT m.tx_id FROM moves m WHERE m.ledger_id = t.ledger_id AND m.address = $1 AND (m.roles & 1) <> 0) -- [Text(\"bank\")]");
     }
