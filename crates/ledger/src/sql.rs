@@ -101,7 +101,12 @@ pub fn compile_filter(
                 .collect::<Result<Vec<_>, _>>()?;
             parts.join(joiner)
         }
-        Filter::Not(inner) => format!("NOT ({})", compile_filter(dialect, params, context, inner)?),
+        // `IS NOT TRUE`, not `NOT`: a condition that is NULL (no reference, a metadata key not set)
+        // does not match, so its negation must.
+        Filter::Not(inner) => format!(
+            "({}) IS NOT TRUE",
+            compile_filter(dialect, params, context, inner)?
+        ),
         Filter::Condition(condition) => compile_condition(dialect, params, context, condition)?,
     })
 }
@@ -400,7 +405,7 @@ mod tests {
         check(
             Resource::Accounts,
             r#"{"$not":{"$match":{"metadata[a]":"b"}}}"#,
-            "NOT (meta(a.metadata, $1) = $2) -- [Text(\"a\"), Text(\"b\")]",
+            "(meta(a.metadata, $1) = $2) IS NOT TRUE -- [Text(\"a\"), Text(\"b\")]",
         );
         check(
             Resource::Transactions,
@@ -412,7 +417,7 @@ mod tests {
         check(
             Resource::Accounts,
             r#"{"$not":{"$or":[]}}"#,
-            "NOT (1 = 0) -- []",
+            "(1 = 0) IS NOT TRUE -- []",
         );
         check(Resource::Transactions, r#"{"$match":{"source":"bank"}}"#, "t.id IN (SELECT m.tx_id FROM moves m WHERE m.ledger_id = t.ledger_id AND m.address = $1 AND (m.roles & 1) <> 0) -- [Text(\"bank\")]");
     }

@@ -855,6 +855,15 @@ pub fn lists_and_filters(backend: &dyn Backend) {
         ids(r#"{"$not":{"$exists":{"metadata":"parity"}}}"#, 10),
         [13]
     );
+    // `$not` keeps what its condition cannot match: the revert has no reference and no parity.
+    assert_eq!(
+        ids(r#"{"$not":{"$match":{"reference":"ref-2"}}}"#, 100),
+        [13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 1]
+    );
+    assert_eq!(
+        ids(r#"{"$not":{"$match":{"metadata[parity]":"even"}}}"#, 100),
+        [13, 11, 9, 7, 5, 3, 1]
+    );
     assert_eq!(
         ids(r#"{"$lte":{"timestamp":"2024-01-01T00:00:03Z"}}"#, 10),
         [3, 2, 1]
@@ -967,6 +976,16 @@ pub fn lists_and_filters(backend: &dyn Backend) {
     assert_eq!(
         addresses(r#"{"$match":{"metadata[vip]":"yes"}}"#),
         ["users:1:main"]
+    );
+    assert_eq!(
+        addresses(r#"{"$not":{"$match":{"metadata[vip]":"yes"}}}"#),
+        [
+            "fees",
+            "users:0:main",
+            "users:2:main",
+            "users:3:main",
+            "world"
+        ]
     );
     // users:k receives 10*i for each i ≡ k (mod 4) and pays 1 each time; 12 was reverted.
     assert_eq!(
