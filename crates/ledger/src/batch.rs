@@ -44,6 +44,9 @@ struct AccountEntry {
     /// The account row must be written (new, earlier first usage, or metadata).
     dirty: bool,
     updated_at: Option<Timestamp>,
+    /// The batch's clock when this batch first touched the account: its insertion date if new
+    /// (an import's is the log's date, not the import's).
+    touched_at: Option<Timestamp>,
     /// Came from the engine's cache unchanged: no need to put it back.
     from_cache: bool,
 }
@@ -207,6 +210,7 @@ impl<'w> Batch<'w> {
                                 metadata_dirty: false,
                                 dirty: false,
                                 updated_at: None,
+                                touched_at: None,
                                 from_cache: true,
                             });
                     }
@@ -235,6 +239,7 @@ impl<'w> Batch<'w> {
                         metadata_dirty: false,
                         dirty: false,
                         updated_at: None,
+                        touched_at: None,
                         from_cache: false,
                     });
             }
@@ -494,6 +499,7 @@ impl<'w> Batch<'w> {
             metadata_dirty: false,
             dirty: false,
             updated_at: None,
+            touched_at: None,
             from_cache: false,
         });
         match stored {
@@ -533,8 +539,10 @@ impl<'w> Batch<'w> {
             metadata_dirty: false,
             dirty: false,
             updated_at: None,
+            touched_at: None,
             from_cache: cached.is_some(),
         });
+        entry.touched_at.get_or_insert(self.now);
         match entry.first_usage {
             Some(first_usage) if entry.exists && first_usage <= timestamp => {}
             Some(first_usage) => {
@@ -1290,8 +1298,8 @@ impl<'w> Batch<'w> {
                 ledger: *ledger,
                 address: address.clone(),
                 first_usage: entry.first_usage.unwrap_or(self.now),
-                insertion_date: self.now,
-                updated_at: entry.updated_at.unwrap_or(self.now),
+                insertion_date: entry.touched_at.unwrap_or(self.now),
+                updated_at: entry.updated_at.or(entry.touched_at).unwrap_or(self.now),
                 metadata: if entry.metadata_dirty {
                     entry.metadata.clone()
                 } else {

@@ -1434,6 +1434,34 @@ pub fn export_import(backend: &dyn Backend) {
         .unwrap()
         .reverted_at
         .is_some());
+    // Imported rows are dated by their logs, not by the import: logs dated a day back, with
+    // their hashes left for the import to compute.
+    create_ledger(&ledgers, "dated");
+    let day_micros = 86_400_000_000;
+    let mut dated = logs.clone();
+    for log in &mut dated {
+        log.date = Timestamp(log.date.micros() - day_micros);
+        log.hash = [0; 32];
+    }
+    ledgers
+        .write_blocking(Request::new(
+            "dated",
+            Command::ImportLogs {
+                logs: dated.clone(),
+            },
+        ))
+        .unwrap();
+    let a = ledgers.get_account("dated", "a", None).unwrap();
+    assert_eq!(a.insertion_date, dated[0].date);
+    assert_eq!(a.updated_at, dated[0].date);
+    let b = ledgers.get_account("dated", "b", None).unwrap();
+    assert_eq!(b.insertion_date, dated[1].date);
+    assert_eq!(
+        b.updated_at, dated[2].date,
+        "b's metadata was set by the third log"
+    );
+    let first = ledgers.get_transaction("dated", 1, None).unwrap();
+    assert_eq!(first.inserted_at, dated[0].date);
     // The idempotency key came along.
     let replay = Request::new(
         "copy",
