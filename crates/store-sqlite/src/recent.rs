@@ -45,8 +45,16 @@ impl Equivalent<AccountKey> for AccountRef<'_> {
 type Assets = Vec<(String, Volumes, u64)>;
 
 #[derive(Default)]
+struct Accounts {
+    map: HashMap<AccountKey, Assets>,
+    /// (account, asset) entries over all accounts: what the bound counts, as an account may
+    /// hold many assets.
+    entries: usize,
+}
+
+#[derive(Default)]
 pub struct RecentVolumes {
-    accounts: RwLock<HashMap<AccountKey, Assets>>,
+    accounts: RwLock<Accounts>,
 }
 
 impl RecentVolumes {
@@ -56,7 +64,11 @@ impl RecentVolumes {
         volumes: impl IntoIterator<Item = (&'a VolumeKey, &'a Volumes)>,
         generation: u64,
     ) {
-        let mut accounts = self.accounts.write();
+        let mut guard = self.accounts.write();
+        let Accounts {
+            map: accounts,
+            entries,
+        } = &mut *guard;
         for (key, value) in volumes {
             let lookup = AccountRef {
                 ledger: key.ledger,
@@ -76,7 +88,10 @@ impl RecentVolumes {
                     slot.1 = *value;
                     slot.2 = generation;
                 }
-                None => assets.push((key.asset.clone(), *value, generation)),
+                None => {
+                    assets.push((key.asset.clone(), *value, generation));
+                    *entries += 1;
+                }
             }
         }
     }
@@ -84,7 +99,7 @@ impl RecentVolumes {
     /// The latest volumes of one key, if not yet confirmed written.
     pub fn get(&self, key: &VolumeKey) -> Option<Volumes> {
         let accounts = self.accounts.read();
-        let assets = accounts.get(&AccountRef {
+        let assets = accounts.map.get(&AccountRef {
             ledger: key.ledger,
             address: &key.address,
         })?;
@@ -103,7 +118,7 @@ impl RecentVolumes {
         let accounts = self.accounts.read();
         let mut out = Vec::new();
         for address in addresses {
-            if let Some(assets) = accounts.get(&AccountRef { ledger, address }) {
+            if let Some(assets) = accounts.map.get(&AccountRef { ledger, address }) {
                 for (asset, volumes, _) in assets {
                     out.push((address.clone(), asset.clone(), *volumes));
                 }
@@ -112,9 +127,9 @@ impl RecentVolumes {
         out
     }
 
-    /// Accounts held (the bound the writer keeps).
+    /// (account, asset) entries held: the bound the writer keeps.
     pub fn len(&self) -> usize {
-        self.accounts.read().len()
+        self.accounts.read().entries
     }
 
     pub fn is_empty(&self) -> bool {
@@ -123,15 +138,24 @@ impl RecentVolumes {
 
     /// Drops what the flusher has written: every entry of a generation up to `flushed`.
     pub fn drop_flushed(&self, flushed: u64) {
-        self.accounts.write().retain(|_, assets| {
+        let mut guard = self.accounts.write();
+        let Accounts { map, entries } = &mut *guard;
+        map.retain(|_, assets| {
+            let before = assets.len();
             assets.retain(|(_, _, generation)| *generation > flushed);
+            *entries -= before - assets.len();
             !assets.is_empty()
         });
+        assert_eq!(
+            *entries,
+            map.values().map(Vec::len).sum::<usize>(),
+            "entries miscounted"
+        );
     }
 
     /// Drops everything: only once the flusher has written every hand-over.
     pub fn clear(&self) {
-        self.accounts.write().clear();
+        *self.accounts.write() = Accounts::default();
     }
 }
 
@@ -200,6 +224,7 @@ mod tests {
         );
         assert_eq!(recent.get(&key("a", "USD")), Some(volumes(5, 2)));
         assert_eq!(recent.get(&key("a", "GBP")), None);
+        assert_eq!(recent.len(), 3, "entries, not accounts");
         let mut of = recent.of_accounts(1, &["a".into(), "c".into()]);
         of.sort_by(|x, y| x.1.cmp(&y.1));
         assert_eq!(
