@@ -51,6 +51,18 @@ struct AccountEntry {
     from_cache: bool,
 }
 
+/// The one field of a logged transaction that `prepare` reads.
+#[derive(serde::Deserialize)]
+struct LoggedReference {
+    transaction: LoggedReferenceOf,
+}
+
+#[derive(serde::Deserialize)]
+struct LoggedReferenceOf {
+    #[serde(default)]
+    reference: Option<String>,
+}
+
 struct TxEntry {
     tx: Transaction,
     new: bool,
@@ -146,6 +158,23 @@ impl<'w> Batch<'w> {
             let entry = keys.entry(head.id).or_default();
             if let Some(key) = &request.idempotency_key {
                 entry.0.insert(key.clone());
+            }
+            if let Command::ImportLogs { logs } = &request.command {
+                // Asked once for the whole import, not once per log: a malformed payload is
+                // left for the import itself to report.
+                for log in logs {
+                    if let Some(key) = &log.idempotency_key {
+                        entry.0.insert(key.clone());
+                    }
+                    if matches!(
+                        log.kind,
+                        LogType::NewTransaction | LogType::RevertedTransaction
+                    ) {
+                        if let Ok(payload) = serde_json::from_str::<LoggedReference>(&log.data) {
+                            entry.1.extend(payload.transaction.reference);
+                        }
+                    }
+                }
             }
             if let Command::CreateTransaction(tx) = &request.command {
                 if let Some(reference) = &tx.reference {
@@ -1077,12 +1106,8 @@ impl<'w> Batch<'w> {
             }
             if let Some(key) = &log.idempotency_key {
                 // The store's unique key would refuse it only at commit, as a store error.
-                let known = self.idempotency.contains_key(&(ledger, key.clone()))
-                    || !self
-                        .writer
-                        .find_logs_by_idempotency_keys(ledger, std::slice::from_ref(key))?
-                        .is_empty();
-                if known {
+                // `prepare` loaded the keys the store has.
+                if self.idempotency.contains_key(&(ledger, key.clone())) {
                     return Err(LedgerError::Import(format!(
                         "log {}: duplicate idempotency key {key:?}",
                         log.id
@@ -1190,13 +1215,8 @@ impl<'w> Batch<'w> {
         };
         if let Some(reference) = &tx.reference {
             // The store may write transactions behind the commit, where a duplicate would fail
-            // for ever: ask it, unless this batch knows the reference already.
-            let known = self.references.contains(&(ledger, reference.clone()))
-                || !self
-                    .writer
-                    .find_references(ledger, std::slice::from_ref(reference))?
-                    .is_empty();
-            if known {
+            // for ever: `prepare` loaded the references the store has.
+            if self.references.contains(&(ledger, reference.clone())) {
                 return Err(LedgerError::Import(format!(
                     "duplicate reference {reference:?}"
                 )));
