@@ -166,7 +166,7 @@ impl RecentVolumes {
 /// once written); one found is at least as new as the file's as of the moment it looked.
 #[derive(Default)]
 pub struct RecentTransactions {
-    rows: RwLock<HashMap<(LedgerId, TxId), (Arc<TxRow>, u64)>>,
+    rows: RwLock<TransactionRows>,
 }
 
 pub type TransactionRows = HashMap<(LedgerId, TxId), (Arc<TxRow>, u64)>;

@@ -794,7 +794,7 @@ fn transactions_are_read_before_the_flusher_writes_them() {
     ));
     // Once written, the file answers, with the same state.
     let page = first_page(&ledgers).unwrap();
-    assert_eq!(page.data, [read.clone()]);
+    assert_eq!(page.data, std::slice::from_ref(&read));
     assert_eq!(rows_in_file(), 1);
     assert_eq!(
         ledgers.get_transaction("main", written.id, None).unwrap(),
