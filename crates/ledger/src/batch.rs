@@ -1428,6 +1428,39 @@ fn map_script_error(err: numscript::RuntimeError) -> LedgerError {
     }
 }
 
+/// Most precisions of one base an account may hold for a script's asset scaling to read.
+pub const ASSET_PRECISIONS_MAX: usize = 64;
+
+impl ScriptView<'_, '_> {
+    /// The uncoloured assets of `base` the account holds, in the store or in this batch.
+    fn assets_of_base(&mut self, account: &str, base: &str) -> Result<Vec<String>, LedgerError> {
+        let mut assets: BTreeSet<String> = self
+            .batch
+            .writer
+            .account_assets_of_base(self.ledger, account, base, ASSET_PRECISIONS_MAX + 1)?
+            .into_iter()
+            .collect();
+        assets.extend(
+            self.batch
+                .volumes
+                .keys()
+                .filter(|key| {
+                    key.ledger == self.ledger
+                        && key.address == account
+                        && crate::types::asset_base(&key.asset) == base
+                })
+                .map(|key| key.asset.clone()),
+        );
+        if assets.len() > ASSET_PRECISIONS_MAX {
+            return Err(LedgerError::Validation(format!(
+                "account {account} holds more than {ASSET_PRECISIONS_MAX} precisions of {base}: \
+                 too many for asset scaling"
+            )));
+        }
+        Ok(assets.into_iter().collect())
+    }
+}
+
 /// The interpreter's view of balances and metadata: the batch state, loading misses at once.
 struct ScriptView<'b, 'w> {
     batch: &'b mut Batch<'w>,
@@ -1440,37 +1473,52 @@ impl numscript::Store for ScriptView<'_, '_> {
         &mut self,
         requests: &[numscript::BalanceRequest],
     ) -> Result<Vec<numscript::BalanceRow>, numscript::StoreError> {
-        // Answering `BASE/*` needs every precision of an asset an account holds, which the
-        // writer cannot list; refused (a script error, 400) rather than read as no balance.
-        if requests.iter().any(|r| r.asset.ends_with("/*")) {
-            return Err(numscript::StoreError(
-                "asset scaling is not supported by this ledger (it cannot list the precisions \
-                 of an asset an account holds)"
-                    .into(),
-            ));
+        // `BASE/*` (asset scaling) asks for every precision of a base the account holds: one
+        // row per asset, in the store or written by this batch so far.
+        let mut keys = Vec::with_capacity(requests.len());
+        let mut answers = Vec::with_capacity(requests.len());
+        for request in requests {
+            let Some(base) = request.asset.strip_suffix("/*") else {
+                keys.push(VolumeKey {
+                    ledger: self.ledger,
+                    address: request.account.clone(),
+                    asset: colored_asset(&request.asset, &request.color),
+                });
+                answers.push((request.asset.clone(), request.color.clone()));
+                continue;
+            };
+            let assets = match self.assets_of_base(&request.account, base) {
+                Ok(assets) => assets,
+                Err(err) => {
+                    let message = err.to_string();
+                    self.store_error = Some(err);
+                    return Err(numscript::StoreError(message));
+                }
+            };
+            for asset in assets {
+                keys.push(VolumeKey {
+                    ledger: self.ledger,
+                    address: request.account.clone(),
+                    asset: asset.clone(),
+                });
+                // Scaling ignores colours: the uncoloured assets only.
+                answers.push((asset, String::new()));
+            }
         }
-        let keys: Vec<VolumeKey> = requests
-            .iter()
-            .map(|r| VolumeKey {
-                ledger: self.ledger,
-                address: r.account.clone(),
-                asset: colored_asset(&r.asset, &r.color),
-            })
-            .collect();
         if let Err(err) = self.batch.load_volumes(&keys) {
             let message = err.to_string();
             self.store_error = Some(err);
             return Err(numscript::StoreError(message));
         }
-        let mut rows = Vec::with_capacity(requests.len());
-        for (request, key) in requests.iter().zip(&keys) {
+        let mut rows = Vec::with_capacity(keys.len());
+        for (key, (asset, color)) in keys.iter().zip(answers) {
             let balance = self.batch.volumes[key]
                 .balance()
                 .map_err(|err| numscript::StoreError(err.to_string()))?;
             rows.push(numscript::BalanceRow {
-                account: request.account.clone(),
-                asset: request.asset.clone(),
-                color: request.color.clone(),
+                account: key.address.clone(),
+                asset,
+                color,
                 amount: balance,
             });
         }

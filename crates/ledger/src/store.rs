@@ -184,6 +184,15 @@ pub trait StoreWriter: Send {
         ledger: LedgerId,
         keys: &[String],
     ) -> StoreResult<Vec<Log>>;
+    /// The assets of base `base` (`base` itself and every `base/precision`) an account has
+    /// volumes of, at most `limit`: what a script's asset scaling (`BASE/*`) reads.
+    fn account_assets_of_base(
+        &mut self,
+        ledger: LedgerId,
+        address: &str,
+        base: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<String>>;
     /// Which of these references are already used.
     fn find_references(
         &mut self,

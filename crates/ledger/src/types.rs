@@ -86,6 +86,11 @@ pub fn is_valid_asset(asset: &str) -> bool {
     true
 }
 
+/// An asset's base: `USD/2` → `USD`, `USD` → `USD` (a coloured `USD_RED/2` → `USD_RED`).
+pub fn asset_base(asset: &str) -> &str {
+    asset.split_once('/').map_or(asset, |(base, _)| base)
+}
+
 pub fn validate_asset(field: &str, asset: &str) -> Result<(), LedgerError> {
     if is_valid_asset(asset) {
         Ok(())

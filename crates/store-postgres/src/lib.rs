@@ -535,6 +535,10 @@ const LOAD_TRANSACTION: &str =
 const FIND_LOGS: &str =
     "SELECT l.id, l.type, l.date, l.data, l.idempotency_key, l.idempotency_hash, l.hash \
      FROM logs l WHERE l.ledger_id = $1 AND l.idempotency_key = ANY($2)";
+// Equality on a prefix, not a range: '_' may follow a base (a coloured asset), and a range
+// would depend on the database's collation.
+const ASSETS_OF_BASE: &str = "SELECT asset FROM volumes WHERE ledger_id = $1 AND address = $2 \
+     AND (asset = $3 OR left(asset, length($3) + 1) = $3 || '/') ORDER BY asset LIMIT $4";
 const FIND_REFERENCES: &str =
     "SELECT reference FROM transactions WHERE ledger_id = $1 AND reference = ANY($2)";
 
@@ -1215,6 +1219,18 @@ impl StoreWriter for PostgresWriter {
         rows.iter()
             .map(|row| SqlReader::<Readers>::decode_log(&row_values(row)?))
             .collect()
+    }
+
+    fn account_assets_of_base(
+        &mut self,
+        ledger: LedgerId,
+        address: &str,
+        base: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let limit = limit as i64;
+        let rows = self.query(ASSETS_OF_BASE, &[&ledger, &address, &base, &limit])?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
     fn find_references(

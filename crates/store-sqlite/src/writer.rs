@@ -374,6 +374,37 @@ impl StoreWriter for SqliteWriter {
         Ok(out)
     }
 
+    fn account_assets_of_base(
+        &mut self,
+        ledger: LedgerId,
+        address: &str,
+        base: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        // Equality on a prefix, not a range: '_' may follow a base (a coloured asset).
+        let mut statement = self
+            .projections
+            .prepare_cached(
+                "SELECT asset FROM volumes WHERE ledger_id = ?1 AND address = ?2 \
+                 AND (asset = ?3 OR substr(asset, 1, length(?3) + 1) = ?3 || '/') LIMIT ?4",
+            )
+            .map_err(err)?;
+        let mut assets: std::collections::BTreeSet<String> = statement
+            .query_map(params![ledger, address, base, limit as i64], |row| {
+                row.get(0)
+            })
+            .map_err(err)?
+            .collect::<Result<_, _>>()
+            .map_err(err)?;
+        // Handed to the flusher and maybe not in the file yet.
+        for (_, asset, _) in self.recent.of_accounts(ledger, &[address.to_string()]) {
+            if coffer_ledger::types::asset_base(&asset) == base {
+                assets.insert(asset);
+            }
+        }
+        Ok(assets.into_iter().take(limit).collect())
+    }
+
     fn load_accounts(
         &mut self,
         ledger: LedgerId,

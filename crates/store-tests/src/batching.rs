@@ -93,6 +93,16 @@ impl StoreWriter for CountingWriter {
     fn rollback(&mut self) -> StoreResult<()> {
         self.inner.rollback()
     }
+    fn account_assets_of_base(
+        &mut self,
+        ledger: LedgerId,
+        address: &str,
+        base: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        self.inner
+            .account_assets_of_base(ledger, address, base, limit)
+    }
     fn lock_ledgers(&mut self, names: &[String]) -> StoreResult<Vec<LedgerHead>> {
         self.inner.lock_ledgers(names)
     }

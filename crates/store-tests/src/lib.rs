@@ -365,23 +365,81 @@ pub fn scripts(backend: &dyn Backend) {
     let debit = "vars {\n  monetary $amount\n  account $user\n}\n\
         send $amount (\n  source = { @users:1:coupon @users:1:main }\n  destination = @shop\n)\n\
         set_tx_meta(\"kind\", \"debit\")\nset_account_meta(@shop, \"last\", $amount)\n";
-    // Asset scaling, which a script may turn on, is refused as a script error, not run as if
-    // the account held nothing.
-    let scaling = commit(
+    // Asset scaling reads every precision of the base the account holds (not EURO, not a
+    // coloured EUR), as in upstream's spec: 4 EUR become 400 EUR/2 through @swap.
+    commit(
         &ledgers,
         "main",
-        script(
-            "#![feature(\"experimental-asset-scaling\")]\n\
-             send [USD/4 100] (source = @users:1:main with scaling through @swap destination = @x)\n",
-            &[],
-        ),
+        new_tx(vec![
+            posting("world", "scaling:src", 99, "EUR"),
+            posting("world", "scaling:src", 1, "EUR/2"),
+            posting("world", "scaling:src", 1000, "EURO"),
+            posting("world", "scaling:src", 1000, "EUR_RED/2"),
+        ]),
+    )
+    .unwrap();
+    let scaling = "#![feature(\"experimental-asset-scaling\")]\n\
+        send [EUR/2 400] (source = @scaling:src with scaling through @swap destination = @x)\n";
+    let scaled = commit(&ledgers, "main", script(scaling, &[])).unwrap();
+    assert_eq!(
+        scaled.postings,
+        [
+            posting("scaling:src", "swap", 4, "EUR"),
+            posting("swap", "scaling:src", 400, "EUR/2"),
+            posting("scaling:src", "x", 400, "EUR/2"),
+        ]
+    );
+    assert_eq!(balance(&ledgers, "main", "scaling:src", "EUR"), 95);
+    assert_eq!(balance(&ledgers, "main", "scaling:src", "EUR/2"), 1);
+    // Within one batch: a precision the batch itself gave the account counts.
+    let group = ledgers
+        .write_atomic_blocking(vec![
+            Ok(Request::new(
+                "main",
+                Command::CreateTransaction(new_tx(vec![posting(
+                    "world",
+                    "scaling:fresh",
+                    3,
+                    "EUR/1",
+                )])),
+            )),
+            Ok(Request::new(
+                "main",
+                Command::CreateTransaction(script(
+                    &scaling
+                        .replace("scaling:src", "scaling:fresh")
+                        .replace("EUR/2 400", "EUR/2 30"),
+                    &[],
+                )),
+            )),
+        ])
+        .unwrap();
+    assert!(group.committed, "{:?}", group.results);
+    assert_eq!(balance(&ledgers, "main", "scaling:fresh", "EUR/1"), 0);
+    assert_eq!(balance(&ledgers, "main", "x", "EUR/2"), 430);
+    // After a restart, the precisions come from the store's tables alone.
+    ledgers.shutdown();
+    drop(ledgers);
+    let ledgers = service(backend);
+    // Not enough over every precision (95 EUR and 1 EUR/2; EURO and the coloured EUR do not
+    // count): refused, nothing written.
+    let short = commit(
+        &ledgers,
+        "main",
+        script(&scaling.replace("EUR/2 400", "EUR/2 10000"), &[]),
     )
     .unwrap_err();
     assert!(
-        matches!(scaling, LedgerError::ScriptRuntime { ref message, .. }
-            if message.contains("asset scaling is not supported")),
-        "{scaling:?}"
+        matches!(
+            short,
+            LedgerError::InsufficientFunds {
+                available: 9501,
+                ..
+            }
+        ),
+        "{short:?}"
     );
+    assert_eq!(balance(&ledgers, "main", "scaling:src", "EUR"), 95);
     // A variable is held to the ledger's own rules for addresses (here, their length).
     let long = "a".repeat(coffer_ledger::types::ADDRESS_BYTES_MAX + 1);
     let refused = commit(
