@@ -808,3 +808,22 @@ def test_reads_by_insertion_date_are_refused_not_ignored(ledger, http):
     res = http.get(f"{base}/volumes", params={"endTime": "2030-01-01T00:00:00Z", "insertionDate": "true"})
     assert (res.status_code, res.json()["errorCode"]) == (400, "VALIDATION")
     assert http.get(f"{base}/aggregate/balances", params={"useInsertionDate": "true"}).status_code == 200
+
+
+def test_a_script_scales_between_precisions_of_an_asset(sdk, ledger):
+    fund(sdk, ledger, "users:scaled", 99, asset="EUR")
+    fund(sdk, ledger, "users:scaled", 1, asset="EUR/2")
+    script = """#![feature("experimental-asset-scaling")]
+send [EUR/2 400] (
+  source = @users:scaled with scaling through @swap
+  destination = @shops:1
+)
+"""
+    _, tx = post(sdk, ledger, {"script": {"plain": script, "vars": {}}})
+    assert postings(tx) == [
+        ("users:scaled", "swap", 4, "EUR"),
+        ("swap", "users:scaled", 400, "EUR/2"),
+        ("users:scaled", "shops:1", 400, "EUR/2"),
+    ]
+    assert balance(sdk, ledger, "users:scaled", "EUR") == 95
+    assert balance(sdk, ledger, "users:scaled", "EUR/2") == 1
