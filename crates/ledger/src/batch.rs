@@ -1440,10 +1440,11 @@ impl ScriptView<'_, '_> {
             .account_assets_of_base(self.ledger, account, base, ASSET_PRECISIONS_MAX + 1)?
             .into_iter()
             .collect();
+        // Only what this batch wrote: `volumes` also holds keys merely looked up, at zero.
         assets.extend(
             self.batch
-                .volumes
-                .keys()
+                .dirty_volumes
+                .iter()
                 .filter(|key| {
                     key.ledger == self.ledger
                         && key.address == account

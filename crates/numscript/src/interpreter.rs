@@ -1316,7 +1316,13 @@ impl<'a> Interpreter<'a, '_> {
             }
             has_balances = true;
             let (row_base, row_scale) = asset_base_and_scale(&key.1);
-            if key.2.is_empty() && row_base == &*base {
+            // Only an asset spelt as its conversion posting will spell it (`EUR`, `EUR/2`; not
+            // `EUR/0` or `EUR/02`): the posting must leave the asset the balance was read of.
+            let canonical = match key.1.split_once('/') {
+                None => true,
+                Some((_, digits)) => row_scale != 0 && digits == row_scale.to_string(),
+            };
+            if key.2.is_empty() && row_base == &*base && canonical {
                 scales.insert(row_scale, entry.amount);
             }
         }

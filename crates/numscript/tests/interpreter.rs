@@ -378,3 +378,22 @@ fn many_accounts_use_the_indexed_balance_table() {
     expected.push("s:24 -> e: COIN 10".to_string());
     check(&script, &[], &balances, &expected.join("\n"));
 }
+
+#[test]
+fn scaling_reads_only_assets_spelt_as_their_conversion_would_spell_them() {
+    // `EUR/0` and `EUR/02` are other assets: converting them would post `EUR` and `EUR/2`,
+    // which the account does not hold (upstream reads them by their scale and does so).
+    let script = "send [EUR/3 40] (source = @p with scaling through @swap destination = @x)";
+    check(
+        script,
+        &[],
+        &[("p", "EUR/0", 5), ("p", "EUR/02", 5)],
+        "error MISSING_FUNDS: Not enough funds. Needed [EUR/3 40] (only [EUR/3 0] available)",
+    );
+    check(
+        script,
+        &[],
+        &[("p", "EUR/0", 5), ("p", "EUR/2", 5)],
+        "p -> swap: EUR/2 4\nswap -> p: EUR/3 40\np -> x: EUR/3 40",
+    );
+}

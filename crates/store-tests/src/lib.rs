@@ -417,6 +417,30 @@ pub fn scripts(backend: &dyn Backend) {
     assert!(group.committed, "{:?}", group.results);
     assert_eq!(balance(&ledgers, "main", "scaling:fresh", "EUR/1"), 0);
     assert_eq!(balance(&ledgers, "main", "x", "EUR/2"), 430);
+    // What the batch merely looked up (here a later element's postings) is not a balance:
+    // the account holds nothing, as it would alone.
+    let group = ledgers
+        .write_atomic_blocking(vec![
+            Ok(Request::new(
+                "main",
+                Command::CreateTransaction(script(
+                    &scaling.replace("scaling:src", "scaling:none"),
+                    &[],
+                )),
+            )),
+            Ok(Request::new(
+                "main",
+                Command::CreateTransaction(new_tx(vec![posting("scaling:none", "w", 1, "EUR/3")])),
+            )),
+        ])
+        .unwrap();
+    assert!(!group.committed);
+    assert!(
+        matches!(&group.results[0], Err(LedgerError::ScriptRuntime { code, .. })
+            if *code == "INVALID_UNBOUNDED_ADDRESS_IN_SCALING_ADDRESS"),
+        "{:?}",
+        group.results
+    );
     // After a restart, the precisions come from the store's tables alone.
     ledgers.shutdown();
     drop(ledgers);
