@@ -1114,47 +1114,10 @@ impl<'w> Batch<'w> {
                     )));
                 }
             }
-            let invalid =
-                |err: serde_json::Error| LedgerError::Import(format!("log {}: {err}", log.id));
+            // Rows are dated by their log, and the clock is restored whatever the outcome.
             let saved_now = self.now;
             self.now = log.date;
-            let result = match log.kind {
-                LogType::NewTransaction => {
-                    let payload: NewTransactionPayload =
-                        serde_json::from_str(&log.data).map_err(invalid)?;
-                    self.import_transaction(
-                        &current,
-                        &payload.transaction,
-                        &payload.account_metadata,
-                    )
-                }
-                LogType::RevertedTransaction => {
-                    let payload: RevertedTransactionPayload =
-                        serde_json::from_str(&log.data).map_err(invalid)?;
-                    self.import_transaction(&current, &payload.transaction, &BTreeMap::new())
-                        .and_then(|_| {
-                            let id = payload.reverted_transaction.id;
-                            self.transaction(ledger, id)?.ok_or_else(|| {
-                                LedgerError::Import(format!("reverted transaction {id} is unknown"))
-                            })?;
-                            let entry = self.transactions.get_mut(&(ledger, id)).expect("loaded");
-                            entry.tx.reverted_at = Some(log.date);
-                            entry.tx.updated_at = log.date;
-                            entry.dirty = true;
-                            Ok(())
-                        })
-                }
-                LogType::SetMetadata => {
-                    let payload: SetMetadataPayload =
-                        serde_json::from_str(&log.data).map_err(invalid)?;
-                    self.import_metadata(ledger, &payload.target_id, Some(&payload.metadata), None)
-                }
-                LogType::DeleteMetadata => {
-                    let payload: DeleteMetadataPayload =
-                        serde_json::from_str(&log.data).map_err(invalid)?;
-                    self.import_metadata(ledger, &payload.target_id, None, Some(&payload.key))
-                }
-            };
+            let result = self.import_log(&current, log);
             self.now = saved_now;
             result?;
             let head = self.heads.get_mut(&name).expect("locked");
@@ -1180,6 +1143,46 @@ impl<'w> Batch<'w> {
             }
         }
         Ok(Outcome::Imported(logs.len() as u64))
+    }
+
+    /// Applies one imported log's rows; its chain and ids were checked by `import_logs`.
+    fn import_log(&mut self, current: &LedgerHead, log: &Log) -> Result<(), LedgerError> {
+        let ledger = current.id;
+        let invalid =
+            |err: serde_json::Error| LedgerError::Import(format!("log {}: {err}", log.id));
+        match log.kind {
+            LogType::NewTransaction => {
+                let payload: NewTransactionPayload =
+                    serde_json::from_str(&log.data).map_err(invalid)?;
+                self.import_transaction(current, &payload.transaction, &payload.account_metadata)
+            }
+            LogType::RevertedTransaction => {
+                let payload: RevertedTransactionPayload =
+                    serde_json::from_str(&log.data).map_err(invalid)?;
+                self.import_transaction(current, &payload.transaction, &BTreeMap::new())
+                    .and_then(|_| {
+                        let id = payload.reverted_transaction.id;
+                        self.transaction(ledger, id)?.ok_or_else(|| {
+                            LedgerError::Import(format!("reverted transaction {id} is unknown"))
+                        })?;
+                        let entry = self.transactions.get_mut(&(ledger, id)).expect("loaded");
+                        entry.tx.reverted_at = Some(log.date);
+                        entry.tx.updated_at = log.date;
+                        entry.dirty = true;
+                        Ok(())
+                    })
+            }
+            LogType::SetMetadata => {
+                let payload: SetMetadataPayload =
+                    serde_json::from_str(&log.data).map_err(invalid)?;
+                self.import_metadata(ledger, &payload.target_id, Some(&payload.metadata), None)
+            }
+            LogType::DeleteMetadata => {
+                let payload: DeleteMetadataPayload =
+                    serde_json::from_str(&log.data).map_err(invalid)?;
+                self.import_metadata(ledger, &payload.target_id, None, Some(&payload.key))
+            }
+        }
     }
 
     fn import_transaction(
