@@ -827,3 +827,18 @@ send [EUR/2 400] (
     ]
     assert balance(sdk, ledger, "users:scaled", "EUR") == 95
     assert balance(sdk, ledger, "users:scaled", "EUR/2") == 1
+
+
+def test_an_aggregate_past_128_bits_is_a_validation_error(ledger, http):
+    base = f"/api/ledger/v2/{ledger}"
+    top = 2**127 - 2
+    for n in (1, 2):
+        plain = f"send [EUR {top}] (source = @deep:{n} allowing unbounded overdraft destination = @rich:{n})"
+        res = http.post(f"{base}/transactions", json={"script": {"plain": plain, "vars": {}}})
+        assert res.status_code == 200, res.text
+    res = http.request("GET", f"{base}/aggregate/balances", json={"$match": {"address": "rich:"}})
+    assert (res.status_code, res.json()["errorCode"]) == (400, "VALIDATION")
+    res = http.get(f"{base}/volumes", params={"groupBy": "1"})
+    assert (res.status_code, res.json()["errorCode"]) == (400, "VALIDATION")
+    res = http.request("GET", f"{base}/aggregate/balances", json={"$match": {"address": "rich:1"}})
+    assert res.json()["data"] == {"EUR": top}

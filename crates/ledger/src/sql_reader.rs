@@ -92,7 +92,15 @@ pub fn opt_text(row: &Row, index: usize) -> StoreResult<Option<String>> {
 pub fn amount(row: &Row, index: usize) -> StoreResult<Amount> {
     match row.get(index) {
         Some(SqlValue::Int(value)) => Ok(i128::from(*value)),
-        Some(SqlValue::Text(text)) => text.parse().map_err(|_| corrupt("amount")),
+        Some(SqlValue::Text(text)) => text.parse().map_err(|err: std::num::ParseIntError| {
+            // Stored amounts fit; only a sum (PostgreSQL's numeric) can pass the range.
+            match err.kind() {
+                std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => {
+                    StoreError::overflow()
+                }
+                _ => corrupt("amount"),
+            }
+        }),
         Some(SqlValue::Null) => Ok(0),
         _ => Err(corrupt("amount")),
     }

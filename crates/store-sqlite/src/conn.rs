@@ -248,8 +248,19 @@ pub(crate) fn amount_of(value: ValueRef<'_>) -> Result<Option<Amount>, rusqlite:
     }
 }
 
+const OVERFLOW: &str = "amount overflow";
+
 fn overflow() -> rusqlite::Error {
-    rusqlite::Error::UserFunctionError("amount overflow".into())
+    rusqlite::Error::UserFunctionError(OVERFLOW.into())
+}
+
+/// A read's error: the amount functions' overflow is the query's (`StoreError::overflow`).
+fn query_err(e: rusqlite::Error) -> StoreError {
+    // SQLite hands a function's error back as its message alone.
+    if e.to_string() == OVERFLOW {
+        return StoreError::overflow();
+    }
+    err(e)
 }
 
 struct Sum;
@@ -377,9 +388,9 @@ pub(crate) fn run_query(
     let params: Vec<Param<'_>> = values.iter().map(Param).collect();
     let refs: Vec<&dyn ToSql> = params.iter().map(|p| p as &dyn ToSql).collect();
     let columns = statement.column_count();
-    let mut rows = statement.query(refs.as_slice()).map_err(err)?;
+    let mut rows = statement.query(refs.as_slice()).map_err(query_err)?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(err)? {
+    while let Some(row) = rows.next().map_err(query_err)? {
         let mut values = Vec::with_capacity(columns);
         for index in 0..columns {
             values.push(to_sql_value(row.get_ref(index).map_err(err)?));

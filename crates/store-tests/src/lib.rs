@@ -318,6 +318,26 @@ pub fn postings_and_volumes(backend: &dyn Backend) {
     .unwrap_err();
     assert_eq!(overflow, LedgerError::Overflow);
     assert_eq!(balance(&ledgers, "main", "whale", "BTC/8"), huge * 2);
+    // A read whose sum passes the amount range is the query's overflow (a 400), not a store
+    // failure: two whales' balances together.
+    let forced = NewTransaction {
+        force: true,
+        ..new_tx(vec![posting("deep", "whale2", huge * 2, "BTC/8")])
+    };
+    commit(&ledgers, "main", forced).unwrap();
+    let whales = r#"{"$or":[{"$match":{"address":"whale"}},{"$match":{"address":"whale2"}}]}"#;
+    let now = Some(Timestamp(i64::MAX / 2));
+    for pit in [None, now] {
+        assert_eq!(
+            ledgers.aggregate_balances("main", Some(whales), pit),
+            Err(LedgerError::Overflow),
+            "pit {pit:?}"
+        );
+    }
+    let both = ledgers
+        .aggregate_balances("main", Some(r#"{"$match":{"address":"whale2"}}"#), None)
+        .unwrap();
+    assert_eq!(both["BTC/8"], huge * 2);
 
     let invalid = commit(
         &ledgers,

@@ -65,7 +65,7 @@ impl From<LedgerError> for WalletError {
                 "reference: a transaction with reference {reference:?} already exists"
             )),
             LedgerError::Overflow => WalletError::Validation(
-                "amount: the resulting balance does not fit in 128 bits".into(),
+                "amount overflow: a balance or a total would not fit in 128 bits".into(),
             ),
             other => WalletError::Ledger(other),
         }
