@@ -127,6 +127,16 @@ impl Wallets {
         let destination = stored_address(&account.metadata, KEY_HOLD_DESTINATION)
             .unwrap_or_else(|| validate::resolve(&hold.hold.destination));
         let main = chart::main_account(&hold.hold.wallet_id);
+        // Its metadata can be rewritten through the ledger API: refuse what no longer names
+        // a place to pay, rather than fail in the script.
+        if !coffer_ledger::types::is_valid_address(&destination)
+            || !coffer_ledger::types::is_valid_address(&main)
+            || !coffer_ledger::types::is_valid_asset(&hold.hold.asset)
+        {
+            return Err(WalletError::validation(format!(
+                "hold {id}: its ledger metadata no longer names a valid destination, wallet and asset"
+            )));
+        }
         let rest_to = (request.final_ && amount.is_some()).then_some(main.as_str());
         let address = chart::hold_account(id);
         let script =

@@ -1408,3 +1408,34 @@ fn one_balance_name_is_created_once_by_racers_that_do_not_take_turns() {
         "already exists",
     );
 }
+
+#[test]
+fn a_hold_whose_metadata_was_rewritten_through_the_ledger_is_refused_not_a_failure() {
+    let f = fixture();
+    let wallet = f.wallet("w");
+    f.credit(&wallet, None, 10);
+    let hold = f
+        .wallets
+        .debit(&pending(&wallet, 5, DebitSources::Main), None)
+        .unwrap()
+        .unwrap();
+    let rewrite = coffer_ledger::Command::SaveMetadata {
+        target: coffer_ledger::Target::Account(chart::hold_account(&hold.id)),
+        metadata: meta(&[
+            (chart::KEY_HOLD_SUBJECT, "{not json"),
+            (chart::KEY_HOLD_DESTINATION, "zzz"),
+        ]),
+    };
+    f.ledgers()
+        .write_blocking(coffer_ledger::command::Request::new(LEDGER, rewrite))
+        .unwrap();
+    let refused = f
+        .wallets
+        .confirm_hold(&hold.id, &ConfirmHold::default(), None)
+        .unwrap_err();
+    assert!(
+        matches!(refused, WalletError::Validation(ref m) if m.contains("no longer names")),
+        "{refused:?}"
+    );
+    assert_eq!(f.wallets.get_hold(&hold.id).unwrap().remaining, 5);
+}
