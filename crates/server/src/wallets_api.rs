@@ -829,7 +829,7 @@ async fn debit_wallet(
     // without holding a thread.
     let wallets = state.wallets.clone();
     let (request, hold) =
-        if matches!(debit.sources, DebitSources::Main) && wallets.knows_wallet(&debit.wallet_id) {
+        if wallets.plans_without_reads(&debit) {
             wallets.plan_debit(&debit, key.as_deref())?
         } else {
             blocking(move || Ok(wallets.plan_debit(&debit, key.as_deref())?)).await?

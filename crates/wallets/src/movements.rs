@@ -71,21 +71,8 @@ impl Wallets {
             validate::subject(&format!("sources[{index}]"), source)?;
         }
         self.require_wallet("id", &credit.wallet_id)?;
-        let destination = match credit.balance.as_deref() {
-            None | Some("") | Some(MAIN_BALANCE) => chart::main_account(&credit.wallet_id),
-            Some(name) => {
-                validate::balance_name("balance", name)?;
-                let address = chart::balance_account(&credit.wallet_id, name);
-                match self.account_row(&address)? {
-                    Some(account) if is_balance_of(&account, &credit.wallet_id, name) => address,
-                    _ => {
-                        return Err(WalletError::validation(format!(
-                            "balance: balance {name:?} does not exist"
-                        )))
-                    }
-                }
-            }
-        };
+        let destination =
+            self.existing_balance("balance", &credit.wallet_id, credit.balance.as_deref())?;
         let sources: Vec<String> = if credit.sources.is_empty() {
             vec![validate::resolve(&Subject::world())]
         } else {
@@ -103,6 +90,43 @@ impl Wallets {
         Ok(())
     }
 
+    /// The address of balance `name` (main when absent) of a wallet known to exist; an error
+    /// naming `field` when the balance was never created.
+    fn existing_balance(
+        &self,
+        field: &str,
+        wallet_id: &str,
+        name: Option<&str>,
+    ) -> Result<String, WalletError> {
+        match name {
+            None | Some("") | Some(MAIN_BALANCE) => Ok(chart::main_account(wallet_id)),
+            Some(name) => {
+                validate::balance_name(field, name)?;
+                let address = chart::balance_account(wallet_id, name);
+                match self.account_row(&address)? {
+                    Some(account) if is_balance_of(&account, wallet_id, name) => Ok(address),
+                    _ => Err(WalletError::validation(format!(
+                        "{field}: balance {name:?} does not exist"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// A debit paying into a wallet pays into one that exists, and a balance of it that
+    /// exists: money sent elsewhere would sit in an account no wallet shows.
+    fn require_wallet_destination(
+        &self,
+        field: &str,
+        destination: &Subject,
+    ) -> Result<(), WalletError> {
+        if let Subject::Wallet { id, balance } = destination {
+            self.require_wallet(field, id)?;
+            self.existing_balance(field, id, balance.as_deref())?;
+        }
+        Ok(())
+    }
+
     /// Debits a wallet. Pending debits move the funds into a new hold and return it.
     pub fn debit(
         &self,
@@ -112,6 +136,21 @@ impl Wallets {
         let (request, hold) = self.plan_debit(debit, idempotency_key)?;
         self.ledgers.write_blocking(request)?;
         Ok(hold)
+    }
+
+    /// Whether `plan_debit` answers this debit without reading the store (from the main
+    /// balance of a known wallet, to an account or the main balance of a known wallet): a
+    /// server may then plan it on its async threads.
+    pub fn plans_without_reads(&self, debit: &Debit) -> bool {
+        matches!(debit.sources, DebitSources::Main)
+            && self.knows_wallet(&debit.wallet_id)
+            && match &debit.destination {
+                Some(Subject::Wallet { id, balance }) => {
+                    self.knows_wallet(id)
+                        && matches!(balance.as_deref(), None | Some("") | Some(MAIN_BALANCE))
+                }
+                _ => true,
+            }
     }
 
     /// Everything a debit decides before it is written: the ledger request to commit, and the
@@ -147,6 +186,7 @@ impl Wallets {
             }
         }
         self.require_wallet("id", &debit.wallet_id)?;
+        self.require_wallet_destination("destination", &destination)?;
         // A retry under the same key must replay even when the sources it would draw from now
         // differ (a balance created or expired since): the key is matched on the debit as the
         // client sent it, not on the script derived from it.

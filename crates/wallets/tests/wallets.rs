@@ -254,8 +254,11 @@ fn raw_ledger_accounts_and_metadata_follow_formance() {
     let mut request = pending(&wallet, 30, DebitSources::Main);
     request.metadata = meta(&[("order", "42")]);
     request.description = "a hold".into();
+    let other = f.wallet("other");
+    f.balance(&other, "b", None, 0);
+    let other_bare = other.id.replace('-', "");
     request.destination = Some(Subject::Wallet {
-        id: "other".into(),
+        id: other.id.clone(),
         balance: Some("b".into()),
     });
     let hold = f.wallets.debit(&request, None).unwrap().expect("a hold");
@@ -274,11 +277,14 @@ fn raw_ledger_accounts_and_metadata_follow_formance() {
             ("wallets/holds/description", "a hold"),
             (
                 "wallets/holds/subject",
-                r#"{"balance":"b","identifier":"other","type":"WALLET"}"#
+                &format!(
+                    r#"{{"balance":"b","identifier":"{}","type":"WALLET"}}"#,
+                    other.id
+                )
             ),
             (
                 "destination",
-                r#"{"type":"account","value":"wallets:other:b"}"#
+                &format!(r#"{{"type":"account","value":"wallets:{other_bare}:b"}}"#)
             ),
             (
                 "void_destination",
@@ -1438,4 +1444,30 @@ fn a_hold_whose_metadata_was_rewritten_through_the_ledger_is_refused_not_a_failu
         "{refused:?}"
     );
     assert_eq!(f.wallets.get_hold(&hold.id).unwrap().remaining, 5);
+}
+
+#[test]
+fn a_debit_pays_only_into_a_wallet_and_balance_that_exist() {
+    let f = fixture();
+    let wallet = f.wallet("w");
+    let shop = f.wallet("shop");
+    f.balance(&shop, "tips", None, 0);
+    f.credit(&wallet, None, 10);
+    let to = |id: &str, balance: Option<&str>| Debit {
+        destination: Some(Subject::Wallet {
+            id: id.to_string(),
+            balance: balance.map(str::to_string),
+        }),
+        ..debit(&wallet, 1, DebitSources::Main)
+    };
+    let unknown = "00000000-0000-0000-0000-000000000000";
+    check_validation(f.wallets.debit(&to(unknown, None), None), "not found");
+    check_validation(
+        f.wallets.debit(&to(&shop.id, Some("nope")), None),
+        "destination: balance \"nope\" does not exist",
+    );
+    f.wallets.debit(&to(&shop.id, None), None).unwrap();
+    f.wallets.debit(&to(&shop.id, Some("tips")), None).unwrap();
+    assert_eq!(f.usd_in(&wallet, "main"), 8, "only two debits went through");
+    assert_eq!((f.usd_in(&shop, "main"), f.usd_in(&shop, "tips")), (1, 1));
 }
