@@ -828,12 +828,11 @@ async fn debit_wallet(
     // Decide (on the blocking pool when that reads the store), then wait for the commit
     // without holding a thread.
     let wallets = state.wallets.clone();
-    let (request, hold) =
-        if wallets.plans_without_reads(&debit) {
-            wallets.plan_debit(&debit, key.as_deref())?
-        } else {
-            blocking(move || Ok(wallets.plan_debit(&debit, key.as_deref())?)).await?
-        };
+    let (request, hold) = if wallets.plans_without_reads(&debit) {
+        wallets.plan_debit(&debit, key.as_deref())?
+    } else {
+        blocking(move || Ok(wallets.plan_debit(&debit, key.as_deref())?)).await?
+    };
     state
         .ledgers
         .write(request)
