@@ -3,7 +3,7 @@
 use coffer_ledger::types::{is_valid_address, is_valid_asset, validate_metadata};
 use coffer_ledger::Metadata;
 
-use crate::chart::{self, is_segment, MAIN_BALANCE};
+use crate::chart::{self, is_segment, MAIN_BALANCE, SEGMENT_BYTES_MAX};
 use crate::model::{Monetary, Subject};
 use crate::WalletError;
 
@@ -39,7 +39,8 @@ pub fn balance_name(field: &str, name: &str) -> Result<(), WalletError> {
         Ok(())
     } else {
         Err(WalletError::validation(format!(
-            "{field}: invalid balance name {name:?} (expected [0-9A-Za-z_-]+)"
+            "{field}: invalid balance name {name:?} (expected 1 to {SEGMENT_BYTES_MAX} of \
+             [0-9A-Za-z_-], not only dashes)"
         )))
     }
 }
