@@ -190,12 +190,13 @@ impl Wallets {
         metadata: &Metadata,
         page: &PageRequest,
     ) -> Result<Page<Balance>, WalletError> {
-        let mut conditions = vec![
+        let kind = [
             (KEY_BALANCES.to_string(), TRUE.to_string()),
             (KEY_WALLET_ID.to_string(), wallet_id.to_string()),
         ];
+        let mut conditions = Vec::new();
         custom_conditions(metadata, &mut conditions)?;
-        let accounts = self.list_accounts(Some(metadata_filter(&conditions)), false, page)?;
+        let accounts = self.list_accounts(&kind, &conditions, false, page)?;
         map_page(accounts, |account| Ok(balance_of(account)))
     }
 

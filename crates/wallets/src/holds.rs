@@ -12,7 +12,7 @@ use crate::movements::transaction;
 use crate::scripts;
 use crate::wallet::map_page;
 use crate::BALANCES_PER_WALLET_MAX;
-use crate::{custom_conditions, metadata_filter, validate, WalletError, Wallets};
+use crate::{custom_conditions, validate, WalletError, Wallets};
 
 fn hold_of(account: &Account) -> Hold {
     let metadata = &account.metadata;
@@ -95,12 +95,13 @@ impl Wallets {
         query: &ListHolds,
         page: &PageRequest,
     ) -> Result<Page<Hold>, WalletError> {
-        let mut conditions = vec![(KEY_SPEC_TYPE.to_string(), SPEC_HOLD.to_string())];
+        let kind = [(KEY_SPEC_TYPE.to_string(), SPEC_HOLD.to_string())];
+        let mut conditions = Vec::new();
         if let Some(wallet_id) = &query.wallet_id {
             conditions.push((KEY_HOLD_WALLET_ID.to_string(), wallet_id.clone()));
         }
         custom_conditions(&query.metadata, &mut conditions)?;
-        let accounts = self.list_accounts(Some(metadata_filter(&conditions)), false, page)?;
+        let accounts = self.list_accounts(&kind, &conditions, false, page)?;
         map_page(accounts, |account| Ok(hold_of(account)))
     }
 

@@ -159,14 +159,39 @@ impl Wallets {
         Ok(self.ledgers.find_account(&self.ledger, address, false)?)
     }
 
+    /// A page of the accounts matching `conditions` (metadata key, value) and then `custom`
+    /// ones. A cursor carries the filter of the listing it came from, so a cursor of another
+    /// list would page through other accounts: refused when a row lacks `conditions`.
     fn list_accounts(
         &self,
-        filter: Option<String>,
+        conditions: &[(String, String)],
+        custom: &[(String, String)],
+        with_volumes: bool,
+        page: &PageRequest,
+    ) -> Result<Page<Account>, WalletError> {
+        let all: Vec<(String, String)> = conditions.iter().chain(custom).cloned().collect();
+        let accounts = self.accounts_page(metadata_filter(&all), with_volumes, page)?;
+        let foreign = |account: &Account| {
+            conditions
+                .iter()
+                .any(|(key, value)| account.metadata.get(key) != Some(value))
+        };
+        if page.cursor.is_some() && accounts.data.iter().any(foreign) {
+            return Err(WalletError::validation(
+                "cursor: it comes from another list",
+            ));
+        }
+        Ok(accounts)
+    }
+
+    fn accounts_page(
+        &self,
+        filter: String,
         with_volumes: bool,
         page: &PageRequest,
     ) -> Result<Page<Account>, WalletError> {
         let query = AccountsQuery {
-            filter,
+            filter: Some(filter),
             pit: None,
             with_volumes,
             descending: false,
@@ -189,7 +214,7 @@ impl Wallets {
         };
         let pages_max = max / SCAN_PAGE_SIZE as usize + 2;
         for _ in 0..pages_max {
-            let result = self.list_accounts(Some(filter.clone()), with_volumes, &page)?;
+            let result = self.accounts_page(filter.clone(), with_volumes, &page)?;
             out.extend(result.data);
             if out.len() > max {
                 return Err(WalletError::validation(format!("{what}: more than {max}")));

@@ -210,13 +210,13 @@ impl Wallets {
         query: &ListWallets,
         page: &PageRequest,
     ) -> Result<Page<Wallet>, WalletError> {
-        let mut conditions = vec![(KEY_SPEC_TYPE.to_string(), SPEC_PRIMARY.to_string())];
+        let kind = [(KEY_SPEC_TYPE.to_string(), SPEC_PRIMARY.to_string())];
+        let mut conditions = Vec::new();
         if let Some(name) = &query.name {
             conditions.push((KEY_WALLET_NAME.to_string(), name.clone()));
         }
         custom_conditions(&query.metadata, &mut conditions)?;
-        let filter = metadata_filter(&conditions);
-        let accounts = self.list_accounts(Some(filter), query.expand_balances, page)?;
+        let accounts = self.list_accounts(&kind, &conditions, query.expand_balances, page)?;
         map_page(accounts, |account| {
             // The volumes the ledger read: asked for by this query or, with a cursor, by the
             // query that started the listing (the cursor carries it).

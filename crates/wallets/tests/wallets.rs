@@ -1471,3 +1471,49 @@ fn a_debit_pays_only_into_a_wallet_and_balance_that_exist() {
     assert_eq!(f.usd_in(&wallet, "main"), 8, "only two debits went through");
     assert_eq!((f.usd_in(&shop, "main"), f.usd_in(&shop, "tips")), (1, 1));
 }
+
+#[test]
+fn a_cursor_of_one_list_is_refused_by_another() {
+    let f = fixture();
+    let a = f.wallet("a");
+    let b = f.wallet("b");
+    f.credit(&a, None, 10);
+    for _ in 0..2 {
+        f.wallets
+            .debit(&pending(&a, 1, DebitSources::Main), None)
+            .unwrap();
+    }
+    let next = |cursor: Option<String>| PageRequest {
+        page_size: None,
+        cursor,
+    };
+    let holds = f
+        .wallets
+        .list_holds(&ListHolds::default(), &page(1))
+        .unwrap();
+    check_validation(
+        f.wallets
+            .list_wallets(&ListWallets::default(), &next(holds.next.clone())),
+        "another list",
+    );
+    assert_eq!(
+        f.wallets
+            .list_holds(&ListHolds::default(), &next(holds.next))
+            .unwrap()
+            .data
+            .len(),
+        1
+    );
+    let wallets = f
+        .wallets
+        .list_wallets(&ListWallets::default(), &page(1))
+        .unwrap();
+    // The cursor's next row is the second wallet's main balance: foreign to the first.
+    let first = &wallets.data[0].id;
+    assert!(*first == a.id || *first == b.id);
+    check_validation(
+        f.wallets
+            .list_balances(first, &Metadata::new(), &next(wallets.next)),
+        "another list",
+    );
+}
