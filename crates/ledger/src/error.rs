@@ -73,33 +73,35 @@ impl LedgerError {
 
 impl From<StoreError> for LedgerError {
     fn from(err: StoreError) -> Self {
-        if err.is_overflow() {
+        if err.overflow {
             return LedgerError::Overflow;
         }
-        LedgerError::Store(err.0)
+        LedgerError::Store(err.message)
     }
 }
 
-/// What a read's sum that passes the amount range says (`StoreError::overflow`).
-const SUM_OVERFLOW: &str = "amount overflow: a sum does not fit in 128 bits";
-
 /// A storage backend failed (I/O, constraint, corruption). Not a client mistake.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
+#[error("{message}")]
+pub struct StoreError {
+    message: String,
+    /// A sum a read computed (an aggregate of balances, grouped volumes) passed the amount
+    /// range: the query asked for more than an amount holds, the store is fine (a 400).
+    overflow: bool,
+}
 
 impl StoreError {
     pub fn new(message: impl std::fmt::Display) -> Self {
-        StoreError(message.to_string())
+        StoreError {
+            message: message.to_string(),
+            overflow: false,
+        }
     }
 
-    /// A sum a read computed (an aggregate of balances, grouped volumes) passes the amount
-    /// range: the query asked for more than an amount holds, the store is fine (a 400, not 500).
     pub fn overflow() -> Self {
-        StoreError(SUM_OVERFLOW.to_string())
-    }
-
-    pub fn is_overflow(&self) -> bool {
-        self.0 == SUM_OVERFLOW
+        StoreError {
+            message: "amount overflow: a sum does not fit in 128 bits".into(),
+            overflow: true,
+        }
     }
 }

@@ -140,17 +140,16 @@ impl RecentVolumes {
     pub fn drop_flushed(&self, flushed: u64) {
         let mut guard = self.accounts.write();
         let Accounts { map, entries } = &mut *guard;
+        let (mut kept, mut dropped) = (0, 0);
         map.retain(|_, assets| {
             let before = assets.len();
             assets.retain(|(_, _, generation)| *generation > flushed);
-            *entries -= before - assets.len();
+            kept += assets.len();
+            dropped += before - assets.len();
             !assets.is_empty()
         });
-        assert_eq!(
-            *entries,
-            map.values().map(Vec::len).sum::<usize>(),
-            "entries miscounted"
-        );
+        assert_eq!(*entries, kept + dropped, "entries miscounted");
+        *entries = kept;
     }
 
     /// Drops everything: only once the flusher has written every hand-over.
