@@ -1,6 +1,8 @@
 """Ledger v2 through the official Python SDK (`sdk.ledger.v2.*`) against `coffer serve`."""
 
 import json
+import time
+from datetime import datetime, timezone
 
 import pytest
 from formance_sdk_python.models import ledger as L
@@ -842,3 +844,44 @@ def test_an_aggregate_past_128_bits_is_a_validation_error(ledger, http):
     assert (res.status_code, res.json()["errorCode"]) == (400, "VALIDATION")
     res = http.request("GET", f"{base}/aggregate/balances", json={"$match": {"address": "rich:1"}})
     assert res.json()["data"] == {"EUR": top}
+
+
+def test_point_in_time_reads_show_metadata_as_it_was(sdk, ledger):
+    tx = fund(sdk, ledger, "users:history", 10, metadata={"state": "new"})
+    time.sleep(0.01)
+    then = datetime.now(timezone.utc)
+    time.sleep(0.01)
+    sdk.ledger.v2.add_metadata_to_account(
+        request={"ledger": ledger, "address": "users:history", "request_body": {"tier": "gold"}}
+    )
+    sdk.ledger.v2.add_metadata_on_transaction(
+        request={"ledger": ledger, "id": tx.id, "request_body": {"state": "settled"}}
+    )
+
+    def account(**at):
+        res = sdk.ledger.v2.get_account(
+            request={"ledger": ledger, "address": "users:history", **at}
+        )
+        return res.v2_account_response.data.metadata
+
+    def transaction(**at):
+        res = sdk.ledger.v2.get_transaction(request={"ledger": ledger, "id": tx.id, **at})
+        return res.v2_get_transaction_response.data.metadata
+
+    def matching(state, **at):
+        res = sdk.ledger.v2.list_transactions(
+            request={
+                "ledger": ledger,
+                "request_body": {"$match": {"metadata[state]": state}},
+                **at,
+            }
+        )
+        return [t.id for t in res.v2_transactions_cursor_response.cursor.data]
+
+    assert account(pit=then) == {}
+    assert account() == {"tier": "gold"}
+    assert transaction(pit=then) == {"state": "new"}
+    assert transaction() == {"state": "settled"}
+    assert matching("new", pit=then) == [tx.id]
+    assert matching("new") == []
+    assert matching("settled") == [tx.id]

@@ -19,8 +19,8 @@ use crate::log::{
     TARGET_ACCOUNT, TARGET_TRANSACTION,
 };
 use crate::store::{
-    AccountWrite, BatchWrites, LedgerHead, LogWrite, NewLedger, StoreWriter, TransactionUpdate,
-    VolumeKey,
+    AccountWrite, BatchWrites, ChangedTarget, LedgerHead, LogWrite, MetadataChange, NewLedger,
+    StoreWriter, TransactionUpdate, VolumeKey,
 };
 use crate::time::Timestamp;
 use crate::types::{
@@ -98,6 +98,8 @@ pub struct Batch<'w> {
     postings_written: usize,
     ledger_metadata: HashMap<LedgerId, Metadata>,
     logs: Vec<LogWrite>,
+    /// Per target and date, its metadata before the batch's first change of that date.
+    metadata_changes: BTreeMap<(LedgerId, ChangedTarget, Timestamp), Metadata>,
 }
 
 /// Postings applied on top of the batch state, not yet folded in.
@@ -138,6 +140,7 @@ impl<'w> Batch<'w> {
             postings_written: 0,
             ledger_metadata: HashMap::new(),
             logs: Vec::new(),
+            metadata_changes: BTreeMap::new(),
         }
     }
 
@@ -586,6 +589,7 @@ impl<'w> Batch<'w> {
         entry.exists = true;
     }
 
+    /// Callers read the account's metadata first (`account_metadata`), so `before` is known.
     fn set_account_metadata(&mut self, ledger: LedgerId, address: &str, metadata: Metadata) {
         let now = self.now;
         self.touch_account(ledger, address, now);
@@ -593,10 +597,27 @@ impl<'w> Batch<'w> {
             .accounts
             .get_mut(&(ledger, address.to_string()))
             .expect("touched");
+        let before = entry.metadata.clone().unwrap_or_default();
+        self.metadata_changes
+            .entry((ledger, ChangedTarget::Account(address.to_string()), now))
+            .or_insert(before);
         entry.metadata = Some(metadata);
         entry.metadata_dirty = true;
         entry.dirty = true;
         entry.updated_at = Some(now);
+    }
+
+    /// Remembers a loaded transaction's metadata before the change about to be made to it.
+    fn note_transaction_change(&mut self, ledger: LedgerId, id: TxId) {
+        let before = &self
+            .transactions
+            .get(&(ledger, id))
+            .expect("loaded before its change")
+            .tx
+            .metadata;
+        self.metadata_changes
+            .entry((ledger, ChangedTarget::Transaction(id), self.now))
+            .or_insert_with(|| before.clone());
     }
 
     /// Applies postings on an overlay, checking funds unless told not to.
@@ -990,6 +1011,7 @@ impl<'w> Batch<'w> {
                 if request.dry_run {
                     return Ok(Outcome::Done);
                 }
+                self.note_transaction_change(ledger, tx.id);
                 let entry = self
                     .transactions
                     .get_mut(&(ledger, tx.id))
@@ -1041,6 +1063,7 @@ impl<'w> Batch<'w> {
                 if request.dry_run {
                     return Ok(Outcome::Done);
                 }
+                self.note_transaction_change(ledger, *id);
                 let entry = self
                     .transactions
                     .get_mut(&(ledger, *id))
@@ -1255,6 +1278,7 @@ impl<'w> Batch<'w> {
             TargetId::Transaction(id) => {
                 self.transaction(ledger, *id)?
                     .ok_or_else(|| LedgerError::Import(format!("transaction {id} is unknown")))?;
+                self.note_transaction_change(ledger, *id);
                 let entry = self.transactions.get_mut(&(ledger, *id)).expect("loaded");
                 if let Some(set) = set {
                     entry.tx.metadata.extend(set.clone());
@@ -1334,6 +1358,15 @@ impl<'w> Batch<'w> {
             .accounts
             .sort_by(|a, b| (a.ledger, &a.address).cmp(&(b.ledger, &b.address)));
         writes.logs = std::mem::take(&mut self.logs);
+        writes.metadata_changes = std::mem::take(&mut self.metadata_changes)
+            .into_iter()
+            .map(|((ledger, target, date), before)| MetadataChange {
+                ledger,
+                target,
+                date,
+                before,
+            })
+            .collect();
         writes
     }
 

@@ -445,6 +445,9 @@ impl Ledgers {
             if tx.reverted_at.is_some_and(|at| at > pit) {
                 tx.reverted_at = None;
             }
+            if let Some(metadata) = self.reader().transaction_metadata_at(info.id, id, pit)? {
+                tx.metadata = metadata;
+            }
         }
         Ok(tx)
     }

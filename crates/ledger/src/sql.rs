@@ -73,6 +73,34 @@ pub struct FilterContext {
     pub pit: Option<Timestamp>,
 }
 
+/// The metadata of the accounts (`a`) or transactions (`t`) of a query, as it was at `pit` when
+/// given: what a target had before its first change dated after `pit`, or its current metadata
+/// if none was. The date is inlined (an integer), so that it can sit in a select list whatever
+/// the order of the placeholders.
+pub fn metadata_at(resource: Resource, pit: Option<Timestamp>) -> String {
+    let (column, history, target) = match resource {
+        Resource::Transactions => (
+            "t.metadata",
+            "transaction_metadata_changes",
+            "c.tx_id = t.id",
+        ),
+        _ => (
+            "a.metadata",
+            "account_metadata_changes",
+            "c.address = a.address",
+        ),
+    };
+    let ledger = &column[..1];
+    match pit {
+        None => column.to_string(),
+        Some(pit) => format!(
+            "COALESCE((SELECT c.before FROM {history} c WHERE c.ledger_id = {ledger}.ledger_id AND {target} \
+             AND c.date > {} ORDER BY c.date LIMIT 1), {column})",
+            pit.micros()
+        ),
+    }
+}
+
 fn clamp_i64(value: i128) -> i64 {
     value.clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
@@ -175,9 +203,8 @@ fn compile_condition(
     };
     // Logs carry no metadata: asked only by metadata conditions, which logs never parse to.
     let metadata_column = || match resource {
-        Transactions => Ok("t.metadata"),
-        Accounts | Volumes => Ok("a.metadata"),
-        Ledgers => Ok("g.metadata"),
+        Transactions | Accounts | Volumes => Ok(metadata_at(resource, context.pit)),
+        Ledgers => Ok("g.metadata".to_string()),
         Logs => Err(unsupported()),
     };
     Ok(match condition {
@@ -263,11 +290,11 @@ fn compile_condition(
         Condition::MetadataEq { key, value } => {
             let key = params.text(key.clone());
             let value = params.text(value.clone());
-            dialect.metadata_eq(metadata_column()?, &key, &value)
+            dialect.metadata_eq(&metadata_column()?, &key, &value)
         }
         Condition::MetadataExists(key) => {
             let key = params.text(key.clone());
-            dialect.metadata_has(metadata_column()?, &key)
+            dialect.metadata_has(&metadata_column()?, &key)
         }
         Condition::Name(name) if resource == Ledgers => {
             format!("g.name = {}", params.text(name.clone()))

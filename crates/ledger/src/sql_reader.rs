@@ -7,13 +7,13 @@ use crate::codec;
 use crate::error::StoreError;
 use crate::log::{Hash, Log, LogId, LogType};
 use crate::query::{Filter, Resource};
-use crate::sql::{compile_filter, Dialect, FilterContext, Params, SqlValue};
+use crate::sql::{compile_filter, metadata_at, Dialect, FilterContext, Params, SqlValue};
 use crate::store::{
     Direction, LedgerHead, ListAccounts, ListLogs, ListTransactions, ListVolumes, MoveRow, SortKey,
     StoreReader, StoreResult, TxOrder, VolumeRow,
 };
 use crate::time::Timestamp;
-use crate::types::{Account, Amount, LedgerId, LedgerInfo, Transaction, TxId, Volumes};
+use crate::types::{Account, Amount, LedgerId, LedgerInfo, Metadata, Transaction, TxId, Volumes};
 
 pub type Row = Vec<SqlValue>;
 
@@ -147,13 +147,14 @@ impl<B: SqlBackend> SqlReader<B> {
         }
     }
 
-    fn tx_columns(&self) -> String {
+    /// The columns [`Self::decode_tx`] reads, with the metadata as it was at `pit`.
+    fn tx_columns(&self, pit: Option<Timestamp>) -> String {
         let d = self.dialect();
         // Postings and volumes are bytes in both stores (or text in old rows): read as stored.
         format!(
             "t.id, t.timestamp, t.reference, t.postings, {}, t.post_commit_volumes, t.inserted_at, \
              t.updated_at, t.reverted_at",
-            d.json_out("t.metadata"),
+            d.json_out(&metadata_at(Resource::Transactions, pit)),
         )
     }
 
@@ -424,7 +425,7 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         }
         let sql = format!(
             "SELECT {} FROM transactions t WHERE t.ledger_id = $1 AND t.id = $2",
-            self.tx_columns()
+            self.tx_columns(None)
         );
         let rows = self
             .backend
@@ -432,11 +433,33 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         rows.first().map(Self::decode_tx).transpose()
     }
 
+    fn transaction_metadata_at(
+        &self,
+        ledger: LedgerId,
+        id: TxId,
+        pit: Timestamp,
+    ) -> StoreResult<Option<Metadata>> {
+        let sql = format!(
+            "SELECT {} FROM transaction_metadata_changes c WHERE c.ledger_id = $1 AND c.tx_id = $2 \
+             AND c.date > $3 ORDER BY c.date LIMIT 1",
+            self.dialect().json_out("c.before")
+        );
+        let params = [
+            SqlValue::Int(ledger),
+            SqlValue::Int(id as i64),
+            SqlValue::Int(pit.micros()),
+        ];
+        let rows = self.backend.query(&sql, &params)?;
+        rows.first()
+            .map(|row| codec::decode_metadata(&text(row, 0)?))
+            .transpose()
+    }
+
     fn list_transactions(&self, query: &ListTransactions<'_>) -> StoreResult<Vec<Transaction>> {
         let mut params = Params::default();
         let mut sql = format!(
             "SELECT {} FROM transactions t WHERE {}",
-            self.tx_columns(),
+            self.tx_columns(query.pit),
             self.transactions_where(&mut params, query.ledger, query.filter, query.pit)?
         );
         let (cmp, order) = comparator(query.direction);
@@ -675,7 +698,7 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         after: TxId,
         count: u32,
     ) -> StoreResult<Vec<Transaction>> {
-        let select = format!("SELECT {} FROM transactions t", self.tx_columns());
+        let select = format!("SELECT {} FROM transactions t", self.tx_columns(None));
         self.scan_dense(&select, "t", ledger, after, count)?
             .iter()
             .map(Self::decode_tx)
@@ -808,7 +831,7 @@ impl<B: SqlBackend> SqlReader<B> {
         let mut params = Params::default();
         let mut sql = format!(
             "SELECT a.address, {}, a.first_usage, a.insertion_date, a.updated_at FROM accounts a WHERE {}",
-            d.json_out("a.metadata"),
+            d.json_out(&metadata_at(Resource::Accounts, query.pit)),
             self.accounts_where(&mut params, query.ledger, query.filter, query.pit)?
         );
         if let Some(address) = address {

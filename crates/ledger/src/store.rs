@@ -93,6 +93,26 @@ pub struct BatchWrites {
     pub volumes: Vec<(VolumeKey, Volumes)>,
     pub accounts: Vec<AccountWrite>,
     pub logs: Vec<LogWrite>,
+    /// Metadata as it was before this batch changed it, for point-in-time reads.
+    pub metadata_changes: Vec<MetadataChange>,
+}
+
+/// Whose metadata changed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChangedTarget {
+    Account(String),
+    Transaction(TxId),
+}
+
+/// A target's metadata right before its first change dated `date`: a point-in-time read before
+/// `date` (and after any earlier change) shows `before`. Stores keep the first one written for a
+/// (target, date): later ones of the same date are never visible to such a read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataChange {
+    pub ledger: LedgerId,
+    pub target: ChangedTarget,
+    pub date: Timestamp,
+    pub before: Metadata,
 }
 
 /// A log entry to append.
@@ -114,6 +134,7 @@ impl BatchWrites {
             && self.transaction_updates.is_empty()
             && self.accounts.is_empty()
             && self.logs.is_empty()
+            && self.metadata_changes.is_empty()
     }
 }
 
@@ -366,6 +387,14 @@ pub trait StoreReader: Send + Sync {
     fn ledger_head(&self, ledger: LedgerId) -> StoreResult<LedgerHead>;
 
     fn get_transaction(&self, ledger: LedgerId, id: TxId) -> StoreResult<Option<Transaction>>;
+    /// A transaction's metadata before its first change dated after `pit`; `None` when it has
+    /// not changed since (its current metadata is the one it had then).
+    fn transaction_metadata_at(
+        &self,
+        ledger: LedgerId,
+        id: TxId,
+        pit: Timestamp,
+    ) -> StoreResult<Option<Metadata>>;
     fn list_transactions(&self, query: &ListTransactions<'_>) -> StoreResult<Vec<Transaction>>;
     fn count_transactions(
         &self,

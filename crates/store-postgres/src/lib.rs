@@ -20,8 +20,8 @@ use coffer_ledger::query::{AddressPattern, Op};
 use coffer_ledger::sql::{Dialect, SqlValue};
 use coffer_ledger::sql_reader::{Row, SqlBackend, SqlReader};
 use coffer_ledger::store::{
-    moves_of, BatchWrites, Durability, LedgerHead, NewLedger, Store, StoreReader, StoreResult,
-    StoreWriter, StoredAccount, VolumeKey, WriteFailure,
+    moves_of, BatchWrites, ChangedTarget, Durability, LedgerHead, NewLedger, Store, StoreReader,
+    StoreResult, StoreWriter, StoredAccount, VolumeKey, WriteFailure,
 };
 use coffer_ledger::types::{Amount, LedgerId, Metadata, Transaction, TxId, Volumes};
 use coffer_ledger::Timestamp;
@@ -41,6 +41,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_compact_rows",
         include_str!("../migrations/0003_compact_rows.sql"),
+    ),
+    (
+        "0004_metadata_history",
+        include_str!("../migrations/0004_metadata_history.sql"),
     ),
 ];
 /// Serialises migrations of processes starting at once.
@@ -552,12 +556,12 @@ macro_rules! write_heads {
          WHERE g.id = u.id RETURNING 1)"
     };
     (checked) => {
-        // `$48`: the next log id each head had when predicted (any write moves it). The heads
+        // `$56`: the next log id each head had when predicted (any write moves it). The heads
         // that still hold are locked first, in name order as `LOCK_LEDGERS` does (so that
         // processes cannot deadlock); then all of them are updated, or none: the statement
         // commits on its own, and a head moved without its batch would leave a gap in its log.
         "held AS (SELECT g.id FROM ledgers g \
-         JOIN unnest($1::bigint[], $48::bigint[]) AS u(id, e) ON g.id = u.id AND g.next_log_id = u.e \
+         JOIN unnest($1::bigint[], $56::bigint[]) AS u(id, e) ON g.id = u.id AND g.next_log_id = u.e \
          ORDER BY g.name FOR UPDATE OF g), \
          heads AS (UPDATE ledgers g SET next_tx_id = u.n, next_log_id = u.l, last_hash = u.h \
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[]) AS u(id, n, l, h) \
@@ -649,8 +653,24 @@ macro_rules! write_logs {
         )
     };
 }
+macro_rules! write_metadata_changes {
+    ($g:ident) => {
+        concat!(
+            "account_changes AS (INSERT INTO account_metadata_changes (ledger_id, address, date, before) \
+             SELECT l, a, d, CAST(b AS JSONB) FROM unnest($48::bigint[], $49::text[], $50::bigint[], \
+             $51::text[]) AS u(l, a, d, b)",
+            gate!($g),
+            " ON CONFLICT DO NOTHING), \
+             transaction_changes AS (INSERT INTO transaction_metadata_changes (ledger_id, tx_id, date, before) \
+             SELECT l, i, d, CAST(b AS JSONB) FROM unnest($52::bigint[], $53::bigint[], $54::bigint[], \
+             $55::text[]) AS u(l, i, d, b)",
+            gate!($g),
+            " ON CONFLICT DO NOTHING)"
+        )
+    };
+}
 /// The whole statement (`full`), or without the parts that most batches leave empty
-/// (transaction updates, new accounts): PostgreSQL sets up every part of a statement at each
+/// (transaction updates, new accounts, metadata history): PostgreSQL sets up every part of a statement at each
 /// execution, empty or not (4 % of the rate, BENCHMARKS.md). The lean one is prepared with the
 /// full one's parameter types, so both take the same parameters (some unused).
 macro_rules! write_batch {
@@ -668,6 +688,8 @@ macro_rules! write_batch {
             write_volumes!($g),
             ", ",
             write_accounts!($g),
+            ", ",
+            write_metadata_changes!($g),
             ", ",
             write_logs!($g),
             " SELECT (SELECT COUNT(*) FROM heads), (SELECT COUNT(*) FROM updates)"
@@ -1395,7 +1417,43 @@ impl StoreWriter for PostgresWriter {
             .collect();
         let log_hash: Vec<Vec<u8>> = logs.iter().map(|w| w.log.hash.to_vec()).collect();
 
-        let lean = updates.is_empty() && writes.accounts.is_empty();
+        // The first change of a (target, date) holds what a read before that date sees.
+        let (account_changes, transaction_changes): (Vec<_>, Vec<_>) = writes
+            .metadata_changes
+            .iter()
+            .partition(|c| matches!(c.target, ChangedTarget::Account(_)));
+        let ac_ledger: Vec<i64> = account_changes.iter().map(|c| c.ledger).collect();
+        let ac_address: Vec<&str> = account_changes
+            .iter()
+            .map(|c| match &c.target {
+                ChangedTarget::Account(address) => address.as_str(),
+                ChangedTarget::Transaction(_) => unreachable!("partitioned"),
+            })
+            .collect();
+        let ac_date: Vec<i64> = account_changes.iter().map(|c| c.date.micros()).collect();
+        let ac_before: Vec<String> = account_changes
+            .iter()
+            .map(|c| codec::encode_metadata(&c.before))
+            .collect();
+        let tc_ledger: Vec<i64> = transaction_changes.iter().map(|c| c.ledger).collect();
+        let tc_id: Vec<i64> = transaction_changes
+            .iter()
+            .map(|c| match c.target {
+                ChangedTarget::Transaction(id) => id as i64,
+                ChangedTarget::Account(_) => unreachable!("partitioned"),
+            })
+            .collect();
+        let tc_date: Vec<i64> = transaction_changes
+            .iter()
+            .map(|c| c.date.micros())
+            .collect();
+        let tc_before: Vec<String> = transaction_changes
+            .iter()
+            .map(|c| codec::encode_metadata(&c.before))
+            .collect();
+
+        let lean =
+            updates.is_empty() && writes.accounts.is_empty() && writes.metadata_changes.is_empty();
         let checked = self.on_predicted.is_some();
         let statement = match (checked, lean) {
             (false, false) => self.statement(WRITE_BATCH)?,
@@ -1452,6 +1510,14 @@ impl StoreWriter for PostgresWriter {
                 &log_key,
                 &log_key_hash,
                 &log_hash,
+                &ac_ledger,
+                &ac_address,
+                &ac_date,
+                &ac_before,
+                &tc_ledger,
+                &tc_id,
+                &tc_date,
+                &tc_before,
             ];
             if checked {
                 params.push(&expected);

@@ -30,6 +30,10 @@ const MAIN_MIGRATIONS: &[(&str, &str)] = &[
         "0004_compact_log_data",
         include_str!("../migrations/main/0004_compact_log_data.sql"),
     ),
+    (
+        "0005_metadata_history",
+        include_str!("../migrations/main/0005_metadata_history.sql"),
+    ),
 ];
 /// The main database's second migration is code: it moves the transactions to the projections
 /// database (see [`move_transactions`]).

@@ -12,8 +12,8 @@ use coffer_ledger::sql::SqlValue;
 use coffer_ledger::sql_reader::SqlReader;
 use coffer_ledger::store::TransactionUpdate;
 use coffer_ledger::store::{
-    BatchWrites, Durability, LedgerHead, LogWrite, NewLedger, ProjectionTicket, StoreResult,
-    StoreWriter, StoredAccount, VolumeKey,
+    BatchWrites, ChangedTarget, Durability, LedgerHead, LogWrite, NewLedger, ProjectionTicket,
+    StoreResult, StoreWriter, StoredAccount, VolumeKey,
 };
 use coffer_ledger::types::{LedgerId, Metadata, Transaction, TxId, Volumes};
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -546,6 +546,34 @@ impl StoreWriter for SqliteWriter {
                         account.updated_at.micros()
                     ])
                     .map_err(err)?;
+            }
+        }
+        if !writes.metadata_changes.is_empty() {
+            // The first change of a (target, date) holds what a read before that date sees.
+            let mut accounts = conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO account_metadata_changes (ledger_id, address, date, before) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(err)?;
+            let mut transactions = conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO transaction_metadata_changes (ledger_id, tx_id, date, before) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(err)?;
+            for change in &writes.metadata_changes {
+                let before = codec::encode_metadata(&change.before);
+                let date = change.date.micros();
+                match &change.target {
+                    ChangedTarget::Account(address) => {
+                        accounts.execute(params![change.ledger, address, date, before])
+                    }
+                    ChangedTarget::Transaction(id) => {
+                        transactions.execute(params![change.ledger, *id as i64, date, before])
+                    }
+                }
+                .map_err(err)?;
             }
         }
         {

@@ -1482,6 +1482,175 @@ pub fn point_in_time(backend: &dyn Backend) {
     assert_eq!(first_usage(&ledgers), at("2023-06-01T00:00:00Z"));
 }
 
+/// A point-in-time read shows, and filters on, the metadata accounts and transactions had then;
+/// an import of the logs gives the same history (its changes are dated by their logs).
+pub fn metadata_history(backend: &dyn Backend) {
+    let ledgers = service(backend);
+    create_ledger(&ledgers, "main");
+    create_ledger(&ledgers, "copy");
+    // Each instant lies strictly between the batches before and after it.
+    let instant = || {
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let now = Timestamp::now();
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        Some(now)
+    };
+    let save = |target: Target, pairs: &[(&str, &str)]| Command::SaveMetadata {
+        target,
+        metadata: meta(pairs),
+    };
+    let write = |command: Command| {
+        ledgers
+            .write_blocking(Request::new("main", command))
+            .unwrap();
+    };
+    let before_all = instant();
+    let tx = commit(
+        &ledgers,
+        "main",
+        NewTransaction {
+            metadata: meta(&[("v", "0")]),
+            ..new_tx(vec![posting("world", "a", 5, "USD")])
+        },
+    )
+    .unwrap();
+    let created = instant();
+    write(save(Target::Account("a".into()), &[("tier", "gold")]));
+    write(save(Target::Transaction(tx.id), &[("v", "1")]));
+    let first_change = instant();
+    // Two changes of one account in one commit: a read before it sees the state before both.
+    let group = ledgers
+        .write_atomic_blocking(vec![
+            Ok(Request::new(
+                "main",
+                save(Target::Account("a".into()), &[("tier", "silver")]),
+            )),
+            Ok(Request::new(
+                "main",
+                save(Target::Account("a".into()), &[("tier", "platinum")]),
+            )),
+            Ok(Request::new(
+                "main",
+                Command::DeleteMetadata {
+                    target: Target::Transaction(tx.id),
+                    key: "v".into(),
+                },
+            )),
+        ])
+        .unwrap();
+    assert!(group.committed);
+    let second_change = instant();
+    // An account's metadata set by the transaction that first uses it.
+    commit(
+        &ledgers,
+        "main",
+        NewTransaction {
+            account_metadata: BTreeMap::from([("b".to_string(), meta(&[("tier", "new")]))]),
+            ..new_tx(vec![posting("world", "b", 1, "USD")])
+        },
+    )
+    .unwrap();
+    let logs = ledgers.scan_logs("main", 0, 1000).unwrap();
+    ledgers
+        .write_blocking(Request::new("copy", Command::ImportLogs { logs }))
+        .unwrap();
+
+    // (pit, a's tier, transaction 1's `v`, b's tier)
+    let expected: [(Option<Timestamp>, Option<&str>, Option<&str>, Option<&str>); 5] = [
+        (before_all, None, None, None),
+        (created, Some(""), Some("0"), None),
+        (first_change, Some("gold"), Some("1"), None),
+        (second_change, Some("platinum"), Some(""), None),
+        (None, Some("platinum"), Some(""), Some("new")),
+    ];
+    let check = |ledger: &str,
+                 pit: Option<Timestamp>,
+                 a: Option<&str>,
+                 v: Option<&str>,
+                 b: Option<&str>| {
+        let context = format!("ledger {ledger}, pit {pit:?}");
+        let tier = |address: &str| match ledgers.get_account(ledger, address, pit) {
+            Ok(account) => Some(account.metadata.get("tier").cloned().unwrap_or_default()),
+            Err(LedgerError::NotFound(_)) => None,
+            Err(other) => panic!("{context}: {other}"),
+        };
+        assert_eq!(tier("a").as_deref(), a, "{context}: a");
+        assert_eq!(tier("b").as_deref(), b, "{context}: b");
+        let listed: Vec<(String, String)> = ledgers
+            .list_accounts(
+                ledger,
+                AccountsQuery {
+                    pit: pit.map(|p| p.micros()),
+                    ..AccountsQuery::default()
+                },
+                &PageRequest::default(),
+            )
+            .unwrap()
+            .data
+            .into_iter()
+            .filter(|account| account.address != "world")
+            .map(|account| {
+                let tier = account.metadata.get("tier").cloned().unwrap_or_default();
+                (account.address, tier)
+            })
+            .collect();
+        let mut expected_list = Vec::new();
+        for (address, tier) in [("a", a), ("b", b)] {
+            if let Some(tier) = tier {
+                expected_list.push((address.to_string(), tier.to_string()));
+            }
+        }
+        assert_eq!(listed, expected_list, "{context}: listed");
+        if let Some(tier) = a.filter(|t| !t.is_empty()) {
+            let filter = format!(r#"{{"$match":{{"metadata[tier]":"{tier}"}}}}"#);
+            assert_eq!(
+                ledgers.count_accounts(ledger, Some(&filter), pit).unwrap(),
+                1,
+                "{context}: {filter}"
+            );
+            let gold = ledgers
+                .count_accounts(ledger, Some(r#"{"$match":{"metadata[tier]":"gold"}}"#), pit)
+                .unwrap();
+            assert_eq!(gold, u64::from(tier == "gold"), "{context}: gold");
+        }
+        let value = |tx: &Transaction| tx.metadata.get("v").cloned().unwrap_or_default();
+        match ledgers.get_transaction(ledger, tx.id, pit) {
+            Ok(got) => assert_eq!(Some(value(&got).as_str()), v, "{context}: get"),
+            Err(LedgerError::NotFound(_)) => assert_eq!(v, None, "{context}: get"),
+            Err(other) => panic!("{context}: {other}"),
+        }
+        let listed = ledgers
+            .list_transactions(
+                ledger,
+                TransactionsQuery {
+                    pit: pit.map(|p| p.micros()),
+                    filter: Some(format!(r#"{{"$match":{{"id":{}}}}}"#, tx.id)),
+                    ..TransactionsQuery::default()
+                },
+                &PageRequest::default(),
+            )
+            .unwrap()
+            .data;
+        assert_eq!(
+            listed.first().map(value).as_deref(),
+            v,
+            "{context}: listed transaction"
+        );
+        let ones = ledgers
+            .count_transactions(ledger, Some(r#"{"$match":{"metadata[v]":"1"}}"#), pit)
+            .unwrap();
+        assert_eq!(ones, u64::from(v == Some("1")), "{context}: v = 1");
+    };
+    for (pit, a, v, b) in expected {
+        check("main", pit, a, v, b);
+    }
+    // The copy's rows are dated by the logs, so its history is the same (but for `before_all`,
+    // when the copy's accounts did not exist either).
+    for (pit, a, v, b) in expected {
+        check("copy", pit, a, v, b);
+    }
+}
+
 pub fn export_import(backend: &dyn Backend) {
     let ledgers = service(backend);
     create_ledger(&ledgers, "source");
@@ -1805,7 +1974,7 @@ macro_rules! store_suite {
         $crate::store_suite!(@tests $open;
             ledger_lifecycle, postings_and_volumes, scripts, idempotency_and_references,
             revert_and_metadata, lists_and_filters, grouped_volumes, atomic_groups, point_in_time,
-            export_import, restart, concurrent_transfers, random_workload, durable_answers,
+            metadata_history, export_import, restart, concurrent_transfers, random_workload, durable_answers,
             transactions_of_every_age, batches_bounded_by_postings);
     };
     (@tests $open:expr; $($name:ident),*) => {
@@ -1933,6 +2102,7 @@ pub fn run(name: &str, backend: &dyn Backend) {
         "grouped_volumes" => grouped_volumes(backend),
         "atomic_groups" => atomic_groups(backend),
         "point_in_time" => point_in_time(backend),
+        "metadata_history" => metadata_history(backend),
         "export_import" => export_import(backend),
         "restart" => restart(backend),
         "concurrent_transfers" => workload::concurrent_transfers(backend),
