@@ -1555,8 +1555,14 @@ pub fn metadata_history(backend: &dyn Backend) {
         .write_blocking(Request::new("copy", Command::ImportLogs { logs }))
         .unwrap();
 
-    // (pit, a's tier, transaction 1's `v`, b's tier)
-    let expected: [(Option<Timestamp>, Option<&str>, Option<&str>, Option<&str>); 5] = [
+    // (pit, a's tier, transaction 1's `v`, b's tier); `None` where it did not exist yet.
+    type Then<'a> = (
+        Option<Timestamp>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
+    let expected: [Then; 5] = [
         (before_all, None, None, None),
         (created, Some(""), Some("0"), None),
         (first_change, Some("gold"), Some("1"), None),
