@@ -406,11 +406,17 @@ mod tests {
 
     #[track_caller]
     fn check(resource: Resource, filter: &str, expected: &str) {
+        check_at(resource, None, filter, expected)
+    }
+
+    /// `check` at a point in time.
+    #[track_caller]
+    fn check_at(resource: Resource, pit: Option<i64>, filter: &str, expected: &str) {
         let filter = Filter::parse_json(resource, filter).unwrap().unwrap();
         let mut params = Params::default();
         let context = FilterContext {
             resource,
-            pit: None,
+            pit: pit.map(Timestamp),
         };
         let sql = compile_filter(&Plain, &mut params, &context, &filter).unwrap();
         let got = format!("{sql} -- {:?}", params.values);
@@ -440,6 +446,19 @@ mod tests {
             "1 = 0 -- []",
         );
         check(Resource::Accounts, r#"{"$or":[]}"#, "1 = 0 -- []");
+        // At a point in time, metadata is read from its history.
+        check_at(
+            Resource::Accounts,
+            Some(42),
+            r#"{"$match":{"metadata[a]":"b"}}"#,
+            "meta(COALESCE((SELECT c.before FROM account_metadata_changes c WHERE c.ledger_id = a.ledger_id AND c.address = a.address AND c.date > 42 ORDER BY c.date LIMIT 1), a.metadata), $1) = $2 -- [Text(\"a\"), Text(\"b\")]",
+        );
+        check_at(
+            Resource::Transactions,
+            Some(42),
+            r#"{"$exists":{"metadata":"a"}}"#,
+            "has(COALESCE((SELECT c.before FROM transaction_metadata_changes c WHERE c.ledger_id = t.ledger_id AND c.tx_id = t.id AND c.date > 42 ORDER BY c.date LIMIT 1), t.metadata), $1) -- [Text(\"a\")]",
+        );
         check(Resource::Accounts, r#"{"$and":[]}"#, "1 = 1 -- []");
         check(
             Resource::Accounts,
