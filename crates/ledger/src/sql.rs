@@ -7,7 +7,7 @@
 use crate::error::LedgerError;
 use crate::query::{AccountRole, AddressPattern, Condition, Filter, Op, Resource, TimeField};
 use crate::time::Timestamp;
-use crate::types::Amount;
+use crate::types::{Amount, LedgerId};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SqlValue {
@@ -67,17 +67,20 @@ impl Params {
     }
 }
 
-/// Context of a filter: the resource's table alias and the point in time, if any.
+/// Context of a filter: the resource's table alias, its ledger and the point in time, if any.
 pub struct FilterContext {
     pub resource: Resource,
+    pub ledger: LedgerId,
     pub pit: Option<Timestamp>,
 }
 
-/// The metadata of the accounts (`a`) or transactions (`t`) of a query, as it was at `pit` when
-/// given: what a target had before its first change dated after `pit`, or its current metadata
-/// if none was. The date is inlined (an integer), so that it can sit in a select list whatever
-/// the order of the placeholders.
-pub fn metadata_at(resource: Resource, pit: Option<Timestamp>) -> String {
+/// The metadata of the accounts (`a`) or transactions (`t`) of a ledger's query, as it was at
+/// `pit` when given: what a target had before its first change dated after `pit`, or its current
+/// metadata if none was. Rows look up their history only if the ledger has some change after
+/// `pit` (one probe for the query), so a read with no later change costs what a current one does.
+/// The ledger and the date are inlined (integers), so that the expression can sit in a select
+/// list whatever the order of the placeholders.
+pub fn metadata_at(resource: Resource, ledger: LedgerId, pit: Option<Timestamp>) -> String {
     let (column, history, target) = match resource {
         Resource::Transactions => (
             "t.metadata",
@@ -90,14 +93,17 @@ pub fn metadata_at(resource: Resource, pit: Option<Timestamp>) -> String {
             "c.address = a.address",
         ),
     };
-    let ledger = &column[..1];
+    let alias = &column[..1];
     match pit {
         None => column.to_string(),
-        Some(pit) => format!(
-            "COALESCE((SELECT c.before FROM {history} c WHERE c.ledger_id = {ledger}.ledger_id AND {target} \
-             AND c.date > {} ORDER BY c.date LIMIT 1), {column})",
-            pit.micros()
-        ),
+        Some(pit) => {
+            let pit = pit.micros();
+            format!(
+                "CASE WHEN EXISTS (SELECT 1 FROM {history} h WHERE h.ledger_id = {ledger} AND h.date > {pit}) \
+                 THEN COALESCE((SELECT c.before FROM {history} c WHERE c.ledger_id = {alias}.ledger_id \
+                 AND {target} AND c.date > {pit} ORDER BY c.date LIMIT 1), {column}) ELSE {column} END"
+            )
+        }
     }
 }
 
@@ -203,7 +209,7 @@ fn compile_condition(
     };
     // Logs carry no metadata: asked only by metadata conditions, which logs never parse to.
     let metadata_column = || match resource {
-        Transactions | Accounts | Volumes => Ok(metadata_at(resource, context.pit)),
+        Transactions | Accounts | Volumes => Ok(metadata_at(resource, context.ledger, context.pit)),
         Ledgers => Ok("g.metadata".to_string()),
         Logs => Err(unsupported()),
     };
@@ -416,6 +422,7 @@ mod tests {
         let mut params = Params::default();
         let context = FilterContext {
             resource,
+            ledger: 7,
             pit: pit.map(Timestamp),
         };
         let sql = compile_filter(&Plain, &mut params, &context, &filter).unwrap();
@@ -451,13 +458,13 @@ mod tests {
             Resource::Accounts,
             Some(42),
             r#"{"$match":{"metadata[a]":"b"}}"#,
-            "meta(COALESCE((SELECT c.before FROM account_metadata_changes c WHERE c.ledger_id = a.ledger_id AND c.address = a.address AND c.date > 42 ORDER BY c.date LIMIT 1), a.metadata), $1) = $2 -- [Text(\"a\"), Text(\"b\")]",
+            "meta(CASE WHEN EXISTS (SELECT 1 FROM account_metadata_changes h WHERE h.ledger_id = 7 AND h.date > 42) THEN COALESCE((SELECT c.before FROM account_metadata_changes c WHERE c.ledger_id = a.ledger_id AND c.address = a.address AND c.date > 42 ORDER BY c.date LIMIT 1), a.metadata) ELSE a.metadata END, $1) = $2 -- [Text(\"a\"), Text(\"b\")]",
         );
         check_at(
             Resource::Transactions,
             Some(42),
             r#"{"$exists":{"metadata":"a"}}"#,
-            "has(COALESCE((SELECT c.before FROM transaction_metadata_changes c WHERE c.ledger_id = t.ledger_id AND c.tx_id = t.id AND c.date > 42 ORDER BY c.date LIMIT 1), t.metadata), $1) -- [Text(\"a\")]",
+            "has(CASE WHEN EXISTS (SELECT 1 FROM transaction_metadata_changes h WHERE h.ledger_id = 7 AND h.date > 42) THEN COALESCE((SELECT c.before FROM transaction_metadata_changes c WHERE c.ledger_id = t.ledger_id AND c.tx_id = t.id AND c.date > 42 ORDER BY c.date LIMIT 1), t.metadata) ELSE t.metadata END, $1) -- [Text(\"a\")]",
         );
         check(Resource::Accounts, r#"{"$and":[]}"#, "1 = 1 -- []");
         check(

@@ -133,13 +133,18 @@ impl<B: SqlBackend> SqlReader<B> {
         &self,
         params: &mut Params,
         resource: Resource,
+        ledger: LedgerId,
         filter: Option<&Filter>,
         pit: Option<Timestamp>,
     ) -> StoreResult<String> {
         match filter {
             None => Ok(String::new()),
             Some(filter) => {
-                let context = FilterContext { resource, pit };
+                let context = FilterContext {
+                    resource,
+                    ledger,
+                    pit,
+                };
                 let sql = compile_filter(self.dialect(), params, &context, filter)
                     .map_err(|err| StoreError::new(format!("filter: {err}")))?;
                 Ok(format!(" AND ({sql})"))
@@ -148,13 +153,13 @@ impl<B: SqlBackend> SqlReader<B> {
     }
 
     /// The columns [`Self::decode_tx`] reads, with the metadata as it was at `pit`.
-    fn tx_columns(&self, pit: Option<Timestamp>) -> String {
+    fn tx_columns(&self, ledger: LedgerId, pit: Option<Timestamp>) -> String {
         let d = self.dialect();
         // Postings and volumes are bytes in both stores (or text in old rows): read as stored.
         format!(
             "t.id, t.timestamp, t.reference, t.postings, {}, t.post_commit_volumes, t.inserted_at, \
              t.updated_at, t.reverted_at",
-            d.json_out(&metadata_at(Resource::Transactions, pit)),
+            d.json_out(&metadata_at(Resource::Transactions, ledger, pit)),
         )
     }
 
@@ -322,7 +327,7 @@ impl<B: SqlBackend> SqlReader<B> {
                 params.int(pit.micros())
             ));
         }
-        sql.push_str(&self.where_filter(params, Resource::Accounts, filter, pit)?);
+        sql.push_str(&self.where_filter(params, Resource::Accounts, ledger, filter, pit)?);
         Ok(sql)
     }
 
@@ -337,7 +342,7 @@ impl<B: SqlBackend> SqlReader<B> {
         if let Some(pit) = pit {
             sql.push_str(&format!(" AND t.timestamp <= {}", params.int(pit.micros())));
         }
-        sql.push_str(&self.where_filter(params, Resource::Transactions, filter, pit)?);
+        sql.push_str(&self.where_filter(params, Resource::Transactions, ledger, filter, pit)?);
         Ok(sql)
     }
 }
@@ -378,7 +383,7 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
             "SELECT {} FROM ledgers g WHERE 1 = 1",
             self.ledger_columns()
         );
-        sql.push_str(&self.where_filter(&mut params, Resource::Ledgers, filter, None)?);
+        sql.push_str(&self.where_filter(&mut params, Resource::Ledgers, 0, filter, None)?);
         if let Some(after) = after {
             sql.push_str(&format!(" AND g.name > {}", params.text(after)));
         }
@@ -425,7 +430,7 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         }
         let sql = format!(
             "SELECT {} FROM transactions t WHERE t.ledger_id = $1 AND t.id = $2",
-            self.tx_columns(None)
+            self.tx_columns(ledger, None)
         );
         let rows = self
             .backend
@@ -459,7 +464,7 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         let mut params = Params::default();
         let mut sql = format!(
             "SELECT {} FROM transactions t WHERE {}",
-            self.tx_columns(query.pit),
+            self.tx_columns(query.ledger, query.pit),
             self.transactions_where(&mut params, query.ledger, query.filter, query.pit)?
         );
         let (cmp, order) = comparator(query.direction);
@@ -610,7 +615,13 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         };
         let joined = format!(
             "FROM ({source}) v JOIN accounts a ON a.ledger_id = v.ledger_id AND a.address = v.address WHERE 1 = 1{}",
-            self.where_filter(&mut params, Resource::Volumes, query.filter, query.end_time)?
+            self.where_filter(
+                &mut params,
+                Resource::Volumes,
+                query.ledger,
+                query.filter,
+                query.end_time
+            )?
         );
         // Grouped, the filter applies to accounts before their volumes are summed per prefix.
         let mut sql = match query.group_by {
@@ -668,7 +679,13 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         if let Some(pit) = query.pit {
             sql.push_str(&format!(" AND l.date <= {}", params.int(pit.micros())));
         }
-        sql.push_str(&self.where_filter(&mut params, Resource::Logs, query.filter, query.pit)?);
+        sql.push_str(&self.where_filter(
+            &mut params,
+            Resource::Logs,
+            query.ledger,
+            query.filter,
+            query.pit,
+        )?);
         let (cmp, order) = comparator(query.direction);
         if let Some(after) = query.after {
             sql.push_str(&format!(" AND l.id {cmp} {}", params.int(after as i64)));
@@ -698,7 +715,10 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         after: TxId,
         count: u32,
     ) -> StoreResult<Vec<Transaction>> {
-        let select = format!("SELECT {} FROM transactions t", self.tx_columns(None));
+        let select = format!(
+            "SELECT {} FROM transactions t",
+            self.tx_columns(ledger, None)
+        );
         self.scan_dense(&select, "t", ledger, after, count)?
             .iter()
             .map(Self::decode_tx)
@@ -831,7 +851,7 @@ impl<B: SqlBackend> SqlReader<B> {
         let mut params = Params::default();
         let mut sql = format!(
             "SELECT a.address, {}, a.first_usage, a.insertion_date, a.updated_at FROM accounts a WHERE {}",
-            d.json_out(&metadata_at(Resource::Accounts, query.pit)),
+            d.json_out(&metadata_at(Resource::Accounts, query.ledger, query.pit)),
             self.accounts_where(&mut params, query.ledger, query.filter, query.pit)?
         );
         if let Some(address) = address {

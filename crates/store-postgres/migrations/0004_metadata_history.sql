@@ -17,3 +17,7 @@ CREATE TABLE transaction_metadata_changes (
     before JSONB NOT NULL,
     PRIMARY KEY (ledger_id, tx_id, date)
 );
+
+-- Whether a ledger has any change after a date (one probe per point-in-time read).
+CREATE INDEX account_metadata_changes_date ON account_metadata_changes (ledger_id, date);
+CREATE INDEX transaction_metadata_changes_date ON transaction_metadata_changes (ledger_id, date);

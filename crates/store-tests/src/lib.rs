@@ -1550,6 +1550,7 @@ pub fn metadata_history(backend: &dyn Backend) {
         },
     )
     .unwrap();
+    let after_all = instant();
     let logs = ledgers.scan_logs("main", 0, 1000).unwrap();
     ledgers
         .write_blocking(Request::new("copy", Command::ImportLogs { logs }))
@@ -1562,11 +1563,13 @@ pub fn metadata_history(backend: &dyn Backend) {
         Option<&'a str>,
         Option<&'a str>,
     );
-    let expected: [Then; 5] = [
+    let expected: [Then; 6] = [
         (before_all, None, None, None),
         (created, Some(""), Some("0"), None),
         (first_change, Some("gold"), Some("1"), None),
         (second_change, Some("platinum"), Some(""), None),
+        // No change after it: the current metadata, without looking up any history.
+        (after_all, Some("platinum"), Some(""), Some("new")),
         (None, Some("platinum"), Some(""), Some("new")),
     ];
     let check = |ledger: &str,
