@@ -279,3 +279,134 @@ pub fn random_workload(backend: &dyn Backend) {
     let verified = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(verified.is_ok(), "{verified}");
 }
+
+/// A metadata change: on accounts 0–2 or transactions 3–4, set or (without a value) delete a key.
+#[derive(Clone, Debug)]
+struct MetadataOp {
+    target: usize,
+    key: usize,
+    value: Option<usize>,
+}
+
+fn metadata_op() -> impl Strategy<Value = MetadataOp> {
+    (0..5usize, 0..3usize, proptest::option::of(0..3usize))
+        .prop_map(|(target, key, value)| MetadataOp { target, key, value })
+}
+
+/// Random sequences of metadata changes, some committed together (an atomic group shares one
+/// date): a point-in-time read at any instant between them shows, and filters on, the metadata
+/// a model of the changes had then.
+pub fn metadata_history_random(backend: &dyn Backend) {
+    use coffer_ledger::command::Target;
+    use coffer_ledger::{Metadata, Timestamp};
+
+    let ledgers = service(backend);
+    let case = AtomicU32::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases: 8,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = proptest::collection::vec(proptest::collection::vec(metadata_op(), 1..4), 1..7);
+    runner
+        .run(&strategy, |groups| {
+            let ledger = format!("history{}", case.fetch_add(1, Ordering::Relaxed));
+            create_ledger(&ledgers, &ledger);
+            let accounts = ["a:0", "a:1", "a:2"];
+            let mut transactions = Vec::new();
+            for address in accounts.iter().take(2) {
+                let tx = commit(
+                    &ledgers,
+                    &ledger,
+                    new_tx(vec![posting("world", address, 1, "USD")]),
+                );
+                transactions.push(tx.unwrap().id);
+            }
+            // Every account exists before the first change (a:2 by a transaction of its own).
+            commit(
+                &ledgers,
+                &ledger,
+                new_tx(vec![posting("world", accounts[2], 1, "USD")]),
+            )
+            .unwrap();
+            let target = |index: usize| {
+                if index < 3 {
+                    Target::Account(accounts[index].to_string())
+                } else {
+                    Target::Transaction(transactions[index - 3])
+                }
+            };
+            let instant = || {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                let now = Timestamp::now();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                now
+            };
+            let mut model = vec![Metadata::new(); 5];
+            let mut snapshots = vec![(instant(), model.clone())];
+            for group in &groups {
+                let requests: Vec<_> = group
+                    .iter()
+                    .map(|op| {
+                        let key = format!("k{}", op.key);
+                        let command = match op.value {
+                            Some(value) => {
+                                model[op.target].insert(key.clone(), format!("v{value}"));
+                                Command::SaveMetadata {
+                                    target: target(op.target),
+                                    metadata: Metadata::from([(key, format!("v{value}"))]),
+                                }
+                            }
+                            None => {
+                                model[op.target].remove(&key);
+                                Command::DeleteMetadata {
+                                    target: target(op.target),
+                                    key,
+                                }
+                            }
+                        };
+                        Ok(Request::new(&ledger, command))
+                    })
+                    .collect();
+                let done = ledgers.write_atomic_blocking(requests).unwrap();
+                prop_assert!(done.committed);
+                snapshots.push((instant(), model.clone()));
+            }
+            for (at, expected) in &snapshots {
+                let pit = Some(*at);
+                for (index, address) in accounts.iter().enumerate() {
+                    let account = ledgers.get_account(&ledger, address, pit).unwrap();
+                    prop_assert_eq!(
+                        &account.metadata,
+                        &expected[index],
+                        "{} at {:?}",
+                        address,
+                        at
+                    );
+                }
+                for (index, id) in transactions.iter().enumerate() {
+                    let tx = ledgers.get_transaction(&ledger, *id, pit).unwrap();
+                    prop_assert_eq!(&tx.metadata, &expected[3 + index], "tx {} at {:?}", id, at);
+                }
+                for key in 0..3 {
+                    let filter = format!(r#"{{"$match":{{"metadata[k{key}]":"v0"}}}}"#);
+                    let want = expected[..3]
+                        .iter()
+                        .filter(|m| m.get(&format!("k{key}")).map(String::as_str) == Some("v0"))
+                        .count() as u64;
+                    let got = ledgers.count_accounts(&ledger, Some(&filter), pit).unwrap();
+                    prop_assert_eq!(got, want, "{} at {:?}", filter, at);
+                    let want = expected[3..]
+                        .iter()
+                        .filter(|m| m.get(&format!("k{key}")).map(String::as_str) == Some("v0"))
+                        .count() as u64;
+                    let got = ledgers
+                        .count_transactions(&ledger, Some(&filter), pit)
+                        .unwrap();
+                    prop_assert_eq!(got, want, "{} at {:?}", filter, at);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
