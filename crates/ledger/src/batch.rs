@@ -607,6 +607,16 @@ impl<'w> Batch<'w> {
         entry.updated_at = Some(now);
     }
 
+    /// Moves the ledger's head past a new transaction.
+    fn next_transaction(&mut self, head_name: &str, tx: &Transaction) {
+        let head = self.heads.get_mut(head_name).expect("locked");
+        assert_eq!(tx.id, head.next_tx_id, "transactions are numbered in turn");
+        head.next_tx_id += 1;
+        if let Some(order) = &mut head.time_order {
+            order.add(tx.id, tx.timestamp);
+        }
+    }
+
     /// Remembers a loaded transaction's metadata before the change about to be made to it.
     fn note_transaction_change(&mut self, ledger: LedgerId, id: TxId) {
         let before = &self
@@ -878,10 +888,7 @@ impl<'w> Batch<'w> {
             request,
             fingerprint,
         )?;
-        self.heads
-            .get_mut(&request.ledger)
-            .expect("locked")
-            .next_tx_id += 1;
+        self.next_transaction(&request.ledger, &tx);
         self.apply(ledger, &tx, overlay);
         for (address, extra) in account_metadata {
             let mut current = self.account_metadata(ledger, &address)?.unwrap_or_default();
@@ -971,10 +978,7 @@ impl<'w> Batch<'w> {
             request,
             fingerprint,
         )?;
-        self.heads
-            .get_mut(&request.ledger)
-            .expect("locked")
-            .next_tx_id += 1;
+        self.next_transaction(&request.ledger, &tx);
         self.apply(ledger, &tx, overlay);
         let entry = self
             .transactions
@@ -1249,7 +1253,7 @@ impl<'w> Batch<'w> {
             }
             self.references.insert((ledger, reference.clone()));
         }
-        self.heads.get_mut(&head.name).expect("locked").next_tx_id += 1;
+        self.next_transaction(&head.name, &tx);
         self.apply(ledger, &tx, overlay);
         for (address, extra) in account_metadata {
             let mut current = self.account_metadata(ledger, address)?.unwrap_or_default();

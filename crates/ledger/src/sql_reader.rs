@@ -10,7 +10,7 @@ use crate::query::{Filter, Resource};
 use crate::sql::{compile_filter, metadata_at, Dialect, FilterContext, Params, SqlValue};
 use crate::store::{
     Direction, LedgerHead, ListAccounts, ListLogs, ListTransactions, ListVolumes, MoveRow, SortKey,
-    StoreReader, StoreResult, TxOrder, VolumeRow,
+    StoreReader, StoreResult, TimeOrder, TxOrder, VolumeRow,
 };
 use crate::time::Timestamp;
 use crate::types::{Account, Amount, LedgerId, LedgerInfo, Metadata, Transaction, TxId, Volumes};
@@ -313,6 +313,26 @@ impl<B: SqlBackend> SqlReader<B> {
         Ok(out)
     }
 
+    /// For a list of a ledger's transactions at `pit`, newest first: an id no transaction dated at
+    /// or before `pit` exceeds (`None`: not known, the ledger's time order is not kept).
+    fn last_dated_by(&self, ledger: LedgerId, pit: Timestamp) -> StoreResult<Option<TxId>> {
+        let Some(order) = self.ledger_head(ledger)?.time_order else {
+            return Ok(None);
+        };
+        // Of the transactions dated at or before `pit`, the last by (timestamp, id): every
+        // transaction after it and after `backdated_until` is dated after `pit`.
+        let rows = self.backend.query(
+            "SELECT t.id FROM transactions t WHERE t.ledger_id = $1 AND t.timestamp <= $2 \
+             ORDER BY t.timestamp DESC, t.id DESC LIMIT 1",
+            &[SqlValue::Int(ledger), SqlValue::Int(pit.micros())],
+        )?;
+        let last = match rows.first() {
+            Some(row) => int(row, 0)? as TxId,
+            None => 0,
+        };
+        Ok(Some(last.max(order.backdated_until)))
+    }
+
     fn accounts_where(
         &self,
         params: &mut Params,
@@ -409,7 +429,8 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
 
     fn ledger_head(&self, ledger: LedgerId) -> StoreResult<LedgerHead> {
         let rows = self.backend.query(
-            "SELECT id, name, next_tx_id, next_log_id, last_hash FROM ledgers WHERE id = $1",
+            "SELECT id, name, next_tx_id, next_log_id, last_hash, latest_timestamp, backdated_until \
+             FROM ledgers WHERE id = $1",
             &[SqlValue::Int(ledger)],
         )?;
         let row = rows
@@ -421,6 +442,7 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
             next_tx_id: int(row, 2)? as TxId,
             next_log_id: int(row, 3)? as LogId,
             last_hash: hash(row, 4)?,
+            time_order: TimeOrder::from_columns(opt_int(row, 5)?, opt_int(row, 6)?),
         })
     }
 
@@ -481,6 +503,15 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
                 ));
             }
             _ => return Err(StoreError::new("cursor does not match the sort order")),
+        }
+        if let Some(pit) = query.pit {
+            let newest_first = matches!(query.order, TxOrder::Id)
+                && matches!(query.direction, Direction::Descending);
+            if newest_first {
+                if let Some(bound) = self.last_dated_by(query.ledger, pit)? {
+                    sql.push_str(&format!(" AND t.id <= {}", params.int(bound as i64)));
+                }
+            }
         }
         match query.order {
             TxOrder::Id => sql.push_str(&format!(" ORDER BY t.id {order}")),

@@ -19,6 +19,54 @@ pub struct LedgerHead {
     pub next_tx_id: TxId,
     pub next_log_id: LogId,
     pub last_hash: Option<Hash>,
+    /// `None` for a ledger whose transactions an earlier Coffer wrote without keeping it.
+    pub time_order: Option<TimeOrder>,
+}
+
+/// How a ledger's transaction timestamps run in id order. Every transaction after
+/// `backdated_until` is dated at or after all those before it, so among them, the ones dated at
+/// or before an instant are those up to some id: a point-in-time list by id starts there rather
+/// than scanning every later transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeOrder {
+    /// The latest timestamp of the ledger's transactions (`None`: no transaction yet).
+    pub latest: Option<Timestamp>,
+    /// The last transaction dated before an earlier one (0: none).
+    pub backdated_until: TxId,
+}
+
+impl TimeOrder {
+    pub const EMPTY: TimeOrder = TimeOrder {
+        latest: None,
+        backdated_until: 0,
+    };
+
+    /// Takes in the next transaction.
+    pub fn add(&mut self, id: TxId, timestamp: Timestamp) {
+        match self.latest {
+            Some(latest) if timestamp < latest => self.backdated_until = id,
+            _ => self.latest = Some(timestamp),
+        }
+    }
+
+    /// From the stored columns: `backdated_until` absent means not kept.
+    pub fn from_columns(latest: Option<i64>, backdated_until: Option<i64>) -> Option<TimeOrder> {
+        backdated_until.map(|until| TimeOrder {
+            latest: latest.map(Timestamp),
+            backdated_until: until as TxId,
+        })
+    }
+
+    /// The stored columns (`latest_timestamp`, `backdated_until`).
+    pub fn columns(order: Option<TimeOrder>) -> (Option<i64>, Option<i64>) {
+        match order {
+            None => (None, None),
+            Some(order) => (
+                order.latest.map(|t| t.micros()),
+                Some(order.backdated_until as i64),
+            ),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

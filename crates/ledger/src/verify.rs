@@ -7,7 +7,7 @@ use crate::error::StoreError;
 use crate::log::{
     chain_hash, Log, LogTransaction, LogType, NewTransactionPayload, RevertedTransactionPayload,
 };
-use crate::store::{Store, StoreReader, VolumeRow};
+use crate::store::{Store, StoreReader, TimeOrder, VolumeRow};
 use crate::types::{Amount, LedgerId, LedgerInfo, Posting, Transaction, TxId, Volumes};
 
 const SCAN_PAGE: u32 = 10_000;
@@ -105,6 +105,7 @@ fn verify_ledger(
         ..VolumesPass::default()
     };
     let mut created = 0;
+    let mut time_order = TimeOrder::EMPTY;
     let mut previous = None;
     let mut expected_id = 1;
     loop {
@@ -137,6 +138,10 @@ fn verify_ledger(
             out.logs += 1;
             if let Some(logged) = created_transaction(&log, &mut out.problems) {
                 created = logged.id;
+                match logged.timestamp() {
+                    Ok(timestamp) => time_order.add(logged.id, timestamp),
+                    Err(err) => out.problems.push(format!("log {}: {err}", log.id)),
+                }
                 let tx = check_against_log(&mut stored, &log, &logged, projected, &mut out)?;
                 if let Some(tx) = tx {
                     volumes.visit(&tx, &mut out);
@@ -166,6 +171,13 @@ fn verify_ledger(
     if head.last_hash != previous {
         out.problems
             .push("head's last hash differs from the last log's hash".to_string());
+    }
+    // Point-in-time lists by id start where it says: one that is wrong would miss transactions.
+    if head.time_order.is_some_and(|kept| kept != time_order) {
+        out.problems.push(format!(
+            "head's time order {:?} differs from its transactions' {time_order:?}",
+            head.time_order
+        ));
     }
 
     // A store that writes transaction rows behind the commit holds them up to its projected

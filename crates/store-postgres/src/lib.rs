@@ -21,7 +21,7 @@ use coffer_ledger::sql::{Dialect, SqlValue};
 use coffer_ledger::sql_reader::{Row, SqlBackend, SqlReader};
 use coffer_ledger::store::{
     moves_of, BatchWrites, ChangedTarget, Durability, LedgerHead, NewLedger, Store, StoreReader,
-    StoreResult, StoreWriter, StoredAccount, VolumeKey, WriteFailure,
+    StoreResult, StoreWriter, StoredAccount, TimeOrder, VolumeKey, WriteFailure,
 };
 use coffer_ledger::types::{Amount, LedgerId, Metadata, Transaction, TxId, Volumes};
 use coffer_ledger::Timestamp;
@@ -45,6 +45,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0004_metadata_history",
         include_str!("../migrations/0004_metadata_history.sql"),
+    ),
+    (
+        "0005_time_order",
+        include_str!("../migrations/0005_time_order.sql"),
     ),
 ];
 /// Serialises migrations of processes starting at once.
@@ -525,7 +529,9 @@ const PREDICTED_LEDGERS_MAX: usize = 4_096;
 /// before it says that the batch may have been written.
 const LOST_SESSION_WAIT_MS_MAX: u64 = 5_000;
 
-const LOCK_LEDGERS: &str = "SELECT id, name, next_tx_id, next_log_id, last_hash FROM ledgers \
+const LOCK_LEDGERS: &str =
+    "SELECT id, name, next_tx_id, next_log_id, last_hash, latest_timestamp, \
+     backdated_until FROM ledgers \
      WHERE name = ANY($1) ORDER BY name FOR UPDATE";
 const LOAD_VOLUMES: &str = "SELECT v.address, v.asset, CAST(v.input AS TEXT), CAST(v.output AS TEXT) FROM volumes v \
      JOIN unnest($2::text[], $3::text[]) AS k(address, asset) ON v.address = k.address AND v.asset = k.asset \
@@ -551,20 +557,23 @@ const FIND_REFERENCES: &str =
 // those it sends on predicted heads, one that holds only if every head matched its prediction.
 macro_rules! write_heads {
     (plain) => {
-        "heads AS (UPDATE ledgers g SET next_tx_id = u.n, next_log_id = u.l, last_hash = u.h \
-         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[]) AS u(id, n, l, h) \
-         WHERE g.id = u.id RETURNING 1)"
+        "heads AS (UPDATE ledgers g SET next_tx_id = u.n, next_log_id = u.l, last_hash = u.h, \
+         latest_timestamp = u.t, backdated_until = u.b \
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[], $56::bigint[], $57::bigint[]) \
+         AS u(id, n, l, h, t, b) WHERE g.id = u.id RETURNING 1)"
     };
     (checked) => {
-        // `$56`: the next log id each head had when predicted (any write moves it). The heads
+        // `$58`: the next log id each head had when predicted (any write moves it). The heads
         // that still hold are locked first, in name order as `LOCK_LEDGERS` does (so that
         // processes cannot deadlock); then all of them are updated, or none: the statement
         // commits on its own, and a head moved without its batch would leave a gap in its log.
         "held AS (SELECT g.id FROM ledgers g \
-         JOIN unnest($1::bigint[], $56::bigint[]) AS u(id, e) ON g.id = u.id AND g.next_log_id = u.e \
+         JOIN unnest($1::bigint[], $58::bigint[]) AS u(id, e) ON g.id = u.id AND g.next_log_id = u.e \
          ORDER BY g.name FOR UPDATE OF g), \
-         heads AS (UPDATE ledgers g SET next_tx_id = u.n, next_log_id = u.l, last_hash = u.h \
-         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[]) AS u(id, n, l, h) \
+         heads AS (UPDATE ledgers g SET next_tx_id = u.n, next_log_id = u.l, last_hash = u.h, \
+         latest_timestamp = u.t, backdated_until = u.b \
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[], $56::bigint[], $57::bigint[]) \
+         AS u(id, n, l, h, t, b) \
          WHERE g.id = u.id AND (SELECT COUNT(*) FROM held) = cardinality($1::bigint[]) RETURNING 1)"
     };
 }
@@ -760,7 +769,8 @@ impl PostgresWriter {
             quoted.join(", ")
         };
         let sql = format!(
-            "BEGIN; SELECT id, name, next_tx_id, next_log_id, encode(last_hash, 'hex') FROM ledgers \
+            "BEGIN; SELECT id, name, next_tx_id, next_log_id, encode(last_hash, 'hex'), latest_timestamp, \
+             backdated_until FROM ledgers \
              WHERE name IN ({list}) ORDER BY name FOR UPDATE"
         );
         let messages = self.client.simple_query(&sql).map_err(pg_err)?;
@@ -782,12 +792,18 @@ impl PostgresWriter {
                         Some(decode_hex(hex).ok_or_else(|| err("bad hash in ledger head"))?)
                     }
                 };
+                let optional = |i: usize| -> StoreResult<Option<i64>> {
+                    row.get(i)
+                        .map(|text| text.parse().map_err(|_| err("bad number in ledger head")))
+                        .transpose()
+                };
                 heads.push(LedgerHead {
                     id: number(0)?,
                     name: field(1)?.to_string(),
                     next_tx_id: number(2)? as TxId,
                     next_log_id: number(3)? as u64,
                     last_hash,
+                    time_order: TimeOrder::from_columns(optional(5)?, optional(6)?),
                 });
             }
         }
@@ -1119,6 +1135,7 @@ impl StoreWriter for PostgresWriter {
                     next_tx_id: row.get::<_, i64>(2) as TxId,
                     next_log_id: row.get::<_, i64>(3) as u64,
                     last_hash: hash_of(row.get(4)),
+                    time_order: TimeOrder::from_columns(row.get(5), row.get(6)),
                 })
                 .collect()
         };
@@ -1131,8 +1148,9 @@ impl StoreWriter for PostgresWriter {
         let row = self
             .client
             .query_opt(
-                "INSERT INTO ledgers (name, bucket, metadata, features, added_at, next_tx_id, next_log_id) \
-                 VALUES ($1, $2, $3::text::jsonb, $4::text::jsonb, $5, 1, 1) ON CONFLICT (name) DO NOTHING RETURNING id",
+                "INSERT INTO ledgers (name, bucket, metadata, features, added_at, next_tx_id, next_log_id, \
+                 backdated_until) VALUES ($1, $2, $3::text::jsonb, $4::text::jsonb, $5, 1, 1, 0) \
+                 ON CONFLICT (name) DO NOTHING RETURNING id",
                 &[
                     &ledger.name,
                     &ledger.bucket,
@@ -1148,6 +1166,7 @@ impl StoreWriter for PostgresWriter {
             next_tx_id: 1,
             next_log_id: 1,
             last_hash: None,
+            time_order: Some(TimeOrder::EMPTY),
         }))
     }
 
@@ -1317,6 +1336,10 @@ impl StoreWriter for PostgresWriter {
             .iter()
             .map(|h| h.last_hash.map(|x| x.to_vec()))
             .collect();
+        let (head_latest, head_backdated): (Vec<Option<i64>>, Vec<Option<i64>>) = heads
+            .iter()
+            .map(|h| TimeOrder::columns(h.time_order))
+            .unzip();
 
         let txs = &writes.transactions;
         let tx_ledger: Vec<i64> = txs.iter().map(|(l, _)| *l).collect();
@@ -1518,6 +1541,8 @@ impl StoreWriter for PostgresWriter {
                 &tc_id,
                 &tc_date,
                 &tc_before,
+                &head_latest,
+                &head_backdated,
             ];
             if checked {
                 params.push(&expected);

@@ -34,6 +34,10 @@ const MAIN_MIGRATIONS: &[(&str, &str)] = &[
         "0005_metadata_history",
         include_str!("../migrations/main/0005_metadata_history.sql"),
     ),
+    (
+        "0006_time_order",
+        include_str!("../migrations/main/0006_time_order.sql"),
+    ),
 ];
 /// The main database's second migration is code: it moves the transactions to the projections
 /// database (see [`move_transactions`]).

@@ -13,7 +13,7 @@ use coffer_ledger::sql_reader::SqlReader;
 use coffer_ledger::store::TransactionUpdate;
 use coffer_ledger::store::{
     BatchWrites, ChangedTarget, Durability, LedgerHead, LogWrite, NewLedger, ProjectionTicket,
-    StoreResult, StoreWriter, StoredAccount, VolumeKey,
+    StoreResult, StoreWriter, StoredAccount, TimeOrder, VolumeKey,
 };
 use coffer_ledger::types::{LedgerId, Metadata, Transaction, TxId, Volumes};
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -117,6 +117,7 @@ impl SqliteWriter {
             next_tx_id: row.get::<_, i64>(2)? as TxId,
             next_log_id: row.get::<_, i64>(3)? as u64,
             last_hash: last_hash.and_then(|bytes| bytes.try_into().ok()),
+            time_order: TimeOrder::from_columns(row.get(5)?, row.get(6)?),
         })
     }
 
@@ -297,7 +298,8 @@ impl StoreWriter for SqliteWriter {
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT id, name, next_tx_id, next_log_id, last_hash FROM ledgers WHERE name = ?1",
+                "SELECT id, name, next_tx_id, next_log_id, last_hash, latest_timestamp, backdated_until \
+                 FROM ledgers WHERE name = ?1",
             )
             .map_err(err)?;
         let mut heads = Vec::with_capacity(names.len());
@@ -317,8 +319,8 @@ impl StoreWriter for SqliteWriter {
         let id: Option<i64> = self
             .conn
             .query_row(
-                "INSERT INTO ledgers (name, bucket, metadata, features, added_at, next_tx_id, next_log_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 1, 1) ON CONFLICT (name) DO NOTHING RETURNING id",
+                "INSERT INTO ledgers (name, bucket, metadata, features, added_at, next_tx_id, next_log_id, \
+                 backdated_until) VALUES (?1, ?2, ?3, ?4, ?5, 1, 1, 0) ON CONFLICT (name) DO NOTHING RETURNING id",
                 params![
                     ledger.name,
                     ledger.bucket,
@@ -336,6 +338,7 @@ impl StoreWriter for SqliteWriter {
             next_tx_id: 1,
             next_log_id: 1,
             last_hash: None,
+            time_order: Some(TimeOrder::EMPTY),
         }))
     }
 
@@ -487,15 +490,21 @@ impl StoreWriter for SqliteWriter {
         let conn = &self.conn;
         {
             let mut statement = conn
-                .prepare_cached("UPDATE ledgers SET next_tx_id = ?2, next_log_id = ?3, last_hash = ?4 WHERE id = ?1")
+                .prepare_cached(
+                    "UPDATE ledgers SET next_tx_id = ?2, next_log_id = ?3, last_hash = ?4, \
+                     latest_timestamp = ?5, backdated_until = ?6 WHERE id = ?1",
+                )
                 .map_err(err)?;
             for head in &writes.heads {
+                let (latest, backdated_until) = TimeOrder::columns(head.time_order);
                 let changed = statement
                     .execute(params![
                         head.id,
                         head.next_tx_id as i64,
                         head.next_log_id as i64,
-                        hash_param(&head.last_hash)
+                        hash_param(&head.last_hash),
+                        latest,
+                        backdated_until
                     ])
                     .map_err(err)?;
                 assert_eq!(changed, 1, "ledger head row missing");

@@ -491,6 +491,15 @@ fn verify_reports_tampering() {
         "UPDATE volumes SET input = input + 1 WHERE address = 'u:1'",
         &["volumes of u:1 USD: stored in=91"],
     );
+    // A time order that hides a backdated transaction from point-in-time lists.
+    check(
+        "UPDATE ledgers SET backdated_until = 3",
+        "",
+        &[
+            "head's time order Some(TimeOrder { latest: Some(",
+            "backdated_until: 3 })",
+        ],
+    );
     check(
         "",
         "UPDATE transactions SET reference = 'forged' WHERE id = 3",

@@ -410,3 +410,126 @@ pub fn metadata_history_random(backend: &dyn Backend) {
         })
         .unwrap();
 }
+
+/// Transactions dated at random (backdated, tied, in the future of later ones, and reverts at
+/// their effective date): a list at any instant, newest first and paged, holds exactly those
+/// dated at or before it, as does its count; and again after a restart.
+pub fn transactions_at_random_instants(backend: &dyn Backend) {
+    use coffer_ledger::command::NewTransaction;
+    use coffer_ledger::service::TransactionsQuery;
+    use coffer_ledger::{Metadata, Timestamp};
+
+    let ledgers = service(backend);
+    let case = AtomicU32::new(0);
+    let base = Timestamp::parse("2025-01-01T00:00:00Z").unwrap().micros();
+    let second = 1_000_000;
+    // (ledger, every transaction's (id, timestamp))
+    let written = std::sync::Mutex::new(Vec::new());
+    let list = |ledgers: &Ledgers, ledger: &str, pit: i64| -> Vec<u64> {
+        let query = TransactionsQuery {
+            pit: Some(pit),
+            ..TransactionsQuery::default()
+        };
+        let mut page = ledgers
+            .list_transactions(
+                ledger,
+                query.clone(),
+                &PageRequest {
+                    page_size: Some(3),
+                    cursor: None,
+                },
+            )
+            .unwrap();
+        let mut ids: Vec<u64> = page.data.iter().map(|t| t.id).collect();
+        while let Some(cursor) = page.next.take() {
+            page = ledgers
+                .list_transactions(
+                    ledger,
+                    query.clone(),
+                    &PageRequest {
+                        page_size: None,
+                        cursor: Some(cursor),
+                    },
+                )
+                .unwrap();
+            ids.extend(page.data.iter().map(|t| t.id));
+        }
+        ids
+    };
+    let check = |ledgers: &Ledgers, ledger: &str, dated: &[(u64, i64)]| {
+        for k in -1..22 {
+            let pit = base + k * second;
+            let mut want: Vec<u64> = dated
+                .iter()
+                .filter(|(_, ts)| *ts <= pit)
+                .map(|(id, _)| *id)
+                .collect();
+            want.sort_unstable_by(|a, b| b.cmp(a));
+            assert_eq!(list(ledgers, ledger, pit), want, "{ledger} at +{k}s");
+            let count = ledgers
+                .count_transactions(ledger, None, Some(Timestamp(pit)))
+                .unwrap();
+            assert_eq!(count as usize, want.len(), "{ledger} count at +{k}s");
+        }
+    };
+    let mut runner = TestRunner::new(Config {
+        cases: 12,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    // Each transaction: its timestamp (seconds after `base`), and whether it reverts the one
+    // before it at that one's effective date.
+    let strategy = proptest::collection::vec((0..20i64, proptest::bool::weighted(0.2)), 1..25);
+    runner
+        .run(&strategy, |steps| {
+            let ledger = format!("dated{}", case.fetch_add(1, Ordering::Relaxed));
+            create_ledger(&ledgers, &ledger);
+            let mut dated: Vec<(u64, i64)> = Vec::new();
+            let mut reverted = std::collections::BTreeSet::new();
+            for (seconds, revert) in steps {
+                let last = dated.last().copied();
+                let tx = match last {
+                    Some((id, ts)) if revert && !reverted.contains(&id) => {
+                        reverted.insert(id);
+                        let command = Command::RevertTransaction {
+                            id,
+                            force: true,
+                            at_effective_date: true,
+                            metadata: Metadata::new(),
+                        };
+                        match ledgers
+                            .write_blocking(Request::new(&ledger, command))
+                            .unwrap()
+                            .outcome
+                        {
+                            Outcome::Transaction(tx) => {
+                                prop_assert_eq!(tx.timestamp.micros(), ts);
+                                tx
+                            }
+                            other => panic!("unexpected {other:?}"),
+                        }
+                    }
+                    _ => commit(
+                        &ledgers,
+                        &ledger,
+                        NewTransaction {
+                            timestamp: Some(Timestamp(base + seconds * second)),
+                            ..new_tx(vec![posting("world", "a", 1, "USD")])
+                        },
+                    )
+                    .unwrap(),
+                };
+                dated.push((tx.id, tx.timestamp.micros()));
+            }
+            check(&ledgers, &ledger, &dated);
+            written.lock().unwrap().push((ledger, dated));
+            Ok(())
+        })
+        .unwrap();
+    ledgers.shutdown();
+    drop(ledgers);
+    let ledgers = service(backend);
+    for (ledger, dated) in written.into_inner().unwrap() {
+        check(&ledgers, &ledger, &dated);
+    }
+}
