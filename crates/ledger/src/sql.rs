@@ -76,32 +76,37 @@ pub struct FilterContext {
 
 /// The metadata of the accounts (`a`) or transactions (`t`) of a ledger's query, as it was at
 /// `pit` when given: what a target had before its first change dated after `pit`, or its current
-/// metadata if none was. Rows look up their history only if the ledger has some change after
-/// `pit` (one probe for the query), so a read with no later change costs what a current one does.
-/// The ledger and the date are inlined (integers), so that the expression can sit in a select
-/// list whatever the order of the placeholders.
+/// metadata if none was. Only the targets changed after `pit` look up their history: the query
+/// reads those once (through the history's date index) and probes that set for each row, so a
+/// read costs about what a current one does plus the changes since `pit`. The ledger and the
+/// date are inlined (integers), so that the expression can sit in a select list whatever the
+/// order of the placeholders.
 pub fn metadata_at(resource: Resource, ledger: LedgerId, pit: Option<Timestamp>) -> String {
-    let (column, history, target) = match resource {
+    let (column, history, key, target) = match resource {
         Resource::Transactions => (
             "t.metadata",
             "transaction_metadata_changes",
+            ("t.id", "h.tx_id"),
             "c.tx_id = t.id",
         ),
         _ => (
             "a.metadata",
             "account_metadata_changes",
+            ("a.address", "h.address"),
             "c.address = a.address",
         ),
     };
     let alias = &column[..1];
+    let (row_key, changed_key) = key;
     match pit {
         None => column.to_string(),
         Some(pit) => {
             let pit = pit.micros();
             format!(
-                "CASE WHEN EXISTS (SELECT 1 FROM {history} h WHERE h.ledger_id = {ledger} AND h.date > {pit}) \
-                 THEN COALESCE((SELECT c.before FROM {history} c WHERE c.ledger_id = {alias}.ledger_id \
-                 AND {target} AND c.date > {pit} ORDER BY c.date LIMIT 1), {column}) ELSE {column} END"
+                "CASE WHEN {row_key} IN (SELECT {changed_key} FROM {history} h WHERE h.ledger_id = {ledger} \
+                 AND h.date > {pit}) THEN COALESCE((SELECT c.before FROM {history} c WHERE c.ledger_id = \
+                 {alias}.ledger_id AND {target} AND c.date > {pit} ORDER BY c.date LIMIT 1), {column}) \
+                 ELSE {column} END"
             )
         }
     }
@@ -458,13 +463,13 @@ mod tests {
             Resource::Accounts,
             Some(42),
             r#"{"$match":{"metadata[a]":"b"}}"#,
-            "meta(CASE WHEN EXISTS (SELECT 1 FROM account_metadata_changes h WHERE h.ledger_id = 7 AND h.date > 42) THEN COALESCE((SELECT c.before FROM account_metadata_changes c WHERE c.ledger_id = a.ledger_id AND c.address = a.address AND c.date > 42 ORDER BY c.date LIMIT 1), a.metadata) ELSE a.metadata END, $1) = $2 -- [Text(\"a\"), Text(\"b\")]",
+            "meta(CASE WHEN a.address IN (SELECT h.address FROM account_metadata_changes h WHERE h.ledger_id = 7 AND h.date > 42) THEN COALESCE((SELECT c.before FROM account_metadata_changes c WHERE c.ledger_id = a.ledger_id AND c.address = a.address AND c.date > 42 ORDER BY c.date LIMIT 1), a.metadata) ELSE a.metadata END, $1) = $2 -- [Text(\"a\"), Text(\"b\")]",
         );
         check_at(
             Resource::Transactions,
             Some(42),
             r#"{"$exists":{"metadata":"a"}}"#,
-            "has(CASE WHEN EXISTS (SELECT 1 FROM transaction_metadata_changes h WHERE h.ledger_id = 7 AND h.date > 42) THEN COALESCE((SELECT c.before FROM transaction_metadata_changes c WHERE c.ledger_id = t.ledger_id AND c.tx_id = t.id AND c.date > 42 ORDER BY c.date LIMIT 1), t.metadata) ELSE t.metadata END, $1) -- [Text(\"a\")]",
+            "has(CASE WHEN t.id IN (SELECT h.tx_id FROM transaction_metadata_changes h WHERE h.ledger_id = 7 AND h.date > 42) THEN COALESCE((SELECT c.before FROM transaction_metadata_changes c WHERE c.ledger_id = t.ledger_id AND c.tx_id = t.id AND c.date > 42 ORDER BY c.date LIMIT 1), t.metadata) ELSE t.metadata END, $1) -- [Text(\"a\")]",
         );
         check(Resource::Accounts, r#"{"$and":[]}"#, "1 = 1 -- []");
         check(
