@@ -82,31 +82,21 @@ pub struct FilterContext {
 /// date are inlined (integers), so that the expression can sit in a select list whatever the
 /// order of the placeholders.
 pub fn metadata_at(resource: Resource, ledger: LedgerId, pit: Option<Timestamp>) -> String {
-    let (column, history, key, target) = match resource {
-        Resource::Transactions => (
-            "t.metadata",
-            "transaction_metadata_changes",
-            ("t.id", "h.tx_id"),
-            "c.tx_id = t.id",
-        ),
-        _ => (
-            "a.metadata",
-            "account_metadata_changes",
-            ("a.address", "h.address"),
-            "c.address = a.address",
-        ),
+    // (row alias, its key column, the history table, the history's column for that key)
+    let (alias, key, history, changed) = match resource {
+        Resource::Transactions => ("t", "id", "transaction_metadata_changes", "tx_id"),
+        _ => ("a", "address", "account_metadata_changes", "address"),
     };
-    let alias = &column[..1];
-    let (row_key, changed_key) = key;
+    let column = format!("{alias}.metadata");
     match pit {
-        None => column.to_string(),
+        None => column,
         Some(pit) => {
             let pit = pit.micros();
             format!(
-                "CASE WHEN {row_key} IN (SELECT {changed_key} FROM {history} h WHERE h.ledger_id = {ledger} \
+                "CASE WHEN {alias}.{key} IN (SELECT h.{changed} FROM {history} h WHERE h.ledger_id = {ledger} \
                  AND h.date > {pit}) THEN COALESCE((SELECT c.before FROM {history} c WHERE c.ledger_id = \
-                 {alias}.ledger_id AND {target} AND c.date > {pit} ORDER BY c.date LIMIT 1), {column}) \
-                 ELSE {column} END"
+                 {alias}.ledger_id AND c.{changed} = {alias}.{key} AND c.date > {pit} ORDER BY c.date LIMIT 1), \
+                 {column}) ELSE {column} END"
             )
         }
     }

@@ -1440,40 +1440,37 @@ impl StoreWriter for PostgresWriter {
             .collect();
         let log_hash: Vec<Vec<u8>> = logs.iter().map(|w| w.log.hash.to_vec()).collect();
 
-        // The first change of a (target, date) holds what a read before that date sees.
-        let (account_changes, transaction_changes): (Vec<_>, Vec<_>) = writes
-            .metadata_changes
-            .iter()
-            .partition(|c| matches!(c.target, ChangedTarget::Account(_)));
-        let ac_ledger: Vec<i64> = account_changes.iter().map(|c| c.ledger).collect();
-        let ac_address: Vec<&str> = account_changes
-            .iter()
-            .map(|c| match &c.target {
-                ChangedTarget::Account(address) => address.as_str(),
-                ChangedTarget::Transaction(_) => unreachable!("partitioned"),
-            })
-            .collect();
-        let ac_date: Vec<i64> = account_changes.iter().map(|c| c.date.micros()).collect();
-        let ac_before: Vec<String> = account_changes
-            .iter()
-            .map(|c| codec::encode_metadata(&c.before))
-            .collect();
-        let tc_ledger: Vec<i64> = transaction_changes.iter().map(|c| c.ledger).collect();
-        let tc_id: Vec<i64> = transaction_changes
-            .iter()
-            .map(|c| match c.target {
-                ChangedTarget::Transaction(id) => id as i64,
-                ChangedTarget::Account(_) => unreachable!("partitioned"),
-            })
-            .collect();
-        let tc_date: Vec<i64> = transaction_changes
-            .iter()
-            .map(|c| c.date.micros())
-            .collect();
-        let tc_before: Vec<String> = transaction_changes
-            .iter()
-            .map(|c| codec::encode_metadata(&c.before))
-            .collect();
+        // The first change of a (target, date) holds what a read before that date sees: one set
+        // of columns per kind of target, filled in one pass.
+        let (mut ac_ledger, mut ac_address, mut ac_date, mut ac_before) = (
+            Vec::<i64>::new(),
+            Vec::<&str>::new(),
+            Vec::<i64>::new(),
+            Vec::<String>::new(),
+        );
+        let (mut tc_ledger, mut tc_id, mut tc_date, mut tc_before) = (
+            Vec::<i64>::new(),
+            Vec::<i64>::new(),
+            Vec::<i64>::new(),
+            Vec::<String>::new(),
+        );
+        for change in &writes.metadata_changes {
+            let before = codec::encode_metadata(&change.before);
+            match &change.target {
+                ChangedTarget::Account(address) => {
+                    ac_ledger.push(change.ledger);
+                    ac_address.push(address);
+                    ac_date.push(change.date.micros());
+                    ac_before.push(before);
+                }
+                ChangedTarget::Transaction(id) => {
+                    tc_ledger.push(change.ledger);
+                    tc_id.push(*id as i64);
+                    tc_date.push(change.date.micros());
+                    tc_before.push(before);
+                }
+            }
+        }
 
         let lean =
             updates.is_empty() && writes.accounts.is_empty() && writes.metadata_changes.is_empty();
