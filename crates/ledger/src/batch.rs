@@ -341,6 +341,7 @@ impl<'w> Batch<'w> {
                     outcome,
                     idempotency_hit: true,
                     log_id: Some(entry.log_id),
+                    dated_last: None,
                 });
             }
         }
@@ -391,10 +392,18 @@ impl<'w> Batch<'w> {
         };
         let log_id =
             (self.logs.len() > logs_before).then(|| self.logs.last().expect("appended").log.id);
+        // `head` is as it was before this request: its latest timestamp is the earlier ones'.
+        let dated_last = match &outcome {
+            Outcome::Transaction(tx) => head
+                .time_order
+                .map(|order| order.latest.is_none_or(|latest| tx.timestamp >= latest)),
+            _ => None,
+        };
         Ok(Response {
             outcome,
             idempotency_hit: false,
             log_id,
+            dated_last,
         })
     }
 
@@ -441,6 +450,7 @@ impl<'w> Batch<'w> {
             outcome: Outcome::Done,
             idempotency_hit: false,
             log_id: None,
+            dated_last: None,
         })
     }
 

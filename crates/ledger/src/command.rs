@@ -392,6 +392,10 @@ pub struct Response {
     pub idempotency_hit: bool,
     /// The log entry the request wrote (or, for a replay, the one it wrote the first time).
     pub log_id: Option<crate::log::LogId>,
+    /// For a new transaction, whether it is dated at or after every earlier one of its ledger
+    /// (its effective volumes are then its post-commit volumes); `None` when not known (a
+    /// replay, or a ledger whose time order is not kept).
+    pub dated_last: Option<bool>,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::command::{Request, Response};
+use crate::command::{Outcome, Request, Response};
 use crate::engine::{Engine, EngineConfig, Pending};
 use crate::error::LedgerError;
 use crate::log::Log;
@@ -20,7 +20,7 @@ use crate::store::{
     TxOrder, VolumeRow,
 };
 use crate::time::Timestamp;
-use crate::types::{Account, Amount, LedgerInfo, Transaction, TxId};
+use crate::types::{Account, Amount, LedgerId, LedgerInfo, Transaction, TxId, VolumesByAccount};
 
 /// Cursor texts are bounded so that a forged one cannot cost much to decode.
 pub const CURSOR_BYTES_MAX: usize = 16 * 1024;
@@ -516,6 +516,56 @@ impl Ledgers {
                 Ok(self.reader().list_transactions(&list)?)
             },
         )
+    }
+
+    /// Effective volumes (post-commit volumes in (timestamp, id) order, Formance's
+    /// `postCommitEffectiveVolumes`) of transactions of a ledger, in turn.
+    pub fn effective_volumes(
+        &self,
+        ledger: &str,
+        txs: &[&Transaction],
+    ) -> Result<Vec<VolumesByAccount>, LedgerError> {
+        let info = self.ledger(ledger)?;
+        let order = self.reader().ledger_head(info.id)?.time_order;
+        self.effective_volumes_in(info.id, txs, order.map(|o| o.backdated_until))
+    }
+
+    /// The effective volumes of the transaction a write answered with, if it did.
+    pub fn written_effective_volumes(
+        &self,
+        ledger: &str,
+        response: &Response,
+    ) -> Result<Option<VolumesByAccount>, LedgerError> {
+        let Outcome::Transaction(tx) = &response.outcome else {
+            return Ok(None);
+        };
+        match response.dated_last {
+            Some(true) => Ok(Some(tx.post_commit_volumes.clone())),
+            // Backdated: the stored time order may not count it yet (a dry run).
+            Some(false) => {
+                let info = self.ledger(ledger)?;
+                Ok(self.effective_volumes_in(info.id, &[tx], None)?.pop())
+            }
+            None => Ok(self.effective_volumes(ledger, &[tx])?.pop()),
+        }
+    }
+
+    fn effective_volumes_in(
+        &self,
+        ledger: LedgerId,
+        txs: &[&Transaction],
+        backdated_until: Option<TxId>,
+    ) -> Result<Vec<VolumesByAccount>, LedgerError> {
+        // Only backdated transactions read moves, which must then be all there.
+        if txs
+            .iter()
+            .any(|tx| backdated_until.is_none_or(|until| tx.id <= until))
+        {
+            self.sync_projections()?;
+        }
+        Ok(self
+            .reader()
+            .effective_volumes(ledger, txs, backdated_until)?)
     }
 
     pub fn count_transactions(

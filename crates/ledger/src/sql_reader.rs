@@ -13,7 +13,9 @@ use crate::store::{
     StoreReader, StoreResult, TimeOrder, TxOrder, VolumeRow,
 };
 use crate::time::Timestamp;
-use crate::types::{Account, Amount, LedgerId, LedgerInfo, Metadata, Transaction, TxId, Volumes};
+use crate::types::{
+    Account, Amount, LedgerId, LedgerInfo, Metadata, Transaction, TxId, Volumes, VolumesByAccount,
+};
 
 pub type Row = Vec<SqlValue>;
 
@@ -257,6 +259,49 @@ impl<B: SqlBackend> SqlReader<B> {
         })
     }
 
+    /// Sums of the moves of `addresses`, per (address, asset), of the transactions `condition`
+    /// (over `t`, the transactions table) selects. Driven by the transactions, whose indexes
+    /// bound the conditions used here, then each one's moves by key.
+    fn moves_sums(
+        &self,
+        ledger: LedgerId,
+        addresses: &[String],
+        condition: impl FnOnce(&mut Params) -> String,
+    ) -> StoreResult<Vec<(String, String, Volumes)>> {
+        if addresses.is_empty() {
+            return Ok(Vec::new());
+        }
+        let d = self.dialect();
+        let mut params = Params::default();
+        // Parameters in the order the text names them (SQLite numbers `$N` by appearance).
+        let ledger_param = params.int(ledger);
+        let condition = condition(&mut params);
+        let list: Vec<String> = addresses.iter().map(|a| params.text(a.clone())).collect();
+        // CROSS JOIN: SQLite then keeps the transactions as the outer loop.
+        let sql = format!(
+            "SELECT m.address, m.asset, {}, {} FROM transactions t CROSS JOIN moves m \
+             WHERE t.ledger_id = {ledger_param} AND {condition} AND m.ledger_id = t.ledger_id \
+             AND m.address IN ({}) AND m.tx_id = t.id GROUP BY m.address, m.asset",
+            d.amount_out(&d.sum("m.input_delta")),
+            d.amount_out(&d.sum("m.output_delta")),
+            list.join(", ")
+        );
+        self.backend
+            .query(&sql, &params.values)?
+            .iter()
+            .map(|row| {
+                Ok((
+                    text(row, 0)?,
+                    text(row, 1)?,
+                    Volumes {
+                        input: amount(row, 2)?,
+                        output: amount(row, 3)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// Volumes of a set of accounts, current or at a point in time.
     fn volumes_of(
         &self,
@@ -480,6 +525,54 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         rows.first()
             .map(|row| codec::decode_metadata(&text(row, 0)?))
             .transpose()
+    }
+
+    fn effective_volumes(
+        &self,
+        ledger: LedgerId,
+        txs: &[&Transaction],
+        backdated_until: Option<TxId>,
+    ) -> StoreResult<Vec<VolumesByAccount>> {
+        let mut out = Vec::with_capacity(txs.len());
+        for tx in txs {
+            let mut volumes = tx.post_commit_volumes.clone();
+            // After the last backdated transaction, id order and (timestamp, id) order agree.
+            if backdated_until.is_some_and(|until| tx.id > until) {
+                out.push(volumes);
+                continue;
+            }
+            let addresses: Vec<String> = volumes.keys().cloned().collect();
+            let (id, ts) = (tx.id as i64, tx.timestamp.micros());
+            // Earlier transactions dated after it are not in effect yet at its date...
+            let earlier = self.moves_sums(ledger, &addresses, |p| {
+                format!("t.id < {} AND t.timestamp > {}", p.int(id), p.int(ts))
+            })?;
+            // ...and later ones dated before it are.
+            let later = self.moves_sums(ledger, &addresses, |p| {
+                let mut condition = format!("t.id > {} AND t.timestamp < {}", p.int(id), p.int(ts));
+                if let Some(until) = backdated_until {
+                    condition.push_str(&format!(" AND t.id <= {}", p.int(until as i64)));
+                }
+                condition
+            })?;
+            for (sums, sign) in [(earlier, -1), (later, 1)] {
+                for (address, asset, delta) in sums {
+                    let Some(slot) = volumes.get_mut(&address).and_then(|a| a.get_mut(&asset))
+                    else {
+                        continue;
+                    };
+                    let apply = |value: Amount, delta: Amount| match sign {
+                        1 => value.checked_add(delta),
+                        _ => value.checked_sub(delta),
+                    };
+                    slot.input = apply(slot.input, delta.input).ok_or_else(StoreError::overflow)?;
+                    slot.output =
+                        apply(slot.output, delta.output).ok_or_else(StoreError::overflow)?;
+                }
+            }
+            out.push(volumes);
+        }
+        Ok(out)
     }
 
     fn list_transactions(&self, query: &ListTransactions<'_>) -> StoreResult<Vec<Transaction>> {

@@ -444,6 +444,18 @@ pub trait StoreReader: Send + Sync {
         pit: Timestamp,
     ) -> StoreResult<Option<Metadata>>;
     fn list_transactions(&self, query: &ListTransactions<'_>) -> StoreResult<Vec<Transaction>>;
+    /// Effective volumes of transactions of one ledger: each (account, asset) a transaction
+    /// touched, summed over the transactions up to it in (timestamp, id) order, where its
+    /// post-commit volumes sum them in id order. They differ only through backdated
+    /// transactions: those after `backdated_until` (the ledger's [`TimeOrder`]; `None`: not
+    /// known, look at every transaction) are taken as they are. A transaction need not be
+    /// stored (a dry run) if no later one is.
+    fn effective_volumes(
+        &self,
+        ledger: LedgerId,
+        txs: &[&Transaction],
+        backdated_until: Option<TxId>,
+    ) -> StoreResult<Vec<crate::types::VolumesByAccount>>;
     fn count_transactions(
         &self,
         ledger: LedgerId,

@@ -17,6 +17,7 @@ use coffer_ledger::service::{
     AccountsQuery, LedgersQuery, LogsQuery, Page, PageRequest, TransactionsQuery, VolumesQuery,
 };
 use coffer_ledger::store::VolumeRow;
+use coffer_ledger::types::VolumesByAccount;
 use coffer_ledger::{
     Account, LedgerError, LedgerInfo, Metadata, Posting, Timestamp, Transaction, Volumes,
 };
@@ -109,9 +110,24 @@ pub struct V2Transaction {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = crate::openapi::volumes_by_account_schema)]
     pub pre_commit_volumes: Option<VolumesJson>,
+    /// The volumes as of the transaction's timestamp: those of the transactions up to it in
+    /// (timestamp, id) order. They differ from the post-commit volumes only around backdated
+    /// transactions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::openapi::volumes_by_account_schema)]
+    pub post_commit_effective_volumes: Option<VolumesJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::openapi::volumes_by_account_schema)]
+    pub pre_commit_effective_volumes: Option<VolumesJson>,
 }
 
-fn transaction_json(tx: &Transaction, with_volumes: bool) -> ApiResult<V2Transaction> {
+/// A transaction's JSON, with its post- and pre-commit volumes if `with_volumes`, and its
+/// effective ones if given.
+fn transaction_json(
+    tx: &Transaction,
+    with_volumes: bool,
+    effective: Option<&VolumesByAccount>,
+) -> ApiResult<V2Transaction> {
     let (post, pre) = if with_volumes {
         (
             Some(volumes_json(&tx.post_commit_volumes)),
@@ -119,6 +135,13 @@ fn transaction_json(tx: &Transaction, with_volumes: bool) -> ApiResult<V2Transac
         )
     } else {
         (None, None)
+    };
+    let (effective_post, effective_pre) = match effective {
+        Some(volumes) => (
+            Some(volumes_json(volumes)),
+            Some(volumes_json(&pre_commit(tx, volumes)?)),
+        ),
+        None => (None, None),
     };
     Ok(V2Transaction {
         id: tx.id,
@@ -141,7 +164,18 @@ fn transaction_json(tx: &Transaction, with_volumes: bool) -> ApiResult<V2Transac
         reverted_at: tx.reverted_at.map(|t| t.to_rfc3339()),
         post_commit_volumes: post,
         pre_commit_volumes: pre,
+        post_commit_effective_volumes: effective_post,
+        pre_commit_effective_volumes: effective_pre,
     })
+}
+
+/// Volumes before a transaction, from those after it.
+fn pre_commit(tx: &Transaction, post: &VolumesByAccount) -> ApiResult<VolumesByAccount> {
+    let shifted = Transaction {
+        post_commit_volumes: post.clone(),
+        ..tx.clone()
+    };
+    Ok(shifted.pre_commit_volumes()?)
 }
 
 #[derive(Serialize, ToSchema, Debug)]
@@ -154,22 +188,28 @@ pub struct V2Account {
     pub updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volumes: Option<BTreeMap<String, V2Volume>>,
+    /// With `expand=effectiveVolumes`: the volumes by effective date (at `pit`, of the
+    /// transactions dated up to it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_volumes: Option<BTreeMap<String, V2Volume>>,
 }
 
-fn account_json(account: &Account, with_volumes: bool) -> V2Account {
+fn account_json(account: &Account, expand: Expand) -> V2Account {
+    let volumes = || {
+        account
+            .volumes
+            .iter()
+            .map(|(a, v)| (a.clone(), V2Volume::of(v)))
+            .collect()
+    };
     V2Account {
         address: account.address.clone(),
         metadata: account.metadata.clone(),
         first_usage: account.first_usage.to_rfc3339(),
         insertion_date: account.insertion_date.to_rfc3339(),
         updated_at: account.updated_at.to_rfc3339(),
-        volumes: with_volumes.then(|| {
-            account
-                .volumes
-                .iter()
-                .map(|(a, v)| (a.clone(), V2Volume::of(v)))
-                .collect()
-        }),
+        volumes: expand.volumes.then(volumes),
+        effective_volumes: expand.effective_volumes.then(volumes),
     }
 }
 
@@ -258,7 +298,7 @@ pub struct CursorResponse<T> {
 
 fn cursor<T, U>(
     page: Page<T>,
-    map: impl Fn(&T) -> ApiResult<U>,
+    map: impl FnMut(&T) -> ApiResult<U>,
 ) -> ApiResult<Json<CursorResponse<U>>> {
     let data = page.data.iter().map(map).collect::<ApiResult<Vec<U>>>()?;
     Ok(Json(CursorResponse {
@@ -479,11 +519,30 @@ fn page_request(page_size: Option<u32>, cursor: &Option<String>) -> PageRequest 
     }
 }
 
-fn wants_volumes(expand: &Option<String>) -> bool {
-    expand.as_deref().is_some_and(|e| {
-        e.split(',')
-            .any(|part| matches!(part.trim(), "volumes" | "effectiveVolumes"))
-    })
+/// What `expand` asks for: `volumes`, `effectiveVolumes`, or both (comma-separated, or the
+/// parameter repeated as one list). Anything else is ignored, as Formance does.
+#[derive(Clone, Copy, Debug, Default)]
+struct Expand {
+    volumes: bool,
+    effective_volumes: bool,
+}
+
+impl Expand {
+    fn parse(expand: &Option<String>) -> Expand {
+        let mut out = Expand::default();
+        for part in expand.as_deref().unwrap_or("").split(',') {
+            match part.trim() {
+                "volumes" => out.volumes = true,
+                "effectiveVolumes" => out.effective_volumes = true,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn any(self) -> bool {
+        self.volumes || self.effective_volumes
+    }
 }
 
 /// `field:asc|desc`, checked against the fields a list can sort on.
@@ -706,17 +765,20 @@ async fn list_accounts(
     OptionalJsonBody(body): OptionalJsonBody<Value>,
 ) -> ApiResult<Json<CursorResponse<V2Account>>> {
     let sort = parse_sort(&params.sort, &["address"])?;
-    let with_volumes = wants_volumes(&params.expand);
+    let mut expand = Expand::parse(&params.expand);
     let query = AccountsQuery {
         filter: filter_text(&params.query, body),
         pit: parse_time("pit", &params.pit)?.map(|t| t.micros()),
-        with_volumes,
+        with_volumes: expand.any(),
         descending: sort.is_some_and(|(_, ascending)| !ascending),
     };
     let page = page_request(params.page_size, &params.cursor);
     let page = blocking(move || Ok(state.ledgers.list_accounts(&ledger, query, &page)?)).await?;
-    let with_volumes = with_volumes || page.data.iter().any(|a| !a.volumes.is_empty());
-    cursor(page, |a| Ok(account_json(a, with_volumes)))
+    // A cursor's page keeps the expansion of the query that made it.
+    if !expand.any() && page.data.iter().any(|a| !a.volumes.is_empty()) {
+        expand.volumes = true;
+    }
+    cursor(page, |a| Ok(account_json(a, expand)))
 }
 
 /// Count accounts (`Count` header).
@@ -750,11 +812,11 @@ async fn get_account(
     Query(params): Query<GetParams>,
 ) -> ApiResult<Json<DataResponse<V2Account>>> {
     let pit = parse_time("pit", &params.pit)?;
-    let with_volumes = wants_volumes(&params.expand);
+    let expand = Expand::parse(&params.expand);
     coffer_ledger::types::validate_address("address", &address)?;
     let account = blocking(move || Ok(state.ledgers.get_account(&ledger, &address, pit)?)).await?;
     Ok(Json(DataResponse {
-        data: account_json(&account, with_volumes),
+        data: account_json(&account, expand),
     }))
 }
 
@@ -857,11 +919,24 @@ async fn list_transactions(
     OptionalJsonBody(body): OptionalJsonBody<Value>,
 ) -> ApiResult<Json<CursorResponse<V2Transaction>>> {
     let query = transactions_query(&params, body)?;
-    let with_volumes = wants_volumes(&params.expand);
+    let expand = Expand::parse(&params.expand);
     let page = page_request(params.page_size, &params.cursor);
-    let page =
-        blocking(move || Ok(state.ledgers.list_transactions(&ledger, query, &page)?)).await?;
-    cursor(page, |tx| transaction_json(tx, with_volumes))
+    let (page, effective) = blocking(move || {
+        let page = state.ledgers.list_transactions(&ledger, query, &page)?;
+        let effective = match expand.effective_volumes {
+            true => {
+                let txs: Vec<&Transaction> = page.data.iter().collect();
+                state.ledgers.effective_volumes(&ledger, &txs)?
+            }
+            false => Vec::new(),
+        };
+        Ok((page, effective))
+    })
+    .await?;
+    let mut effective = effective.into_iter();
+    cursor(page, |tx| {
+        transaction_json(tx, expand.volumes, effective.next().as_ref())
+    })
 }
 
 /// Count transactions (`Count` header).
@@ -969,6 +1044,23 @@ fn new_transaction(
     })
 }
 
+/// The JSON of the transaction a write answered with, with every volume map (Formance's
+/// answer to a write). The effective volumes are read only for a backdated transaction.
+async fn written_transaction_json(
+    state: &SharedState,
+    ledger: &str,
+    response: &LedgerResponse,
+) -> ApiResult<V2Transaction> {
+    let tx = transaction_outcome(response)?;
+    if response.dated_last == Some(true) {
+        return transaction_json(tx, true, Some(&tx.post_commit_volumes));
+    }
+    let (state, ledger, owned) = (state.clone(), ledger.to_string(), response.clone());
+    let effective =
+        blocking(move || Ok(state.ledgers.written_effective_volumes(&ledger, &owned)?)).await?;
+    transaction_json(tx, true, effective.as_ref())
+}
+
 fn transaction_outcome(response: &LedgerResponse) -> ApiResult<&Transaction> {
     match &response.outcome {
         Outcome::Transaction(tx) => Ok(tx),
@@ -994,13 +1086,13 @@ async fn create_transaction(
     let response = state
         .ledgers
         .write(ledger_request(
-            ledger,
+            ledger.clone(),
             Command::CreateTransaction(tx),
             key,
             params.dry_run,
         ))
         .await?;
-    let data = transaction_json(transaction_outcome(&response)?, true)?;
+    let data = written_transaction_json(&state, &ledger, &response).await?;
     Ok((hit_headers(&response), Json(DataResponse { data })))
 }
 
@@ -1015,10 +1107,18 @@ async fn get_transaction(
 ) -> ApiResult<Json<DataResponse<V2Transaction>>> {
     let id = parse_id(&id)?;
     let pit = parse_time("pit", &params.pit)?;
-    let with_volumes = wants_volumes(&params.expand);
-    let tx = blocking(move || Ok(state.ledgers.get_transaction(&ledger, id, pit)?)).await?;
+    let expand = Expand::parse(&params.expand);
+    let (tx, effective) = blocking(move || {
+        let tx = state.ledgers.get_transaction(&ledger, id, pit)?;
+        let effective = match expand.effective_volumes {
+            true => state.ledgers.effective_volumes(&ledger, &[&tx])?.pop(),
+            false => None,
+        };
+        Ok((tx, effective))
+    })
+    .await?;
     Ok(Json(DataResponse {
-        data: transaction_json(&tx, with_volumes)?,
+        data: transaction_json(&tx, expand.volumes, effective.as_ref())?,
     }))
 }
 
@@ -1089,9 +1189,9 @@ async fn revert_transaction(
     };
     let response = state
         .ledgers
-        .write(ledger_request(ledger, command, key, params.dry_run))
+        .write(ledger_request(ledger.clone(), command, key, params.dry_run))
         .await?;
-    let data = transaction_json(transaction_outcome(&response)?, true)?;
+    let data = written_transaction_json(&state, &ledger, &response).await?;
     Ok((
         StatusCode::CREATED,
         hit_headers(&response),
@@ -1488,7 +1588,7 @@ async fn create_bulk(
             Err(err) => Err(err),
         };
         failed |= outcome.is_err();
-        results.push(bulk_result(element, outcome)?);
+        results.push(bulk_result(&state, &ledger, element, outcome).await?);
     }
     let status = if failed {
         StatusCode::BAD_REQUEST
@@ -1499,15 +1599,18 @@ async fn create_bulk(
 }
 
 /// One element's result, as Formance reports it.
-fn bulk_result(
+async fn bulk_result(
+    state: &SharedState,
+    ledger: &str,
     element: &V2BulkElement,
     outcome: ApiResult<LedgerResponse>,
 ) -> ApiResult<V2BulkElementResult> {
     Ok(match outcome {
         Ok(response) => {
             let data = match &response.outcome {
-                Outcome::Transaction(tx) => {
-                    Some(serde_json::to_value(transaction_json(tx, true)?).unwrap_or(Value::Null))
+                Outcome::Transaction(_) => {
+                    let tx = written_transaction_json(state, ledger, &response).await?;
+                    Some(serde_json::to_value(tx).unwrap_or(Value::Null))
                 }
                 _ => None,
             };
@@ -1559,7 +1662,7 @@ async fn atomic_bulk(
     let mut results = Vec::with_capacity(outcome.results.len());
     for (element, result) in elements.iter().zip(outcome.results) {
         failed |= result.is_err();
-        results.push(bulk_result(element, result.map_err(ApiError::Ledger))?);
+        results.push(bulk_result(state, ledger, element, result.map_err(ApiError::Ledger)).await?);
     }
     let status = if failed {
         StatusCode::BAD_REQUEST

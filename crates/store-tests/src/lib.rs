@@ -1984,7 +1984,7 @@ macro_rules! store_suite {
             ledger_lifecycle, postings_and_volumes, scripts, idempotency_and_references,
             revert_and_metadata, lists_and_filters, grouped_volumes, atomic_groups, point_in_time,
             metadata_history, metadata_history_random, transactions_at_random_instants,
-            export_import, restart, concurrent_transfers, random_workload, durable_answers,
+            effective_volumes_random, export_import, restart, concurrent_transfers, random_workload, durable_answers,
             transactions_of_every_age, batches_bounded_by_postings);
     };
     (@tests $open:expr; $($name:ident),*) => {
@@ -2115,6 +2115,7 @@ pub fn run(name: &str, backend: &dyn Backend) {
         "metadata_history" => metadata_history(backend),
         "metadata_history_random" => workload::metadata_history_random(backend),
         "transactions_at_random_instants" => workload::transactions_at_random_instants(backend),
+        "effective_volumes_random" => workload::effective_volumes_random(backend),
         "export_import" => export_import(backend),
         "restart" => restart(backend),
         "concurrent_transfers" => workload::concurrent_transfers(backend),

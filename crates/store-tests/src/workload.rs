@@ -533,3 +533,138 @@ pub fn transactions_at_random_instants(backend: &dyn Backend) {
         check(&ledgers, &ledger, &dated);
     }
 }
+
+/// Transactions dated at random among a few accounts (backdated, tied, reverts at their
+/// effective date, dry runs): every transaction's effective volumes, as answered to its write
+/// and as read back later, are the sums over the transactions up to it in (timestamp, id)
+/// order; with the ledger's time order or without it; and again after a restart.
+pub fn effective_volumes_random(backend: &dyn Backend) {
+    use coffer_ledger::command::NewTransaction;
+    use coffer_ledger::types::VolumesByAccount;
+    use coffer_ledger::{Metadata, Timestamp};
+
+    let ledgers = service(backend);
+    let case = AtomicU32::new(0);
+    let base = Timestamp::parse("2025-01-01T00:00:00Z").unwrap().micros();
+    let second = 1_000_000;
+    let accounts = ["a", "b", "c"];
+    // The model: for `tx` among `all`, the sums over those up to it in (timestamp, id) order.
+    let model = |all: &[Transaction], tx: &Transaction| -> VolumesByAccount {
+        let mut out = VolumesByAccount::new();
+        for (account, assets) in &tx.post_commit_volumes {
+            for asset in assets.keys() {
+                let slot = out
+                    .entry(account.clone())
+                    .or_default()
+                    .entry(asset.clone())
+                    .or_default();
+                for other in all {
+                    if (other.timestamp, other.id) > (tx.timestamp, tx.id) {
+                        continue;
+                    }
+                    for p in other.postings.iter().filter(|p| &p.asset == asset) {
+                        if &p.destination == account {
+                            slot.input += p.amount;
+                        }
+                        if &p.source == account {
+                            slot.output += p.amount;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    };
+    let check = |ledgers: &Ledgers, ledger: &str, all: &[Transaction]| {
+        let txs: Vec<&Transaction> = all.iter().collect();
+        let got = ledgers.effective_volumes(ledger, &txs).unwrap();
+        let info = ledgers.ledger(ledger).unwrap();
+        let unordered = ledgers
+            .reader()
+            .effective_volumes(info.id, &txs, None)
+            .unwrap();
+        for (index, tx) in all.iter().enumerate() {
+            let want = model(all, tx);
+            assert_eq!(got[index], want, "{ledger}: tx {}", tx.id);
+            assert_eq!(
+                unordered[index], want,
+                "{ledger}: tx {} (no time order)",
+                tx.id
+            );
+        }
+    };
+    let mut runner = TestRunner::new(Config {
+        cases: 32,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    // Each step: a timestamp (seconds after `base`), source and destination among the
+    // accounts (3: world), the amount, whether it reverts the previous transaction at its
+    // effective date, and whether it is a dry run.
+    let step = (
+        0..12i64,
+        0..4usize,
+        0..3usize,
+        1..50i128,
+        proptest::bool::weighted(0.15),
+        proptest::bool::weighted(0.15),
+    );
+    let strategy = proptest::collection::vec(step, 1..20);
+    let written = std::sync::Mutex::new(Vec::new());
+    runner
+        .run(&strategy, |steps| {
+            let ledger = format!("effective{}", case.fetch_add(1, Ordering::Relaxed));
+            create_ledger(&ledgers, &ledger);
+            let mut all: Vec<Transaction> = Vec::new();
+            let mut reverted = std::collections::BTreeSet::new();
+            for (seconds, from, to, amount, revert, dry_run) in steps {
+                let command = match all.last() {
+                    Some(last) if revert && !reverted.contains(&last.id) => {
+                        Command::RevertTransaction {
+                            id: last.id,
+                            force: true,
+                            at_effective_date: true,
+                            metadata: Metadata::new(),
+                        }
+                    }
+                    _ => {
+                        let source = if from == 3 { "world" } else { accounts[from] };
+                        Command::CreateTransaction(NewTransaction {
+                            timestamp: Some(Timestamp(base + seconds * second)),
+                            force: true,
+                            ..new_tx(vec![posting(source, accounts[to], amount, "USD")])
+                        })
+                    }
+                };
+                let mut request = Request::new(&ledger, command.clone());
+                request.dry_run = dry_run;
+                let response = ledgers.write_blocking(request).unwrap();
+                let Outcome::Transaction(tx) = &response.outcome else {
+                    panic!("unexpected {:?}", response.outcome);
+                };
+                let answered = ledgers
+                    .written_effective_volumes(&ledger, &response)
+                    .unwrap()
+                    .expect("a transaction");
+                let mut with_it = all.clone();
+                with_it.push(tx.clone());
+                prop_assert_eq!(&answered, &model(&with_it, tx), "answer to {:?}", command);
+                if !dry_run {
+                    if let Command::RevertTransaction { id, .. } = command {
+                        reverted.insert(id);
+                    }
+                    all = with_it;
+                }
+            }
+            check(&ledgers, &ledger, &all);
+            written.lock().unwrap().push((ledger, all));
+            Ok(())
+        })
+        .unwrap();
+    ledgers.shutdown();
+    drop(ledgers);
+    let ledgers = service(backend);
+    for (ledger, all) in written.into_inner().unwrap() {
+        check(&ledgers, &ledger, &all);
+    }
+}
