@@ -885,3 +885,62 @@ def test_point_in_time_reads_show_metadata_as_it_was(sdk, ledger):
     assert matching("new", pit=then) == [tx.id]
     assert matching("new") == []
     assert matching("settled") == [tx.id]
+
+
+def test_effective_volumes_of_backdated_transactions(sdk, ledger):
+    def eff(volumes, account="users:eff"):
+        return volumes[account]["USD/2"]
+
+    first = fund(sdk, ledger, "users:eff", 100, timestamp="2025-01-02T00:00:00Z")
+    assert eff(first.post_commit_effective_volumes).input == 100
+    assert eff(first.pre_commit_effective_volumes).input == 0
+    # Dated before the first: at its date it sees only itself, in id order it comes after.
+    _, early = post(
+        sdk,
+        ledger,
+        {
+            "postings": [
+                {"source": "world", "destination": "users:eff", "amount": 7, "asset": "USD/2"}
+            ],
+            "timestamp": "2025-01-01T00:00:00Z",
+        },
+    )
+    assert eff(early.post_commit_volumes).input == 107
+    assert eff(early.post_commit_effective_volumes).input == 7
+    assert eff(early.pre_commit_effective_volumes).input == 0
+    assert eff(early.post_commit_effective_volumes, "world").output == 7
+
+    # Read back, the first one now counts the one dated before it.
+    res = sdk.ledger.v2.get_transaction(
+        request={"ledger": ledger, "id": first.id, "expand": "effectiveVolumes"}
+    )
+    tx = res.v2_get_transaction_response.data
+    assert eff(tx.post_commit_effective_volumes).input == 107
+    assert eff(tx.pre_commit_effective_volumes).input == 7
+    assert tx.post_commit_volumes is None
+
+    res = sdk.ledger.v2.list_transactions(
+        request={"ledger": ledger, "expand": "volumes,effectiveVolumes", "request_body": {}}
+    )
+    listed = {t.id: t for t in res.v2_transactions_cursor_response.cursor.data}
+    assert eff(listed[first.id].post_commit_volumes).input == 100
+    assert eff(listed[first.id].post_commit_effective_volumes).input == 107
+    assert eff(listed[early.id].post_commit_volumes).input == 107
+    assert eff(listed[early.id].post_commit_effective_volumes).input == 7
+
+    # Accounts: effectiveVolumes on their own, now and at a point in time.
+    res = sdk.ledger.v2.get_account(
+        request={"ledger": ledger, "address": "users:eff", "expand": "effectiveVolumes"}
+    )
+    account = res.v2_account_response.data
+    assert account.effective_volumes["USD/2"].balance == 107
+    assert account.volumes is None
+    res = sdk.ledger.v2.get_account(
+        request={
+            "ledger": ledger,
+            "address": "users:eff",
+            "expand": "effectiveVolumes",
+            "pit": datetime(2025, 1, 1, 12, tzinfo=timezone.utc),
+        }
+    )
+    assert res.v2_account_response.data.effective_volumes["USD/2"].balance == 7
