@@ -803,13 +803,47 @@ def test_ledgers_sorted_by_id_and_name_both_ways(sdk, http):
     assert listed("name:asc") == sorted(names)
 
 
-def test_reads_by_insertion_date_are_refused_not_ignored(ledger, http):
+def test_reads_by_insertion_date(sdk, ledger, http):
+    # Written now, dated in 2025: in effect then, inserted only now.
+    fund(sdk, ledger, "users:ins", 40, timestamp="2025-01-01T00:00:00Z")
+    then = "2025-06-01T00:00:00Z"
     base = f"/api/ledger/v2/{ledger}"
-    res = http.get(f"{base}/aggregate/balances", params={"pit": "2030-01-01T00:00:00Z", "useInsertionDate": "true"})
-    assert (res.status_code, res.json()["errorCode"]) == (400, "VALIDATION")
-    res = http.get(f"{base}/volumes", params={"endTime": "2030-01-01T00:00:00Z", "insertionDate": "true"})
-    assert (res.status_code, res.json()["errorCode"]) == (400, "VALIDATION")
-    assert http.get(f"{base}/aggregate/balances", params={"useInsertionDate": "true"}).status_code == 200
+
+    def aggregate(**params):
+        res = http.get(f"{base}/aggregate/balances", params={"pit": then, **params})
+        assert res.status_code == 200, res.text
+        return res.json()["data"].get("USD/2")
+
+    assert aggregate() == 0  # world -40 and users:ins +40
+    by_date = http.get(
+        f"{base}/aggregate/balances", params={"pit": then, "query": '{"$match":{"address":"users:"}}'}
+    ).json()["data"]
+    assert by_date == {"USD/2": 40}
+    by_insertion = http.get(
+        f"{base}/aggregate/balances",
+        params={"pit": then, "useInsertionDate": "true", "query": '{"$match":{"address":"users:"}}'},
+    ).json()["data"]
+    assert by_insertion == {}
+
+    def window(**params):
+        res = http.get(f"{base}/volumes", params={"endTime": then, **params})
+        assert res.status_code == 200, res.text
+        return {(r["account"], r["balance"]) for r in res.json()["cursor"]["data"]}
+
+    assert window() == {("users:ins", 40), ("world", -40)}
+    assert window(insertionDate="true") == set()
+
+    res = sdk.ledger.v2.get_account(
+        request={
+            "ledger": ledger,
+            "address": "users:ins",
+            "expand": "volumes,effectiveVolumes",
+            "pit": datetime(2025, 6, 1, tzinfo=timezone.utc),
+        }
+    )
+    account = res.v2_account_response.data
+    assert account.effective_volumes["USD/2"].balance == 40
+    assert account.volumes == {}
 
 
 def test_a_script_scales_between_precisions_of_an_asset(sdk, ledger):

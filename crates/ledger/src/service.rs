@@ -68,8 +68,12 @@ pub struct AccountsQuery {
     pub filter: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pit: Option<i64>,
+    /// Current volumes, or at `pit` those of the transactions inserted by then.
     #[serde(default)]
     pub with_volumes: bool,
+    /// Current volumes, or at `pit` those of the transactions dated by then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub with_effective_volumes: bool,
     #[serde(default)]
     pub descending: bool,
 }
@@ -94,6 +98,9 @@ pub struct VolumesQuery {
     pub end_time: Option<i64>,
     #[serde(default)]
     pub descending: bool,
+    /// The time bounds are on insertion dates rather than timestamps.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insertion_date: bool,
     /// Address segments to group on (`groupBy`); none or 0: one row per account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_by: Option<u32>,
@@ -614,6 +621,7 @@ impl Ledgers {
             after: None,
             limit: 1,
             with_volumes: false,
+            with_effective_volumes: false,
         };
         Ok(self.reader().list_accounts(&list)?.pop())
     }
@@ -661,6 +669,7 @@ impl Ledgers {
                     after: key_text(key)?,
                     limit,
                     with_volumes: query.with_volumes,
+                    with_effective_volumes: query.with_effective_volumes,
                 };
                 Ok(self.reader().list_accounts(&list)?)
             },
@@ -686,13 +695,14 @@ impl Ledgers {
         ledger: &str,
         filter: Option<&str>,
         pit: Option<Timestamp>,
+        by_insertion: bool,
     ) -> Result<BTreeMap<String, Amount>, LedgerError> {
         let info = self.ledger(ledger)?;
         self.sync_projections()?;
         let filter = parse_filter(Resource::Accounts, &filter.map(str::to_string))?;
         Ok(self
             .reader()
-            .aggregate_balances(info.id, filter.as_ref(), pit)?)
+            .aggregate_balances(info.id, filter.as_ref(), pit, by_insertion)?)
     }
 
     pub fn list_volumes(
@@ -734,6 +744,7 @@ impl Ledgers {
                     filter: filter.as_ref(),
                     end_time: query.end_time.map(Timestamp),
                     start_time: query.start_time.map(Timestamp),
+                    insertion_date: query.insertion_date,
                     direction: flip(base, backward),
                     after,
                     limit,

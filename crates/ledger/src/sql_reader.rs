@@ -126,6 +126,18 @@ fn opt_timestamp(row: &Row, index: usize) -> StoreResult<Option<Timestamp>> {
     opt_int(row, index).map(|value| value.map(Timestamp))
 }
 
+/// The condition that a move (alias `m`) is dated `cmp` `at`: by its transaction's timestamp,
+/// or by its insertion date (moves do not keep it: their transaction's, by key).
+fn move_dated(by_insertion: bool, cmp: &str, at: &str) -> String {
+    match by_insertion {
+        false => format!("m.timestamp {cmp} {at}"),
+        true => format!(
+            "EXISTS (SELECT 1 FROM transactions i WHERE i.ledger_id = m.ledger_id \
+             AND i.id = m.tx_id AND i.inserted_at {cmp} {at})"
+        ),
+    }
+}
+
 impl<B: SqlBackend> SqlReader<B> {
     fn dialect(&self) -> &dyn Dialect {
         self.backend.dialect()
@@ -302,12 +314,14 @@ impl<B: SqlBackend> SqlReader<B> {
             .collect()
     }
 
-    /// Volumes of a set of accounts, current or at a point in time.
+    /// Volumes of a set of accounts, current or at a point in time (of the transactions dated by
+    /// then, or inserted by then if `by_insertion`).
     fn volumes_of(
         &self,
         ledger: LedgerId,
         addresses: &[String],
         pit: Option<Timestamp>,
+        by_insertion: bool,
     ) -> StoreResult<BTreeMap<String, BTreeMap<String, Volumes>>> {
         let mut out: BTreeMap<String, BTreeMap<String, Volumes>> = BTreeMap::new();
         if addresses.is_empty() {
@@ -334,11 +348,12 @@ impl<B: SqlBackend> SqlReader<B> {
                 let pit = params.int(pit.micros());
                 format!(
                     "SELECT m.address, m.asset, {}, {} FROM moves m WHERE m.ledger_id = {ledger_param} \
-                     AND m.address IN ({}) AND m.timestamp <= {pit} GROUP BY m.address, m.asset \
+                     AND m.address IN ({}) AND {} GROUP BY m.address, m.asset \
                      ORDER BY m.address, m.asset",
                     d.amount_out(&d.sum("m.input_delta")),
                     d.amount_out(&d.sum("m.output_delta")),
-                    list.join(", ")
+                    list.join(", "),
+                    move_dated(by_insertion, "<=", &pit)
                 )
             }
         };
@@ -658,6 +673,7 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
             after: None,
             limit: 1,
             with_volumes: true,
+            with_effective_volumes: true,
         };
         self.accounts(&query, Some(address))
             .map(|mut accounts| accounts.pop())
@@ -687,6 +703,7 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         ledger: LedgerId,
         filter: Option<&Filter>,
         pit: Option<Timestamp>,
+        by_insertion: bool,
     ) -> StoreResult<BTreeMap<String, Amount>> {
         let d = self.dialect();
         let mut params = Params::default();
@@ -703,8 +720,9 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
                 let pit = params.int(pit.micros());
                 format!(
                     "SELECT m.asset, {} FROM moves m JOIN accounts a ON a.ledger_id = m.ledger_id AND a.address = m.address \
-                     WHERE {accounts} AND m.timestamp <= {pit} GROUP BY m.asset ORDER BY m.asset",
-                    d.amount_out(&d.sum(&d.sub("m.input_delta", "m.output_delta")))
+                     WHERE {accounts} AND {} GROUP BY m.asset ORDER BY m.asset",
+                    d.amount_out(&d.sum(&d.sub("m.input_delta", "m.output_delta"))),
+                    move_dated(by_insertion, "<=", &pit)
                 )
             }
         };
@@ -724,17 +742,25 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
         } else {
             let mut bounds = String::new();
             if let Some(end) = query.end_time {
-                bounds.push_str(&format!(" AND timestamp <= {}", params.int(end.micros())));
+                let end = params.int(end.micros());
+                bounds.push_str(&format!(
+                    " AND {}",
+                    move_dated(query.insertion_date, "<=", &end)
+                ));
             }
             if let Some(start) = query.start_time {
                 // Inclusive, as in Formance (`effective_date >= startTime`).
-                bounds.push_str(&format!(" AND timestamp >= {}", params.int(start.micros())));
+                let start = params.int(start.micros());
+                bounds.push_str(&format!(
+                    " AND {}",
+                    move_dated(query.insertion_date, ">=", &start)
+                ));
             }
             format!(
-                "SELECT ledger_id, address, asset, {} AS input, {} AS output FROM moves WHERE ledger_id = {ledger}{bounds} \
-                 GROUP BY ledger_id, address, asset",
-                d.sum("input_delta"),
-                d.sum("output_delta")
+                "SELECT m.ledger_id, m.address, m.asset, {} AS input, {} AS output FROM moves m \
+                 WHERE m.ledger_id = {ledger}{bounds} GROUP BY m.ledger_id, m.address, m.asset",
+                d.sum("m.input_delta"),
+                d.sum("m.output_delta")
             )
         };
         let joined = format!(
@@ -1004,14 +1030,29 @@ impl<B: SqlBackend> SqlReader<B> {
                     insertion_date: timestamp(row, 3)?,
                     updated_at: timestamp(row, 4)?,
                     volumes: BTreeMap::new(),
+                    effective_volumes: BTreeMap::new(),
                 })
             })
             .collect::<StoreResult<_>>()?;
-        if query.with_volumes && !accounts.is_empty() {
-            let addresses: Vec<String> = accounts.iter().map(|a| a.address.clone()).collect();
-            let mut volumes = self.volumes_of(query.ledger, &addresses, query.pit)?;
+        if accounts.is_empty() {
+            return Ok(accounts);
+        }
+        let addresses: Vec<String> = accounts.iter().map(|a| a.address.clone()).collect();
+        // Without a point in time, both are the current volumes: read once.
+        let shared = query.pit.is_none() && query.with_volumes && query.with_effective_volumes;
+        if query.with_volumes {
+            let mut volumes = self.volumes_of(query.ledger, &addresses, query.pit, true)?;
             for account in &mut accounts {
                 account.volumes = volumes.remove(&account.address).unwrap_or_default();
+                if shared {
+                    account.effective_volumes = account.volumes.clone();
+                }
+            }
+        }
+        if query.with_effective_volumes && !shared {
+            let mut volumes = self.volumes_of(query.ledger, &addresses, query.pit, false)?;
+            for account in &mut accounts {
+                account.effective_volumes = volumes.remove(&account.address).unwrap_or_default();
             }
         }
         Ok(accounts)

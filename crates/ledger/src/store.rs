@@ -387,7 +387,10 @@ pub struct ListAccounts<'a> {
     pub direction: Direction,
     pub after: Option<String>,
     pub limit: u32,
+    /// Fill [`Account::volumes`](crate::types::Account::volumes).
     pub with_volumes: bool,
+    /// Fill [`Account::effective_volumes`](crate::types::Account::effective_volumes).
+    pub with_effective_volumes: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -404,9 +407,11 @@ pub struct ListLogs<'a> {
 pub struct ListVolumes<'a> {
     pub ledger: LedgerId,
     pub filter: Option<&'a Filter>,
-    /// Volumes of moves with timestamp <= end (PIT) and > start (OOT).
+    /// Volumes of moves with timestamp <= end (PIT) and >= start (OOT).
     pub end_time: Option<Timestamp>,
     pub start_time: Option<Timestamp>,
+    /// The bounds are on the transactions' insertion dates instead of their timestamps.
+    pub insertion_date: bool,
     pub direction: Direction,
     /// (address, asset) of the last row of the previous page.
     pub after: Option<(String, String)>,
@@ -463,6 +468,7 @@ pub trait StoreReader: Send + Sync {
         pit: Option<Timestamp>,
     ) -> StoreResult<u64>;
 
+    /// An account with both its volumes and its effective volumes.
     fn get_account(
         &self,
         ledger: LedgerId,
@@ -477,12 +483,14 @@ pub trait StoreReader: Send + Sync {
         pit: Option<Timestamp>,
     ) -> StoreResult<u64>;
 
-    /// Sum of balances per asset over the accounts matching the filter.
+    /// Sum of balances per asset over the accounts matching the filter; at `pit`, of the
+    /// transactions dated by then, or inserted by then if `by_insertion`.
     fn aggregate_balances(
         &self,
         ledger: LedgerId,
         filter: Option<&Filter>,
         pit: Option<Timestamp>,
+        by_insertion: bool,
     ) -> StoreResult<BTreeMap<String, Amount>>;
     fn list_volumes(&self, query: &ListVolumes<'_>) -> StoreResult<Vec<VolumeRow>>;
 

@@ -305,7 +305,12 @@ pub struct Account {
     pub first_usage: Timestamp,
     pub insertion_date: Timestamp,
     pub updated_at: Timestamp,
+    /// Per asset: the current volumes or, at a point in time, those of the transactions
+    /// inserted by then (empty unless asked for).
     pub volumes: BTreeMap<String, Volumes>,
+    /// Per asset: the current volumes or, at a point in time, those of the transactions dated
+    /// by then (empty unless asked for).
+    pub effective_volumes: BTreeMap<String, Volumes>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

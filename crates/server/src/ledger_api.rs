@@ -195,9 +195,8 @@ pub struct V2Account {
 }
 
 fn account_json(account: &Account, expand: Expand) -> V2Account {
-    let volumes = || {
-        account
-            .volumes
+    let volumes = |by_asset: &BTreeMap<String, Volumes>| {
+        by_asset
             .iter()
             .map(|(a, v)| (a.clone(), V2Volume::of(v)))
             .collect()
@@ -208,8 +207,10 @@ fn account_json(account: &Account, expand: Expand) -> V2Account {
         first_usage: account.first_usage.to_rfc3339(),
         insertion_date: account.insertion_date.to_rfc3339(),
         updated_at: account.updated_at.to_rfc3339(),
-        volumes: expand.volumes.then(volumes),
-        effective_volumes: expand.effective_volumes.then(volumes),
+        volumes: expand.volumes.then(|| volumes(&account.volumes)),
+        effective_volumes: expand
+            .effective_volumes
+            .then(|| volumes(&account.effective_volumes)),
     }
 }
 
@@ -411,7 +412,8 @@ pub struct ListParams {
     pub page_size: Option<u32>,
     /// Cursor from a previous page; every other parameter is then ignored.
     pub cursor: Option<String>,
-    /// `volumes` (`effectiveVolumes` is accepted and answered with `volumes`).
+    /// `volumes`, `effectiveVolumes`, or both, comma-separated. At `pit`, `volumes` counts the
+    /// transactions inserted by then and `effectiveVolumes` those dated by then.
     pub expand: Option<String>,
     /// Point in time (RFC 3339).
     pub pit: Option<String>,
@@ -432,7 +434,7 @@ pub struct VolumesParams {
     pub cursor: Option<String>,
     pub end_time: Option<String>,
     pub start_time: Option<String>,
-    /// `true` with time bounds is refused (volumes are by effective date).
+    /// `true`: the time bounds are on the transactions' insertion dates, not their timestamps.
     pub insertion_date: Option<bool>,
     pub group_by: Option<u32>,
     pub sort: Option<String>,
@@ -444,7 +446,7 @@ pub struct VolumesParams {
 #[into_params(parameter_in = Query)]
 pub struct AggregateParams {
     pub pit: Option<String>,
-    /// `true` with `pit` is refused (point-in-time reads are by effective date).
+    /// `true`: at `pit`, the transactions inserted by then, not those dated by then.
     pub use_insertion_date: Option<bool>,
     #[serde(rename = "use_insertion_date")]
     pub use_insertion_date_snake: Option<bool>,
@@ -769,14 +771,16 @@ async fn list_accounts(
     let query = AccountsQuery {
         filter: filter_text(&params.query, body),
         pit: parse_time("pit", &params.pit)?.map(|t| t.micros()),
-        with_volumes: expand.any(),
+        with_volumes: expand.volumes,
+        with_effective_volumes: expand.effective_volumes,
         descending: sort.is_some_and(|(_, ascending)| !ascending),
     };
     let page = page_request(params.page_size, &params.cursor);
     let page = blocking(move || Ok(state.ledgers.list_accounts(&ledger, query, &page)?)).await?;
     // A cursor's page keeps the expansion of the query that made it.
-    if !expand.any() && page.data.iter().any(|a| !a.volumes.is_empty()) {
-        expand.volumes = true;
+    if !expand.any() {
+        expand.volumes = page.data.iter().any(|a| !a.volumes.is_empty());
+        expand.effective_volumes = page.data.iter().any(|a| !a.effective_volumes.is_empty());
     }
     cursor(page, |a| Ok(account_json(a, expand)))
 }
@@ -1220,17 +1224,12 @@ async fn get_balances_aggregated(
     let pit = parse_time("pit", &params.pit)?;
     let by_insertion = params
         .use_insertion_date
-        .or(params.use_insertion_date_snake);
-    if pit.is_some() && by_insertion == Some(true) {
-        // Refused rather than ignored: the answer would be by effective date.
-        return Err(invalid(
-            "useInsertionDate: not supported; pit reads are by effective date",
-        ));
-    }
+        .or(params.use_insertion_date_snake)
+        .unwrap_or(false);
     let balances = blocking(move || {
         Ok(state
             .ledgers
-            .aggregate_balances(&ledger, filter.as_deref(), pit)?)
+            .aggregate_balances(&ledger, filter.as_deref(), pit, by_insertion)?)
     })
     .await?;
     Ok(Json(V2AggregateBalancesResponse { data: balances }))
@@ -1247,18 +1246,12 @@ async fn get_volumes(
     OptionalJsonBody(body): OptionalJsonBody<Value>,
 ) -> ApiResult<Json<CursorResponse<V2VolumesWithBalance>>> {
     let sort = parse_sort(&params.sort, &["account", "address"])?;
-    let bounded = params.start_time.is_some() || params.end_time.is_some();
-    if bounded && params.insertion_date == Some(true) {
-        // Refused rather than ignored: the answer would be by effective date.
-        return Err(invalid(
-            "insertionDate: not supported; volumes are bounded by effective date",
-        ));
-    }
     let query = VolumesQuery {
         filter: filter_text(&params.query, body),
         start_time: parse_time("startTime", &params.start_time)?.map(|t| t.micros()),
         end_time: parse_time("endTime", &params.end_time)?.map(|t| t.micros()),
         descending: sort.is_some_and(|(_, ascending)| !ascending),
+        insertion_date: params.insertion_date.unwrap_or(false),
         group_by: params.group_by,
     };
     let page = page_request(params.page_size, &params.cursor);

@@ -329,13 +329,18 @@ pub fn postings_and_volumes(backend: &dyn Backend) {
     let now = Some(Timestamp(i64::MAX / 2));
     for pit in [None, now] {
         assert_eq!(
-            ledgers.aggregate_balances("main", Some(whales), pit),
+            ledgers.aggregate_balances("main", Some(whales), pit, false),
             Err(LedgerError::Overflow),
             "pit {pit:?}"
         );
     }
     let both = ledgers
-        .aggregate_balances("main", Some(r#"{"$match":{"address":"whale2"}}"#), None)
+        .aggregate_balances(
+            "main",
+            Some(r#"{"$match":{"address":"whale2"}}"#),
+            None,
+            false,
+        )
         .unwrap();
     assert_eq!(both["BTC/8"], huge * 2);
 
@@ -1113,10 +1118,17 @@ pub fn lists_and_filters(backend: &dyn Backend) {
     let fees = accounts.data.iter().find(|a| a.address == "fees").unwrap();
     assert_eq!(fees.volumes["USD"].input, 12);
 
-    let all = ledgers.aggregate_balances("main", None, None).unwrap();
+    let all = ledgers
+        .aggregate_balances("main", None, None, false)
+        .unwrap();
     assert_eq!(all.get("USD"), Some(&0));
     let users = ledgers
-        .aggregate_balances("main", Some(r#"{"$match":{"address":"users:"}}"#), None)
+        .aggregate_balances(
+            "main",
+            Some(r#"{"$match":{"address":"users:"}}"#),
+            None,
+            false,
+        )
         .unwrap();
     let world = balance(&ledgers, "main", "world", "USD");
     assert_eq!(users["USD"] + 11, -world);
@@ -1336,14 +1348,50 @@ pub fn point_in_time(backend: &dyn Backend) {
     commit(&ledgers, "main", dated("2024-03-01T00:00:00Z", 5)).unwrap();
     commit(&ledgers, "main", dated("2024-01-01T00:00:00Z", 7)).unwrap();
     commit(&ledgers, "main", dated("2024-05-01T00:00:00Z", 11)).unwrap();
+    let inserted = Timestamp::now();
     let pit = Some(at("2024-04-01T00:00:00Z"));
     let account = ledgers.get_account("main", "a", pit).unwrap();
-    assert_eq!(account.volumes["USD"].input, 12);
+    // By their dates, two of them were in effect then; by insertion, none was written yet.
+    assert_eq!(account.effective_volumes["USD"].input, 12);
+    assert!(account.volumes.is_empty(), "{:?}", account.volumes);
     assert_eq!(account.first_usage, at("2024-01-01T00:00:00Z"));
+    let account = ledgers.get_account("main", "a", Some(inserted)).unwrap();
+    assert_eq!(account.volumes["USD"].input, 23);
+    assert_eq!(account.effective_volumes["USD"].input, 23);
+    let only_a = Some(r#"{"$match":{"address":"a"}}"#);
+    let sums = |pit, by_insertion| {
+        ledgers
+            .aggregate_balances("main", only_a, pit, by_insertion)
+            .unwrap()
+            .get("USD")
+            .copied()
+    };
+    assert_eq!(sums(pit, true), None);
+    assert_eq!(sums(Some(inserted), true), Some(23));
+    assert_eq!(sums(pit, false), Some(12));
+    let inserted_in = |start: Option<Timestamp>, end: Option<Timestamp>| {
+        let query = VolumesQuery {
+            start_time: start.map(Timestamp::micros),
+            end_time: end.map(Timestamp::micros),
+            insertion_date: true,
+            filter: only_a.map(str::to_string),
+            ..VolumesQuery::default()
+        };
+        let rows = ledgers
+            .list_volumes("main", query, &PageRequest::default())
+            .unwrap()
+            .data;
+        rows.first().map(|row| row.volumes.input)
+    };
+    assert_eq!(inserted_in(None, pit), None);
+    assert_eq!(inserted_in(None, Some(inserted)), Some(23));
     assert_eq!(
-        ledgers.get_account("main", "a", None).unwrap().volumes["USD"].input,
-        23
+        inserted_in(Some(Timestamp(inserted.micros() + 1)), None),
+        None
     );
+    let now = ledgers.get_account("main", "a", None).unwrap();
+    assert_eq!(now.volumes["USD"].input, 23);
+    assert_eq!(now.effective_volumes, now.volumes);
     assert!(matches!(
         ledgers.get_account("main", "a", Some(at("2023-01-01T00:00:00Z"))),
         Err(LedgerError::NotFound(_))
@@ -1362,7 +1410,7 @@ pub fn point_in_time(backend: &dyn Backend) {
     assert_eq!(ids, [2, 1]);
     assert_eq!(
         ledgers
-            .aggregate_balances("main", Some(r#"{"$match":{"address":"a"}}"#), pit)
+            .aggregate_balances("main", Some(r#"{"$match":{"address":"a"}}"#), pit, false)
             .unwrap()["USD"],
         12
     );
@@ -1453,10 +1501,10 @@ pub fn point_in_time(backend: &dyn Backend) {
     )
     .unwrap();
     for pit in [None, Some(at("2100-01-01T00:00:00Z"))] {
-        let sums = ledgers.aggregate_balances("big", None, pit).unwrap();
+        let sums = ledgers.aggregate_balances("big", None, pit, false).unwrap();
         assert_eq!(sums["COIN"], 0, "pit {pit:?}");
         let users = ledgers
-            .aggregate_balances("big", Some(r#"{"$match":{"address":"u"}}"#), pit)
+            .aggregate_balances("big", Some(r#"{"$match":{"address":"u"}}"#), pit, false)
             .unwrap();
         assert_eq!(users["COIN"], 0, "pit {pit:?}");
     }

@@ -194,6 +194,7 @@ impl Wallets {
             filter: Some(filter),
             pit: None,
             with_volumes,
+            with_effective_volumes: false,
             descending: false,
         };
         Ok(self.ledgers.list_accounts(&self.ledger, query, page)?)

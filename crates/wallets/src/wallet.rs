@@ -279,13 +279,16 @@ impl Wallets {
             }
             metadata_filter(&conditions)
         };
-        let held = self
-            .ledgers
-            .aggregate_balances(&self.ledger, Some(&holds(None)), None)?;
+        let held =
+            self.ledgers
+                .aggregate_balances(&self.ledger, Some(&holds(None)), None, false)?;
         for asset in held.keys() {
-            let of_asset =
-                self.ledgers
-                    .aggregate_balances(&self.ledger, Some(&holds(Some(asset))), None)?;
+            let of_asset = self.ledgers.aggregate_balances(
+                &self.ledger,
+                Some(&holds(Some(asset))),
+                None,
+                false,
+            )?;
             if let Some(amount) = of_asset.get(asset) {
                 summary.hold_funds.insert(asset.clone(), *amount);
             }
