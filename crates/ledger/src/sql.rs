@@ -44,6 +44,11 @@ pub trait Dialect: Send + Sync {
     fn address_pattern_value(&self, pattern: &AddressPattern) -> String;
     /// The first `segments` segments of an address (all of them if it has fewer).
     fn address_prefix(&self, column: &str, segments: u32) -> String;
+    /// Text after a table's name that makes the database walk `index` (empty where the
+    /// planner's statistics are trusted to).
+    fn index_hint(&self, _index: &str) -> String {
+        String::new()
+    }
 }
 
 /// Collects parameters while SQL text is built.

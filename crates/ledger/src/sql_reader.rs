@@ -126,6 +126,122 @@ fn opt_timestamp(row: &Row, index: usize) -> StoreResult<Option<Timestamp>> {
     opt_int(row, index).map(|value| value.map(Timestamp))
 }
 
+/// For tests, which walk every way to the same answer: 0 lets the probes choose how effective
+/// volumes find their corrections; 1, 2 and 3 force the timestamps, the ids or the moves. Only the
+/// cost depends on it, so a test setting it cannot disturb another.
+#[doc(hidden)]
+pub static EFFECTIVE_DRIVER_FORCED: std::sync::atomic::AtomicU8 =
+    std::sync::atomic::AtomicU8::new(0);
+
+/// Rows a probe of an index range counts before it stops: enough to tell a short range from a
+/// long one, at a bounded cost.
+const PROBE_ROWS_MAX: u64 = 1024;
+
+fn in_list(params: &mut Params, values: &[String]) -> String {
+    let list: Vec<String> = values.iter().map(|v| params.text(v.clone())).collect();
+    list.join(", ")
+}
+
+/// The transactions whose moves turn a transaction's post-commit volumes (id order) into its
+/// effective ones ((timestamp, id) order).
+enum Correction {
+    /// Before it by id, dated after it.
+    Earlier { id: i64, ts: i64 },
+    /// After it by id (up to the ledger's last backdated one, when known), dated before it.
+    Later {
+        id: i64,
+        ts: i64,
+        until: Option<i64>,
+    },
+}
+
+/// Which index a correction's transactions are found through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Driver {
+    /// The transactions' timestamp index (those dated after, or before, it).
+    Timestamps,
+    /// The transactions' ids (between it and the last backdated one).
+    Ids,
+    /// The accounts' moves (by account, then transaction id).
+    Moves,
+}
+
+impl Correction {
+    /// The condition over the moves (alias `m`), which carry their transaction's timestamp.
+    fn on_moves(&self, p: &mut Params) -> String {
+        match *self {
+            Correction::Earlier { id, ts } => {
+                format!("m.tx_id < {} AND m.timestamp > {}", p.int(id), p.int(ts))
+            }
+            Correction::Later { id, ts, until } => {
+                let mut condition = format!("m.tx_id > {}", p.int(id));
+                if let Some(until) = until {
+                    condition.push_str(&format!(" AND m.tx_id <= {}", p.int(until)));
+                }
+                condition.push_str(&format!(" AND m.timestamp < {}", p.int(ts)));
+                condition
+            }
+        }
+    }
+
+    /// An index hint and the condition over the transactions (alias `t`); the other bound is
+    /// kept out of the index's reach (`+`) so that the database walks the one chosen.
+    fn on_transactions(&self, p: &mut Params, driver: Driver, d: &dyn Dialect) -> (String, String) {
+        let by_time = driver == Driver::Timestamps;
+        let hint = match by_time {
+            true => d.index_hint("transactions_timestamp"),
+            false => String::new(),
+        };
+        let (time, ids) = match by_time {
+            true => ("t.timestamp", "+t.id"),
+            false => ("+t.timestamp", "t.id"),
+        };
+        let condition = match *self {
+            Correction::Earlier { id, ts } => {
+                format!("{time} > {} AND {ids} < {}", p.int(ts), p.int(id))
+            }
+            Correction::Later { id, ts, until } => {
+                let mut condition = format!("{time} < {} AND {ids} > {}", p.int(ts), p.int(id));
+                if let Some(until) = until {
+                    condition.push_str(&format!(" AND {ids} <= {}", p.int(until)));
+                }
+                condition
+            }
+        };
+        (hint, condition)
+    }
+
+    /// The timestamp index's range for this correction (alias `t`), with its hint.
+    fn timestamp_range(&self, p: &mut Params, d: &dyn Dialect) -> (String, String) {
+        let range = match *self {
+            Correction::Earlier { ts, .. } => format!("t.timestamp > {}", p.int(ts)),
+            Correction::Later { ts, .. } => format!("t.timestamp < {}", p.int(ts)),
+        };
+        (d.index_hint("transactions_timestamp"), range)
+    }
+
+    /// The moves' range by transaction id for this correction (alias `m`).
+    fn id_range_on_moves(&self, p: &mut Params) -> String {
+        match *self {
+            Correction::Earlier { id, .. } => format!("m.tx_id < {}", p.int(id)),
+            Correction::Later { id, until, .. } => match until {
+                Some(until) => format!("m.tx_id > {} AND m.tx_id <= {}", p.int(id), p.int(until)),
+                None => format!("m.tx_id > {}", p.int(id)),
+            },
+        }
+    }
+
+    /// How many transactions the id range holds, when bounded on both sides (ids are dense).
+    fn id_range_len(&self) -> Option<u64> {
+        match *self {
+            Correction::Earlier { id, .. } => Some(id.saturating_sub(1).max(0) as u64),
+            Correction::Later { id, until, .. } => {
+                until.map(|until| until.saturating_sub(id).max(0) as u64)
+            }
+        }
+    }
+}
+
 /// The condition that a move (alias `m`) is dated `cmp` `at`: by its transaction's timestamp,
 /// or by its insertion date (moves do not keep it: their transaction's, by key).
 fn move_dated(by_insertion: bool, cmp: &str, at: &str) -> String {
@@ -271,14 +387,14 @@ impl<B: SqlBackend> SqlReader<B> {
         })
     }
 
-    /// Sums of the moves of `addresses`, per (address, asset), of the transactions `condition`
-    /// (over `t`, the transactions table) selects. Driven by the transactions, whose indexes
-    /// bound the conditions used here, then each one's moves by key.
+    /// Sums of the moves of `addresses`, per (address, asset), of the transactions a
+    /// [`Correction`] selects, found the way it says.
     fn moves_sums(
         &self,
         ledger: LedgerId,
         addresses: &[String],
-        condition: impl FnOnce(&mut Params) -> String,
+        correction: &Correction,
+        driver: Driver,
     ) -> StoreResult<Vec<(String, String, Volumes)>> {
         if addresses.is_empty() {
             return Ok(Vec::new());
@@ -287,17 +403,31 @@ impl<B: SqlBackend> SqlReader<B> {
         let mut params = Params::default();
         // Parameters in the order the text names them (SQLite numbers `$N` by appearance).
         let ledger_param = params.int(ledger);
-        let condition = condition(&mut params);
-        let list: Vec<String> = addresses.iter().map(|a| params.text(a.clone())).collect();
-        // CROSS JOIN: SQLite then keeps the transactions as the outer loop.
-        let sql = format!(
-            "SELECT m.address, m.asset, {}, {} FROM transactions t CROSS JOIN moves m \
-             WHERE t.ledger_id = {ledger_param} AND {condition} AND m.ledger_id = t.ledger_id \
-             AND m.address IN ({}) AND m.tx_id = t.id GROUP BY m.address, m.asset",
+        let sums = format!(
+            "SELECT m.address, m.asset, {}, {}",
             d.amount_out(&d.sum("m.input_delta")),
-            d.amount_out(&d.sum("m.output_delta")),
-            list.join(", ")
+            d.amount_out(&d.sum("m.output_delta"))
         );
+        let sql = match driver {
+            Driver::Moves => {
+                let condition = correction.on_moves(&mut params);
+                let list = in_list(&mut params, addresses);
+                format!(
+                    "{sums} FROM moves m WHERE m.ledger_id = {ledger_param} AND {condition} \
+                     AND m.address IN ({list}) GROUP BY m.address, m.asset"
+                )
+            }
+            Driver::Timestamps | Driver::Ids => {
+                let (hint, condition) = correction.on_transactions(&mut params, driver, d);
+                let list = in_list(&mut params, addresses);
+                // CROSS JOIN: SQLite then keeps the transactions as the outer loop.
+                format!(
+                    "{sums} FROM transactions t{hint} CROSS JOIN moves m WHERE t.ledger_id = {ledger_param} \
+                     AND {condition} AND m.ledger_id = t.ledger_id AND m.address IN ({list}) \
+                     AND m.tx_id = t.id GROUP BY m.address, m.asset"
+                )
+            }
+        };
         self.backend
             .query(&sql, &params.values)?
             .iter()
@@ -312,6 +442,56 @@ impl<B: SqlBackend> SqlReader<B> {
                 ))
             })
             .collect()
+    }
+
+    /// The shortest way to a correction's transactions: the index range each way would walk,
+    /// counted up to [`PROBE_ROWS_MAX`] rows (ids are dense, so their range is known).
+    fn driver(
+        &self,
+        ledger: LedgerId,
+        addresses: &[String],
+        correction: &Correction,
+    ) -> StoreResult<Driver> {
+        match EFFECTIVE_DRIVER_FORCED.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => return Ok(Driver::Timestamps),
+            2 => return Ok(Driver::Ids),
+            3 => return Ok(Driver::Moves),
+            _ => {}
+        }
+        let d = self.dialect();
+        let mut params = Params::default();
+        let ledger_param = params.int(ledger);
+        let (hint, range) = correction.timestamp_range(&mut params, d);
+        let by_time = self.probe(
+            &format!("transactions t{hint} WHERE t.ledger_id = {ledger_param} AND {range}"),
+            &params.values,
+        )?;
+        let mut params = Params::default();
+        let ledger_param = params.int(ledger);
+        let range = correction.id_range_on_moves(&mut params);
+        let list = in_list(&mut params, addresses);
+        let by_moves = self.probe(
+            &format!(
+                "moves m WHERE m.ledger_id = {ledger_param} AND {range} AND m.address IN ({list})"
+            ),
+            &params.values,
+        )?;
+        let by_ids = correction.id_range_len().unwrap_or(u64::MAX);
+        Ok(if by_moves <= by_time && by_moves <= by_ids {
+            Driver::Moves
+        } else if by_ids <= by_time {
+            Driver::Ids
+        } else {
+            Driver::Timestamps
+        })
+    }
+
+    /// Rows of `from_where` (`FROM` omitted), up to [`PROBE_ROWS_MAX`].
+    fn probe(&self, from_where: &str, params: &[SqlValue]) -> StoreResult<u64> {
+        let sql =
+            format!("SELECT COUNT(*) FROM (SELECT 1 FROM {from_where} LIMIT {PROBE_ROWS_MAX}) p");
+        let rows = self.backend.query(&sql, params)?;
+        Ok(int(rows.first().ok_or_else(|| corrupt("count"))?, 0)? as u64)
     }
 
     /// Volumes of a set of accounts, current or at a point in time (of the transactions dated by
@@ -558,18 +738,21 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
             }
             let addresses: Vec<String> = volumes.keys().cloned().collect();
             let (id, ts) = (tx.id as i64, tx.timestamp.micros());
-            // Earlier transactions dated after it are not in effect yet at its date...
-            let earlier = self.moves_sums(ledger, &addresses, |p| {
-                format!("t.id < {} AND t.timestamp > {}", p.int(id), p.int(ts))
-            })?;
-            // ...and later ones dated before it are.
-            let later = self.moves_sums(ledger, &addresses, |p| {
-                let mut condition = format!("t.id > {} AND t.timestamp < {}", p.int(id), p.int(ts));
-                if let Some(until) = backdated_until {
-                    condition.push_str(&format!(" AND t.id <= {}", p.int(until as i64)));
-                }
-                condition
-            })?;
+            // Earlier transactions dated after it are not in effect yet at its date, and later
+            // ones dated before it are.
+            let earlier = Correction::Earlier { id, ts };
+            let later = Correction::Later {
+                id,
+                ts,
+                until: backdated_until.map(|until| until as i64),
+            };
+            let mut sums = Vec::with_capacity(2);
+            for correction in [earlier, later] {
+                let driver = self.driver(ledger, &addresses, &correction)?;
+                sums.push(self.moves_sums(ledger, &addresses, &correction, driver)?);
+            }
+            let later = sums.pop().expect("two");
+            let earlier = sums.pop().expect("two");
             for (sums, sign) in [(earlier, -1), (later, 1)] {
                 for (address, asset, delta) in sums {
                     let Some(slot) = volumes.get_mut(&address).and_then(|a| a.get_mut(&asset))

@@ -360,6 +360,11 @@ impl Dialect for SqliteDialect {
     fn address_prefix(&self, column: &str, segments: u32) -> String {
         format!("coffer_address_prefix({column}, {segments})")
     }
+
+    // Without ANALYZE statistics SQLite cannot tell a short timestamp range from a long one.
+    fn index_hint(&self, index: &str) -> String {
+        format!(" INDEXED BY {index}")
+    }
 }
 
 struct Param<'a>(&'a SqlValue);

@@ -576,22 +576,28 @@ pub fn effective_volumes_random(backend: &dyn Backend) {
         out
     };
     let check = |ledgers: &Ledgers, ledger: &str, all: &[Transaction]| {
+        use coffer_ledger::sql_reader::EFFECTIVE_DRIVER_FORCED;
         let txs: Vec<&Transaction> = all.iter().collect();
-        let got = ledgers.effective_volumes(ledger, &txs).unwrap();
         let info = ledgers.ledger(ledger).unwrap();
-        let unordered = ledgers
-            .reader()
-            .effective_volumes(info.id, &txs, None)
-            .unwrap();
-        for (index, tx) in all.iter().enumerate() {
-            let want = model(all, tx);
-            assert_eq!(got[index], want, "{ledger}: tx {}", tx.id);
-            assert_eq!(
-                unordered[index], want,
-                "{ledger}: tx {} (no time order)",
-                tx.id
-            );
+        // Chosen by the probes, then each way forced: the same answers.
+        for driver in [0, 1, 2, 3] {
+            EFFECTIVE_DRIVER_FORCED.store(driver, Ordering::Relaxed);
+            let got = ledgers.effective_volumes(ledger, &txs).unwrap();
+            let unordered = ledgers
+                .reader()
+                .effective_volumes(info.id, &txs, None)
+                .unwrap();
+            for (index, tx) in all.iter().enumerate() {
+                let want = model(all, tx);
+                assert_eq!(got[index], want, "{ledger}: tx {} (driver {driver})", tx.id);
+                assert_eq!(
+                    unordered[index], want,
+                    "{ledger}: tx {} (no time order, driver {driver})",
+                    tx.id
+                );
+            }
         }
+        EFFECTIVE_DRIVER_FORCED.store(0, Ordering::Relaxed);
     };
     let mut runner = TestRunner::new(Config {
         cases: 32,
