@@ -51,6 +51,23 @@ pub trait Dialect: Send + Sync {
     }
 }
 
+/// Fills in the time order (`store::TimeOrder`) of the ledgers an earlier Coffer left without
+/// one (`backdated_until` NULL), from their transactions, in both stores' SQL. Run at open, in a
+/// write transaction that holds those ledgers' rows (no transaction of theirs may commit
+/// meanwhile); the transactions table must hold every transaction of their heads.
+pub const TIME_ORDER_BACKFILL: [&str; 2] = [
+    "UPDATE ledgers SET latest_timestamp = w.latest, backdated_until = w.until \
+     FROM (SELECT ledger_id, MAX(timestamp) AS latest, \
+                  COALESCE(MAX(CASE WHEN timestamp < before THEN id END), 0) AS until \
+           FROM (SELECT ledger_id, id, timestamp, MAX(timestamp) OVER (PARTITION BY ledger_id \
+                        ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before \
+                 FROM transactions \
+                 WHERE ledger_id IN (SELECT id FROM ledgers WHERE backdated_until IS NULL)) t \
+           GROUP BY ledger_id) w \
+     WHERE ledgers.id = w.ledger_id AND ledgers.backdated_until IS NULL",
+    "UPDATE ledgers SET backdated_until = 0 WHERE backdated_until IS NULL AND next_tx_id = 1",
+];
+
 /// Collects parameters while SQL text is built.
 #[derive(Default)]
 pub struct Params {

@@ -179,6 +179,7 @@ impl PostgresStore {
     pub fn open(url: &str) -> StoreResult<Arc<PostgresStore>> {
         let mut client = connect(url)?;
         migrate(&mut client)?;
+        backfill_time_order(&mut client)?;
         let mut flush = flush_connection(url)?;
         let owner = moves::take_owner(&mut flush)?;
         moves::recover(&mut flush, owner, true)?;
@@ -278,6 +279,28 @@ impl Store for PostgresStore {
     fn durability(&self) -> Option<Arc<dyn Durability>> {
         Some(self.durable.clone())
     }
+}
+
+/// Ledgers an earlier Coffer wrote get their time order, from their transactions, at every
+/// open: a process started before this one may write its heads back without it (safe: not
+/// kept), and the next open fills it in again. Their rows are locked first, so that no batch of
+/// theirs commits between the transactions read and the heads written.
+fn backfill_time_order(client: &mut Client) -> StoreResult<()> {
+    let mut tx = client.transaction().map_err(pg_err)?;
+    let missing = tx
+        .query(
+            "SELECT id FROM ledgers WHERE backdated_until IS NULL ORDER BY id FOR UPDATE",
+            &[],
+        )
+        .map_err(pg_err)?;
+    if missing.is_empty() {
+        return tx.commit().map_err(pg_err);
+    }
+    for statement in coffer_ledger::sql::TIME_ORDER_BACKFILL {
+        tx.execute(statement, &[])
+            .map_err(|e| err(format!("filling in the ledgers' time order: {}", pg_err(e))))?;
+    }
+    tx.commit().map_err(pg_err)
 }
 
 fn migrate(client: &mut Client) -> StoreResult<()> {

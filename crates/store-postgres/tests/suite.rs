@@ -840,3 +840,13 @@ fn a_session_left_half_open_is_ended_before_the_writer_goes_on() {
     );
     assert_eq!(balance(&other, "main", "y", "USD"), 3);
 }
+
+#[test]
+fn time_order_filled_in_on_open() {
+    let backend = fresh();
+    coffer_store_tests::time_order_filled_in_on_open(&backend, &|| {
+        let mut sql = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
+        sql.batch_execute("UPDATE ledgers SET latest_timestamp = NULL, backdated_until = NULL")
+            .unwrap();
+    });
+}

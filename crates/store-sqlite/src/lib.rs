@@ -86,6 +86,7 @@ impl SqliteStore {
         conn::migrate(path)?;
         let main = open_main(path, READ_CACHE_KIB)?;
         projections::recover(&main, page_logs)?;
+        backfill_time_order(&main)?;
         drop(main);
         let wal_main = Arc::new(WalWatch::default());
         let wal_projections = Arc::new(WalWatch::default());
@@ -330,6 +331,24 @@ impl SqlBackend for Snapshot {
     fn lazy_projections(&self) -> bool {
         true
     }
+}
+
+/// Ledgers an earlier Coffer wrote get their time order, from their transactions (which
+/// `projections::recover` has just made whole; the store's lock keeps other writers out).
+fn backfill_time_order(main: &rusqlite::Connection) -> StoreResult<()> {
+    let missing: i64 = main
+        .query_row(
+            "SELECT COUNT(*) FROM ledgers WHERE backdated_until IS NULL",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(|e| err(format!("reading the ledgers' time order: {e}")))?;
+    if missing == 0 {
+        return Ok(());
+    }
+    let [fill, empty] = coffer_ledger::sql::TIME_ORDER_BACKFILL;
+    main.execute_batch(&format!("BEGIN IMMEDIATE; {fill}; {empty}; COMMIT"))
+        .map_err(|e| err(format!("filling in the ledgers' time order: {e}")))
 }
 
 #[cfg(test)]

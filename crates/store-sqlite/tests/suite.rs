@@ -993,3 +993,14 @@ fn closing_gives_up_a_projections_write_that_keeps_failing() {
     let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(report.is_ok(), "{report}");
 }
+
+#[test]
+fn time_order_filled_in_on_open() {
+    let backend = fresh();
+    let path = backend.dir.path().join("coffer.db");
+    coffer_store_tests::time_order_filled_in_on_open(&backend, &|| {
+        let main = rusqlite::Connection::open(&path).unwrap();
+        main.execute_batch("UPDATE ledgers SET latest_timestamp = NULL, backdated_until = NULL")
+            .unwrap();
+    });
+}

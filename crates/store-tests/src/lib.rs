@@ -2174,3 +2174,81 @@ pub fn run(name: &str, backend: &dyn Backend) {
         other => panic!("unknown scenario {other}"),
     }
 }
+
+/// A store an earlier Coffer wrote keeps no time order for its ledgers: `forget` sets every
+/// ledger's back to NULL, as it was then. Reopened, each ledger has it again, as its
+/// transactions give it (one with backdated transactions, one in order, one with none), and
+/// point-in-time lists rest on it.
+pub fn time_order_filled_in_on_open(backend: &dyn Backend, forget: &dyn Fn()) {
+    use coffer_ledger::store::TimeOrder;
+    use coffer_ledger::Timestamp;
+
+    let at = |seconds: i64| Timestamp(1_735_689_600_000_000 + seconds * 1_000_000);
+    let dated = |seconds: i64| NewTransaction {
+        timestamp: Some(at(seconds)),
+        ..new_tx(vec![posting("world", "a", 1, "USD")])
+    };
+    let ledgers = service(backend);
+    for name in ["backdated", "ordered", "empty"] {
+        create_ledger(&ledgers, name);
+    }
+    for seconds in [5, 3, 7, 7, 1, 9, 8] {
+        commit(&ledgers, "backdated", dated(seconds)).unwrap();
+    }
+    for seconds in [1, 2, 2, 4] {
+        commit(&ledgers, "ordered", dated(seconds)).unwrap();
+    }
+    let heads = |ledgers: &Ledgers| -> Vec<Option<TimeOrder>> {
+        ["backdated", "ordered", "empty"]
+            .iter()
+            .map(|name| {
+                let id = ledgers.ledger(name).unwrap().id;
+                ledgers.reader().ledger_head(id).unwrap().time_order
+            })
+            .collect()
+    };
+    let kept = heads(&ledgers);
+    assert_eq!(
+        kept,
+        [
+            Some(TimeOrder {
+                latest: Some(at(9)),
+                backdated_until: 7
+            }),
+            Some(TimeOrder {
+                latest: Some(at(4)),
+                backdated_until: 0
+            }),
+            Some(TimeOrder::EMPTY),
+        ]
+    );
+    ledgers.shutdown();
+    drop(ledgers);
+    forget();
+    let ledgers = service(backend);
+    assert_eq!(heads(&ledgers), kept, "filled in again on open");
+    let query = TransactionsQuery {
+        pit: Some(at(4).micros()),
+        ..TransactionsQuery::default()
+    };
+    let ids: Vec<u64> = ledgers
+        .list_transactions("backdated", query, &PageRequest::default())
+        .unwrap()
+        .data
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, [5, 2]);
+    // Kept from there on.
+    commit(&ledgers, "ordered", dated(3)).unwrap();
+    let id = ledgers.ledger("ordered").unwrap().id;
+    assert_eq!(
+        ledgers.reader().ledger_head(id).unwrap().time_order,
+        Some(TimeOrder {
+            latest: Some(at(4)),
+            backdated_until: 5
+        })
+    );
+    let report = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
