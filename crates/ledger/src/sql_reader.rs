@@ -133,6 +133,10 @@ fn opt_timestamp(row: &Row, index: usize) -> StoreResult<Option<Timestamp>> {
 pub static EFFECTIVE_DRIVER_FORCED: std::sync::atomic::AtomicU8 =
     std::sync::atomic::AtomicU8::new(0);
 
+/// Addresses one statement of the effective volumes names: well under SQLite's 32,766
+/// parameters, whatever the size of the transaction.
+const ADDRESSES_PER_STATEMENT_MAX: usize = 500;
+
 /// Rows a probe of an index range counts before it stops: enough to tell a short range from a
 /// long one, at a bounded cost.
 const PROBE_ROWS_MAX: u64 = 1024;
@@ -746,13 +750,16 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
                 ts,
                 until: backdated_until.map(|until| until as i64),
             };
-            let mut sums = Vec::with_capacity(2);
-            for correction in [earlier, later] {
-                let driver = self.driver(ledger, &addresses, &correction)?;
-                sums.push(self.moves_sums(ledger, &addresses, &correction, driver)?);
+            let (mut earlier_sums, mut later_sums) = (Vec::new(), Vec::new());
+            // A transaction may touch more accounts than a statement takes parameters.
+            for chunk in addresses.chunks(ADDRESSES_PER_STATEMENT_MAX) {
+                for (correction, sums) in [(&earlier, &mut earlier_sums), (&later, &mut later_sums)]
+                {
+                    let driver = self.driver(ledger, chunk, correction)?;
+                    sums.extend(self.moves_sums(ledger, chunk, correction, driver)?);
+                }
             }
-            let later = sums.pop().expect("two");
-            let earlier = sums.pop().expect("two");
+            let (earlier, later) = (earlier_sums, later_sums);
             for (sums, sign) in [(earlier, -1), (later, 1)] {
                 for (address, asset, delta) in sums {
                     let Some(slot) = volumes.get_mut(&address).and_then(|a| a.get_mut(&asset))

@@ -667,6 +667,23 @@ pub fn effective_volumes_random(backend: &dyn Backend) {
             Ok(())
         })
         .unwrap();
+    // Wider than one statement's addresses: a transaction to 1,200 accounts, then one dated
+    // before it to the same accounts.
+    let wide = |seconds: i64, amount: i128| NewTransaction {
+        timestamp: Some(Timestamp(base + seconds * second)),
+        ..new_tx(
+            (0..1200)
+                .map(|i| posting("world", &format!("w:{i}"), amount, "USD"))
+                .collect(),
+        )
+    };
+    create_ledger(&ledgers, "wide");
+    let first = commit(&ledgers, "wide", wide(10, 1)).unwrap();
+    let second = commit(&ledgers, "wide", wide(5, 2)).unwrap();
+    check(&ledgers, "wide", &[first.clone(), second.clone()]);
+    let effective = ledgers.effective_volumes("wide", &[&first]).unwrap();
+    assert_eq!(effective[0]["w:1199"]["USD"].input, 3);
+    assert_eq!(effective[0]["world"]["USD"].output, 3600);
     ledgers.shutdown();
     drop(ledgers);
     let ledgers = service(backend);
