@@ -254,7 +254,16 @@ pub struct Transaction {
 impl Transaction {
     /// Pre-commit volumes: post-commit volumes minus the postings.
     pub fn pre_commit_volumes(&self) -> Result<VolumesByAccount, LedgerError> {
-        let mut pre = self.post_commit_volumes.clone();
+        self.volumes_before(&self.post_commit_volumes)
+    }
+
+    /// Volumes right before this transaction, from `after` (its post-commit volumes, or its
+    /// effective ones): minus the postings.
+    pub fn volumes_before(
+        &self,
+        after: &VolumesByAccount,
+    ) -> Result<VolumesByAccount, LedgerError> {
+        let mut pre = after.clone();
         for posting in &self.postings {
             let source = pre
                 .entry(posting.source.clone())

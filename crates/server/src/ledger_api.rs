@@ -137,9 +137,13 @@ fn transaction_json(
         (None, None)
     };
     let (effective_post, effective_pre) = match effective {
+        // Dated last (most writes): the same maps.
+        Some(volumes) if with_volumes && std::ptr::eq(volumes, &tx.post_commit_volumes) => {
+            (post.clone(), pre.clone())
+        }
         Some(volumes) => (
             Some(volumes_json(volumes)),
-            Some(volumes_json(&pre_commit(tx, volumes)?)),
+            Some(volumes_json(&tx.volumes_before(volumes)?)),
         ),
         None => (None, None),
     };
@@ -167,15 +171,6 @@ fn transaction_json(
         post_commit_effective_volumes: effective_post,
         pre_commit_effective_volumes: effective_pre,
     })
-}
-
-/// Volumes before a transaction, from those after it.
-fn pre_commit(tx: &Transaction, post: &VolumesByAccount) -> ApiResult<VolumesByAccount> {
-    let shifted = Transaction {
-        post_commit_volumes: post.clone(),
-        ..tx.clone()
-    };
-    Ok(shifted.pre_commit_volumes()?)
 }
 
 #[derive(Serialize, ToSchema, Debug)]
