@@ -471,7 +471,9 @@ pub struct WriteParams {
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct GetParams {
+    /// `volumes`, `effectiveVolumes`, or both, comma-separated (as on lists).
     pub expand: Option<String>,
+    /// Point in time (RFC 3339).
     pub pit: Option<String>,
 }
 
