@@ -1,11 +1,14 @@
 //! End-to-end: the real `coffer serve` driven over HTTP by the official Formance Python SDK
-//! (`formance-sdk-python`, pinned in tests/e2e/requirements.txt), on SQLite and on PostgreSQL;
+//! (`formance-sdk-python`, pinned in tests/e2e/requirements.txt) and TypeScript SDK
+//! (`@formance/formance-sdk`, pinned in tests/e2e-ts/package-lock.json), on SQLite and on PostgreSQL;
 //! durability through the API (SIGKILL under concurrent writes, restart, every acknowledged
 //! transaction present and replayable by its Idempotency-Key); and a bounded schemathesis run
 //! against `/openapi.json`.
 //!
 //! The Python side lives in tests/e2e/. Its virtual environment is created once, under the
-//! target directory (`target/e2e-venv`), and reused while requirements.txt is unchanged.
+//! target directory (`target/e2e-venv`), and reused while requirements.txt is unchanged. The
+//! TypeScript side, tests/e2e-ts/, is installed (`npm ci`) once into `target/e2e-ts`, and reused
+//! while its package-lock.json is unchanged.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -108,6 +111,84 @@ fn python() -> &'static Path {
         Ok(python) => python,
         Err(message) => panic!("{message}"),
     }
+}
+
+/// `target/e2e-ts`: tests/e2e-ts with its packages installed, once per package-lock.json.
+fn typescript_dir() -> &'static Path {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let source = repo_root().join("tests/e2e-ts");
+        let dir = target_dir().join("e2e-ts");
+        let lock_text = std::fs::read_to_string(source.join("package-lock.json"))
+            .map_err(|e| format!("tests/e2e-ts/package-lock.json: {e}"))?;
+        std::fs::create_dir_all(target_dir()).map_err(|e| e.to_string())?;
+        // Another test process may be installing it: serialise on a lock file.
+        let lock = std::fs::File::create(target_dir().join("e2e-ts.lock"))
+            .map_err(|e| format!("e2e-ts.lock: {e}"))?;
+        // SAFETY: flock on a file descriptor we own; released when `lock` is closed.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+        let stamp = std::fs::read_to_string(dir.join("coffer-package-lock.json")).ok();
+        let installed = dir.join("node_modules/@formance/formance-sdk").exists();
+        if stamp.as_deref() != Some(lock_text.as_str()) || !installed {
+            for tool in ["node", "npm"] {
+                match Command::new(tool).arg("--version").output() {
+                    Ok(output) if output.status.success() => {}
+                    _ => {
+                        return Err(format!(
+                            "the end-to-end tests need Node.js and npm: `{tool}` was not found \
+                             (Debian: apt-get install nodejs npm)"
+                        ))
+                    }
+                }
+            }
+            let started = Instant::now();
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            for file in ["package.json", "package-lock.json"] {
+                std::fs::copy(source.join(file), dir.join(file))
+                    .map_err(|e| format!("tests/e2e-ts/{file}: {e}"))?;
+            }
+            run_quiet(
+                Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
+                    .current_dir(&dir),
+                "npm ci in target/e2e-ts (needs access to the npm registry)",
+            )?;
+            std::fs::write(dir.join("coffer-package-lock.json"), &lock_text)
+                .map_err(|e| e.to_string())?;
+            eprintln!("installed {} in {:.0?}", dir.display(), started.elapsed());
+        }
+        Ok(dir)
+    });
+    match dir {
+        Ok(dir) => dir,
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// tests/e2e-ts/smoke.mjs against `server`; panics with its output if it fails.
+fn typescript_smoke(server: &Server) {
+    let dir = typescript_dir();
+    // Beside its packages, where Node.js resolves the SDK from.
+    let script = dir.join("smoke.mjs");
+    std::fs::copy(repo_root().join("tests/e2e-ts/smoke.mjs"), &script).unwrap();
+    let started = Instant::now();
+    let output = Command::new("node")
+        .arg(&script)
+        .env("COFFER_URL", &server.url)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("node smoke.mjs ({:.1?}):\n{stdout}", started.elapsed());
+    assert!(
+        output.status.success() && stdout.contains("typescript sdk: ok"),
+        "node smoke.mjs failed ({}):\n{stdout}{}\n--- coffer serve log ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        server.log_text()
+    );
 }
 
 /// A running `coffer serve`.
@@ -258,7 +339,8 @@ fn postgres_store() -> String {
     coffer_pg_harness::shared().fresh_database().unwrap()
 }
 
-/// Every SDK scenario of tests/e2e/test_*.py against one server, then a graceful stop.
+/// Every SDK scenario of tests/e2e/test_*.py, then the TypeScript SDK's, against one server,
+/// then a graceful stop.
 fn sdk_scenarios(store: &str) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(store, &dir.path().join("serve.log"));
@@ -272,6 +354,7 @@ fn sdk_scenarios(store: &str) {
         summary.contains(" passed") && !summary.contains("failed") && !summary.contains("error"),
         "unexpected pytest summary: {summary}"
     );
+    typescript_smoke(&server);
     server.stop();
 }
 

@@ -1,0 +1,93 @@
+// The official TypeScript SDK against `coffer serve` (COFFER_URL), as a client would use it: its
+// responses go through the SDK's own schemas (bigints, dates), so a field of the wrong shape fails.
+import assert from "node:assert/strict";
+import { SDK } from "@formance/formance-sdk";
+
+const sdk = new SDK({ serverURL: process.env.COFFER_URL });
+const ledger = `ts-${process.pid}-${Date.now()}`;
+
+await sdk.ledger.v2.createLedger({ ledger, v2CreateLedgerRequest: { metadata: { owner: "ts" } } });
+const created = await sdk.ledger.v2.createTransaction({
+  ledger,
+  v2PostTransaction: {
+    postings: [{ source: "world", destination: "users:1", amount: 100n, asset: "USD/2" }],
+    metadata: { order: "1" },
+    reference: "ref-1",
+  },
+});
+const tx = created.v2CreateTransactionResponse.data;
+assert.equal(tx.id, 1n);
+assert.equal(tx.postings[0].amount, 100n);
+assert.ok(tx.timestamp instanceof Date);
+assert.equal(tx.postCommitVolumes["users:1"]["USD/2"].balance, 100n);
+assert.equal(tx.postCommitEffectiveVolumes["users:1"]["USD/2"].balance, 100n);
+
+// A backdated one, then its effective volumes read back.
+const early = (
+  await sdk.ledger.v2.createTransaction({
+    ledger,
+    v2PostTransaction: {
+      postings: [{ source: "world", destination: "users:1", amount: 7n, asset: "USD/2" }],
+      timestamp: new Date("2020-01-01T00:00:00Z"),
+      metadata: {},
+    },
+  })
+).v2CreateTransactionResponse.data;
+assert.equal(early.postCommitEffectiveVolumes["users:1"]["USD/2"].input, 7n);
+const first = (
+  await sdk.ledger.v2.getTransaction({ ledger, id: 1n, expand: "volumes,effectiveVolumes" })
+).v2GetTransactionResponse.data;
+assert.equal(first.postCommitVolumes["users:1"]["USD/2"].input, 100n);
+assert.equal(first.postCommitEffectiveVolumes["users:1"]["USD/2"].input, 107n);
+
+const listed = await sdk.ledger.v2.listTransactions({ ledger, expand: "volumes", query: {} });
+assert.deepEqual(listed.v2TransactionsCursorResponse.cursor.data.map((t) => t.id), [2n, 1n]);
+const account = (
+  await sdk.ledger.v2.getAccount({ ledger, address: "users:1", expand: "volumes,effectiveVolumes" })
+).v2AccountResponse.data;
+assert.equal(account.volumes["USD/2"].balance, 107n);
+assert.equal(account.effectiveVolumes["USD/2"].balance, 107n);
+const accounts = await sdk.ledger.v2.listAccounts({ ledger, query: { $match: { address: "users:" } } });
+assert.deepEqual(accounts.v2AccountsCursorResponse.cursor.data.map((a) => a.address), ["users:1"]);
+const reverted = await sdk.ledger.v2.revertTransaction({ ledger, id: 1n });
+assert.equal(reverted.v2CreateTransactionResponse.data.postings[0].destination, "world");
+const sums = await sdk.ledger.v2.getBalancesAggregated({ ledger, query: {} });
+assert.equal(sums.v2AggregateBalancesResponse.data["USD/2"], 0n);
+const logs = await sdk.ledger.v2.listLogs({ ledger, query: {} });
+assert.equal(logs.v2LogsCursorResponse.cursor.data.length, 3);
+const info = await sdk.ledger.v2.getLedger({ ledger });
+assert.equal(info.v2GetLedgerResponse.data.name, ledger);
+await assert.rejects(
+  sdk.ledger.v2.createTransaction({
+    ledger,
+    v2PostTransaction: {
+      postings: [{ source: "users:2", destination: "users:1", amount: 1n, asset: "USD/2" }],
+      metadata: {},
+    },
+  }),
+  (err) => err.errorCode === "INSUFFICIENT_FUND",
+);
+
+// Wallets: a credit, a hold, its confirmation, the summary.
+const wallet = (
+  await sdk.wallets.v1.createWallet({ createWalletRequest: { name: `w-${ledger}`, metadata: {} } })
+).createWalletResponse.data;
+await sdk.wallets.v1.creditWallet({
+  id: wallet.id,
+  creditWalletRequest: { amount: { asset: "USD/2", amount: 1000n }, metadata: {} },
+});
+const hold = (
+  await sdk.wallets.v1.debitWallet({
+    id: wallet.id,
+    debitWalletRequest: { amount: { asset: "USD/2", amount: 300n }, pending: true, metadata: {} },
+  })
+).debitWalletResponse.data;
+await sdk.wallets.v1.confirmHold({ holdId: hold.id, confirmHoldRequest: { amount: 200n, final: true } });
+const summary = (await sdk.wallets.v1.getWalletSummary({ id: wallet.id })).getWalletSummaryResponse.data;
+assert.equal(summary.availableFunds["USD/2"], 800n);
+assert.equal(summary.holdFunds["USD/2"] ?? 0n, 0n);
+const balance = (await sdk.wallets.v1.getBalance({ id: wallet.id, balanceName: "main" })).getBalanceResponse.data;
+assert.equal(balance.assets["USD/2"], 800n);
+const txs = await sdk.wallets.v1.getTransactions({ walletID: wallet.id });
+assert.ok(txs.getTransactionsResponse.cursor.data.length >= 2);
+console.log("typescript sdk: ok");
