@@ -68,6 +68,45 @@ await assert.rejects(
   (err) => err.errorCode === "INSUFFICIENT_FUND",
 );
 
+// Counts, volumes, metadata, bulk, ledgers and stats.
+const counted = await sdk.ledger.v2.countTransactions({ ledger, query: {} });
+assert.equal(counted.headers["count"][0], "3");
+const counts = await sdk.ledger.v2.countAccounts({ ledger, query: {} });
+assert.equal(counts.headers["count"][0], "2");
+const volumes = await sdk.ledger.v2.getVolumesWithBalances({
+  ledger,
+  endTime: new Date("2030-01-01T00:00:00Z"),
+  insertionDate: true,
+  query: {},
+});
+const rows = volumes.v2VolumesWithBalanceCursorResponse.cursor.data;
+assert.deepEqual(
+  rows.map((r) => [r.account, r.balance]),
+  [["users:1", 7n], ["world", -7n]],
+);
+await sdk.ledger.v2.addMetadataOnTransaction({ ledger, id: 2n, requestBody: { state: "seen" } });
+await sdk.ledger.v2.deleteTransactionMetadata({ ledger, id: 2n, key: "state" });
+await sdk.ledger.v2.addMetadataToAccount({ ledger, address: "users:1", requestBody: { tier: "gold" } });
+const bulk = await sdk.ledger.v2.createBulk({
+  ledger,
+  atomic: true,
+  requestBody: [
+    {
+      action: "CREATE_TRANSACTION",
+      data: { postings: [{ source: "world", destination: "users:3", amount: 5n, asset: "EUR" }], metadata: {} },
+    },
+    { action: "ADD_METADATA", data: { targetType: "ACCOUNT", targetId: "users:3", metadata: { via: "bulk" } } },
+  ],
+});
+assert.deepEqual(bulk.v2BulkResponse.data.map((r) => r.responseType), ["CREATE_TRANSACTION", "ADD_METADATA"]);
+await sdk.ledger.v2.updateLedgerMetadata({ ledger, requestBody: { team: "payments" } });
+const ledgers = await sdk.ledger.v2.listLedgers({ pageSize: 100, query: {} });
+assert.ok(ledgers.v2LedgerListResponse.cursor.data.some((l) => l.name === ledger));
+const stats = await sdk.ledger.v2.readStats({ ledger });
+assert.equal(stats.v2StatsResponse.data.transactions, 4n);
+const ledgerInfo = await sdk.ledger.v2.getLedgerInfo({ ledger });
+assert.equal(ledgerInfo.v2LedgerInfoResponse.data.name, ledger);
+
 // Wallets: a credit, a hold, its confirmation, the summary.
 const wallet = (
   await sdk.wallets.v1.createWallet({ createWalletRequest: { name: `w-${ledger}`, metadata: {} } })
@@ -90,4 +129,26 @@ const balance = (await sdk.wallets.v1.getBalance({ id: wallet.id, balanceName: "
 assert.equal(balance.assets["USD/2"], 800n);
 const txs = await sdk.wallets.v1.getTransactions({ walletID: wallet.id });
 assert.ok(txs.getTransactionsResponse.cursor.data.length >= 2);
+await sdk.wallets.v1.createBalance({
+  id: wallet.id,
+  balance: { name: "gift", expiresAt: new Date("2031-01-01T00:00:00Z"), priority: 1n },
+});
+const balances = (await sdk.wallets.v1.listBalances({ id: wallet.id })).listBalancesResponse.cursor.data;
+assert.deepEqual(balances.map((b) => b.name).sort(), ["gift", "main"]);
+const second = (
+  await sdk.wallets.v1.debitWallet({
+    id: wallet.id,
+    debitWalletRequest: { amount: { asset: "USD/2", amount: 50n }, pending: true, metadata: {} },
+  })
+).debitWalletResponse.data;
+const holds = (await sdk.wallets.v1.getHolds({ walletID: wallet.id })).getHoldsResponse.cursor.data;
+assert.equal(holds.length, 2);
+await sdk.wallets.v1.voidHold({ holdId: second.id });
+const held = (await sdk.wallets.v1.getHold({ holdID: second.id })).getHoldResponse.data;
+assert.equal(held.remaining, 0n);
+await sdk.wallets.v1.updateWallet({ id: wallet.id, requestBody: { metadata: { plan: "pro" } } });
+const fetched = (await sdk.wallets.v1.getWallet({ id: wallet.id })).getWalletResponse.data;
+assert.equal(fetched.metadata.plan, "pro");
+const listedWallets = await sdk.wallets.v1.listWallets({ name: `w-${ledger}` });
+assert.deepEqual(listedWallets.listWalletsResponse.cursor.data.map((w) => w.id), [wallet.id]);
 console.log("typescript sdk: ok");
