@@ -146,6 +146,20 @@ assert.equal(holds.length, 2);
 await sdk.wallets.v1.voidHold({ holdId: second.id });
 const held = (await sdk.wallets.v1.getHold({ holdID: second.id })).getHoldResponse.data;
 assert.equal(held.remaining, 0n);
+await assert.rejects(
+  sdk.wallets.v1.debitWallet({
+    id: wallet.id,
+    debitWalletRequest: { amount: { asset: "USD/2", amount: 10_000n }, metadata: {} },
+  }),
+  (err) => err.errorCode === "INSUFFICIENT_FUND",
+);
+await assert.rejects(
+  sdk.wallets.v1.creditWallet({
+    id: wallet.id,
+    creditWalletRequest: { amount: { asset: "not an asset", amount: 1n }, metadata: {} },
+  }),
+  (err) => err.errorCode === "VALIDATION",
+);
 await sdk.wallets.v1.updateWallet({ id: wallet.id, requestBody: { metadata: { plan: "pro" } } });
 const fetched = (await sdk.wallets.v1.getWallet({ id: wallet.id })).getWalletResponse.data;
 assert.equal(fetched.metadata.plan, "pro");
