@@ -137,6 +137,13 @@ pub static EFFECTIVE_DRIVER_FORCED: std::sync::atomic::AtomicU8 =
 /// parameters, whatever the size of the transaction.
 const ADDRESSES_PER_STATEMENT_MAX: usize = 500;
 
+/// Accounts of a transaction whose moves are probed one by one: past that, the moves are not the
+/// way to its corrections.
+const MOVES_PROBE_ACCOUNTS_MAX: usize = 8;
+
+/// Moves few enough that no other way to a correction is looked for.
+const MOVES_SHORT: u64 = 64;
+
 /// Rows a probe of an index range counts before it stops: enough to tell a short range from a
 /// long one, at a bounded cost.
 const PROBE_ROWS_MAX: u64 = 1024;
@@ -215,23 +222,34 @@ impl Correction {
         (hint, condition)
     }
 
-    /// The timestamp index's range for this correction (alias `t`), with its hint.
-    fn timestamp_range(&self, p: &mut Params, d: &dyn Dialect) -> (String, String) {
-        let range = match *self {
-            Correction::Earlier { ts, .. } => format!("t.timestamp > {}", p.int(ts)),
-            Correction::Later { ts, .. } => format!("t.timestamp < {}", p.int(ts)),
+    /// The timestamp index's range for this correction (alias `t`), with its hint and the
+    /// order that walks it outwards from the transaction (so that a limit stops the walk).
+    fn timestamp_range(&self, p: &mut Params, d: &dyn Dialect) -> (String, String, &'static str) {
+        let (range, order) = match *self {
+            Correction::Earlier { ts, .. } => {
+                (format!("t.timestamp > {}", p.int(ts)), "t.timestamp")
+            }
+            Correction::Later { ts, .. } => {
+                (format!("t.timestamp < {}", p.int(ts)), "t.timestamp DESC")
+            }
         };
-        (d.index_hint("transactions_timestamp"), range)
+        (d.index_hint("transactions_timestamp"), range, order)
     }
 
-    /// The moves' range by transaction id for this correction (alias `m`).
-    fn id_range_on_moves(&self, p: &mut Params) -> String {
+    /// One account's moves' range by transaction id for this correction (alias `m`), with the
+    /// order that walks it outwards from the transaction.
+    fn id_range_on_moves(&self, p: &mut Params) -> (String, &'static str) {
         match *self {
-            Correction::Earlier { id, .. } => format!("m.tx_id < {}", p.int(id)),
-            Correction::Later { id, until, .. } => match until {
-                Some(until) => format!("m.tx_id > {} AND m.tx_id <= {}", p.int(id), p.int(until)),
-                None => format!("m.tx_id > {}", p.int(id)),
-            },
+            Correction::Earlier { id, .. } => (format!("m.tx_id < {}", p.int(id)), "m.tx_id DESC"),
+            Correction::Later { id, until, .. } => {
+                let range = match until {
+                    Some(until) => {
+                        format!("m.tx_id > {} AND m.tx_id <= {}", p.int(id), p.int(until))
+                    }
+                    None => format!("m.tx_id > {}", p.int(id)),
+                };
+                (range, "m.tx_id")
+            }
         }
     }
 
@@ -462,25 +480,44 @@ impl<B: SqlBackend> SqlReader<B> {
             3 => return Ok(Driver::Moves),
             _ => {}
         }
+        let by_ids = correction.id_range_len().unwrap_or(u64::MAX);
+        // One probe per account, each an index walk that stops at its limit (a probe of
+        // several at once, PostgreSQL reads whole, through a bitmap); past a few accounts, the
+        // transactions' ranges are the ways to take anyway.
+        let mut by_moves = match addresses.len() <= MOVES_PROBE_ACCOUNTS_MAX {
+            true => 0,
+            false => u64::MAX,
+        };
+        for address in addresses {
+            if by_moves >= PROBE_ROWS_MAX {
+                break;
+            }
+            let mut params = Params::default();
+            let ledger_param = params.int(ledger);
+            let address_param = params.text(address.clone());
+            let (range, order) = correction.id_range_on_moves(&mut params);
+            by_moves += self.probe(
+                &format!(
+                    "moves m WHERE m.ledger_id = {ledger_param} AND m.address = {address_param} \
+                     AND {range} ORDER BY {order}"
+                ),
+                &params.values,
+            )?;
+        }
+        // Short enough not to look further (most accounts' histories).
+        if by_moves <= by_ids.min(MOVES_SHORT) {
+            return Ok(Driver::Moves);
+        }
         let d = self.dialect();
         let mut params = Params::default();
         let ledger_param = params.int(ledger);
-        let (hint, range) = correction.timestamp_range(&mut params, d);
+        let (hint, range, order) = correction.timestamp_range(&mut params, d);
         let by_time = self.probe(
-            &format!("transactions t{hint} WHERE t.ledger_id = {ledger_param} AND {range}"),
-            &params.values,
-        )?;
-        let mut params = Params::default();
-        let ledger_param = params.int(ledger);
-        let range = correction.id_range_on_moves(&mut params);
-        let list = in_list(&mut params, addresses);
-        let by_moves = self.probe(
             &format!(
-                "moves m WHERE m.ledger_id = {ledger_param} AND {range} AND m.address IN ({list})"
+                "transactions t{hint} WHERE t.ledger_id = {ledger_param} AND {range} ORDER BY {order}"
             ),
             &params.values,
         )?;
-        let by_ids = correction.id_range_len().unwrap_or(u64::MAX);
         Ok(if by_moves <= by_time && by_moves <= by_ids {
             Driver::Moves
         } else if by_ids <= by_time {
