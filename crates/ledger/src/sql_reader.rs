@@ -810,6 +810,14 @@ impl<B: SqlBackend> StoreReader for SqlReader<B> {
                     slot.input = apply(slot.input, delta.input).ok_or_else(StoreError::overflow)?;
                     slot.output =
                         apply(slot.output, delta.output).ok_or_else(StoreError::overflow)?;
+                    // Sums of amounts: below zero, the moves and the transactions disagree.
+                    if slot.input < 0 || slot.output < 0 {
+                        return Err(StoreError::new(format!(
+                            "effective volumes of transaction {} for {address} {asset} are \
+                             negative: the store's moves disagree with its transactions",
+                            tx.id
+                        )));
+                    }
                 }
             }
             out.push(volumes);
