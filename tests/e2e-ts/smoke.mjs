@@ -165,4 +165,19 @@ const fetched = (await sdk.wallets.v1.getWallet({ id: wallet.id })).getWalletRes
 assert.equal(fetched.metadata.plan, "pro");
 const listedWallets = await sdk.wallets.v1.listWallets({ name: `w-${ledger}` });
 assert.deepEqual(listedWallets.listWalletsResponse.cursor.data.map((w) => w.id), [wallet.id]);
+const ledgerServer = await sdk.ledger.v2.getInfo();
+assert.ok(ledgerServer.v2ConfigInfo.version.length > 0);
+const walletsServer = await sdk.wallets.v1.getServerInfoWallets();
+assert.ok(walletsServer.serverInfo.version.length > 0);
+// Export, then import into a new ledger: the same transactions.
+const exported = await sdk.ledger.v2.exportLogs({ ledger });
+assert.equal(exported.statusCode, 200);
+// The SDK reads the export's body itself and keeps none of it: fetched again, as a client would.
+const raw = await fetch(`${process.env.COFFER_URL}/api/ledger/v2/${ledger}/logs/export`, { method: "POST" });
+const ndjson = new Uint8Array(await raw.arrayBuffer());
+const copy = `${ledger}-copy`;
+await sdk.ledger.v2.createLedger({ ledger: copy, v2CreateLedgerRequest: {} });
+await sdk.ledger.v2.importLogs({ ledger: copy, v2ImportLogsRequest: ndjson });
+const copied = await sdk.ledger.v2.countTransactions({ ledger: copy, query: {} });
+assert.equal(copied.headers["count"][0], "4");
 console.log("typescript sdk: ok");
