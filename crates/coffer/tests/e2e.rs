@@ -52,25 +52,57 @@ fn run_quiet(command: &mut Command, what: &str) -> Result<(), String> {
     ))
 }
 
-fn create_venv(venv: &Path, requirements: &str) -> Result<(), String> {
-    let python = std::env::var("COFFER_E2E_PYTHON").unwrap_or_else(|_| "python3".into());
-    match Command::new(&python).arg("--version").output() {
-        Ok(output) if output.status.success() => {}
-        _ => {
-            return Err(format!(
-                "the end-to-end tests need Python 3 with venv and pip: `{python}` was not found \
-                 (install python3 and python3-venv, or set COFFER_E2E_PYTHON)"
-            ))
-        }
+/// `target/<name>`, made by `install` once per content of `pin` (the file that pins what it
+/// holds) and reused while that content stays the same and `ready` (a path in it) exists.
+fn installed_once(
+    name: &str,
+    pin: &Path,
+    ready: &str,
+    install: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<PathBuf, String> {
+    let dir = target_dir().join(name);
+    let pinned = std::fs::read_to_string(pin).map_err(|e| format!("{}: {e}", pin.display()))?;
+    std::fs::create_dir_all(target_dir()).map_err(|e| e.to_string())?;
+    // Another test process may be installing it: serialise on a lock file.
+    let lock = std::fs::File::create(target_dir().join(format!("{name}.lock")))
+        .map_err(|e| format!("{name}.lock: {e}"))?;
+    // SAFETY: flock on a file descriptor we own; released when `lock` is closed.
+    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    let stamp = dir.join("coffer-pin");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(pinned.as_str())
+        || !dir.join(ready).exists()
+    {
+        let started = Instant::now();
+        let _ = std::fs::remove_dir_all(&dir);
+        install(&dir)?;
+        std::fs::write(&stamp, &pinned).map_err(|e| format!("writing {}: {e}", stamp.display()))?;
+        eprintln!("installed {} in {:.0?}", dir.display(), started.elapsed());
     }
-    let _ = std::fs::remove_dir_all(venv);
+    Ok(dir)
+}
+
+/// Fails with what to install when `program --version` does not run.
+fn require(program: &str, what: &str) -> Result<(), String> {
+    match Command::new(program).arg("--version").output() {
+        Ok(output) if output.status.success() => Ok(()),
+        _ => Err(format!(
+            "the end-to-end tests need {what}: `{program}` was not found"
+        )),
+    }
+}
+
+fn create_venv(venv: &Path) -> Result<(), String> {
+    let python = std::env::var("COFFER_E2E_PYTHON").unwrap_or_else(|_| "python3".into());
+    require(
+        &python,
+        "Python 3 with venv and pip (install python3 and python3-venv, or set COFFER_E2E_PYTHON)",
+    )?;
     run_quiet(
         Command::new(&python).args(["-m", "venv"]).arg(venv),
         "creating the Python virtual environment (is python3-venv installed?)",
     )?;
-    let pip = venv.join("bin/python");
     run_quiet(
-        Command::new(&pip)
+        Command::new(venv.join("bin/python"))
             .args([
                 "-m",
                 "pip",
@@ -81,89 +113,57 @@ fn create_venv(venv: &Path, requirements: &str) -> Result<(), String> {
             ])
             .arg(e2e_dir().join("requirements.txt")),
         "pip install -r tests/e2e/requirements.txt (needs access to PyPI)",
-    )?;
-    std::fs::write(venv.join("coffer-requirements.txt"), requirements)
-        .map_err(|e| format!("writing the venv stamp: {e}"))
+    )
 }
 
-/// The venv's python, creating the venv once per requirements.txt content.
-fn python() -> &'static Path {
-    static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let venv = VENV.get_or_init(|| {
-        let venv = target_dir().join("e2e-venv");
-        let requirements = std::fs::read_to_string(e2e_dir().join("requirements.txt"))
-            .map_err(|e| format!("tests/e2e/requirements.txt: {e}"))?;
-        std::fs::create_dir_all(target_dir()).map_err(|e| e.to_string())?;
-        // Another test process may be creating it: serialise on a lock file.
-        let lock = std::fs::File::create(target_dir().join("e2e-venv.lock"))
-            .map_err(|e| format!("e2e-venv.lock: {e}"))?;
-        // SAFETY: flock on a file descriptor we own; released when `lock` is closed.
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
-        let stamp = std::fs::read_to_string(venv.join("coffer-requirements.txt")).ok();
-        if stamp.as_deref() != Some(requirements.as_str()) || !venv.join("bin/python").exists() {
-            let started = Instant::now();
-            create_venv(&venv, &requirements)?;
-            eprintln!("created {} in {:.0?}", venv.display(), started.elapsed());
-        }
-        Ok(venv.join("bin/python"))
-    });
-    match venv {
-        Ok(python) => python,
+/// tests/e2e-ts with its packages, installed by `npm ci` into `dir`.
+fn install_typescript(dir: &Path) -> Result<(), String> {
+    for tool in ["node", "npm"] {
+        require(tool, "Node.js and npm (Debian: apt-get install nodejs npm)")?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    for file in ["package.json", "package-lock.json"] {
+        std::fs::copy(repo_root().join("tests/e2e-ts").join(file), dir.join(file))
+            .map_err(|e| format!("tests/e2e-ts/{file}: {e}"))?;
+    }
+    run_quiet(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
+            .current_dir(dir),
+        "npm ci in target/e2e-ts (needs access to the npm registry)",
+    )
+}
+
+/// `Ok` of a one-time set-up, or its message as a panic in every test that needs it.
+fn or_panic(result: &'static Result<PathBuf, String>) -> &'static Path {
+    match result {
+        Ok(path) => path,
         Err(message) => panic!("{message}"),
     }
+}
+
+/// The venv's python (`target/e2e-venv`, once per requirements.txt content).
+fn python() -> &'static Path {
+    static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    or_panic(VENV.get_or_init(|| {
+        let requirements = e2e_dir().join("requirements.txt");
+        installed_once("e2e-venv", &requirements, "bin/python", create_venv)
+            .map(|venv| venv.join("bin/python"))
+    }))
 }
 
 /// `target/e2e-ts`: tests/e2e-ts with its packages installed, once per package-lock.json.
 fn typescript_dir() -> &'static Path {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let source = repo_root().join("tests/e2e-ts");
-        let dir = target_dir().join("e2e-ts");
-        let lock_text = std::fs::read_to_string(source.join("package-lock.json"))
-            .map_err(|e| format!("tests/e2e-ts/package-lock.json: {e}"))?;
-        std::fs::create_dir_all(target_dir()).map_err(|e| e.to_string())?;
-        // Another test process may be installing it: serialise on a lock file.
-        let lock = std::fs::File::create(target_dir().join("e2e-ts.lock"))
-            .map_err(|e| format!("e2e-ts.lock: {e}"))?;
-        // SAFETY: flock on a file descriptor we own; released when `lock` is closed.
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
-        let stamp = std::fs::read_to_string(dir.join("coffer-package-lock.json")).ok();
-        let installed = dir.join("node_modules/@formance/formance-sdk").exists();
-        if stamp.as_deref() != Some(lock_text.as_str()) || !installed {
-            for tool in ["node", "npm"] {
-                match Command::new(tool).arg("--version").output() {
-                    Ok(output) if output.status.success() => {}
-                    _ => {
-                        return Err(format!(
-                            "the end-to-end tests need Node.js and npm: `{tool}` was not found \
-                             (Debian: apt-get install nodejs npm)"
-                        ))
-                    }
-                }
-            }
-            let started = Instant::now();
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            for file in ["package.json", "package-lock.json"] {
-                std::fs::copy(source.join(file), dir.join(file))
-                    .map_err(|e| format!("tests/e2e-ts/{file}: {e}"))?;
-            }
-            run_quiet(
-                Command::new("npm")
-                    .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
-                    .current_dir(&dir),
-                "npm ci in target/e2e-ts (needs access to the npm registry)",
-            )?;
-            std::fs::write(dir.join("coffer-package-lock.json"), &lock_text)
-                .map_err(|e| e.to_string())?;
-            eprintln!("installed {} in {:.0?}", dir.display(), started.elapsed());
-        }
-        Ok(dir)
-    });
-    match dir {
-        Ok(dir) => dir,
-        Err(message) => panic!("{message}"),
-    }
+    or_panic(DIR.get_or_init(|| {
+        let lock = repo_root().join("tests/e2e-ts/package-lock.json");
+        installed_once(
+            "e2e-ts",
+            &lock,
+            "node_modules/@formance/formance-sdk",
+            install_typescript,
+        )
+    }))
 }
 
 /// tests/e2e-ts/smoke.mjs against `server`; panics with its output if it fails.
