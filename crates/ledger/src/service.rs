@@ -30,6 +30,19 @@ pub struct Ledgers {
     store: Arc<dyn Store>,
     /// Ledgers are never renamed nor deleted, so their ids can be cached for good.
     known: RwLock<HashMap<String, LedgerInfo>>,
+    /// In-process side of [`Ledgers::exclusive`]: a stripe per hash of the name.
+    exclusive: Vec<parking_lot::Mutex<()>>,
+}
+
+/// Stripes of `Ledgers::exclusive`.
+const EXCLUSIVE_STRIPES: usize = 64;
+
+/// Held while a read-then-write runs alone (see [`Ledgers::exclusive`]).
+pub struct Exclusive<'a> {
+    // Fields drop in order: the store's lock goes before the stripe, so a caller waiting here
+    // for the stripe never finds the store's lock still held by this process.
+    _store: Option<Box<dyn Send + 'a>>,
+    _stripe: parking_lot::MutexGuard<'a, ()>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -272,6 +285,25 @@ impl Ledgers {
             engine,
             store,
             known: RwLock::new(HashMap::new()),
+            exclusive: (0..EXCLUSIVE_STRIPES)
+                .map(|_| parking_lot::Mutex::new(()))
+                .collect(),
+        })
+    }
+
+    /// Runs the caller alone among every holder of `name`, in this process and in every other
+    /// one sharing the store, until the guard drops: for a read-then-write whose condition the
+    /// ledger's rules do not check (a wallet's balance cap). Keep the section short and let it
+    /// end with a durable write, so that the next holder reads it.
+    pub fn exclusive(&self, name: &str) -> Result<Exclusive<'_>, LedgerError> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(name);
+        let stripe = self.exclusive[hash as usize % EXCLUSIVE_STRIPES].lock();
+        let store = self.store.exclusive(name)?;
+        Ok(Exclusive {
+            _store: store,
+            _stripe: stripe,
         })
     }
 

@@ -559,4 +559,11 @@ pub trait Store: Send + Sync {
     fn transactions_behind_commit(&self) -> bool {
         false
     }
+    /// Holds the lock `name` for every process sharing this store until the guard drops, for a
+    /// read-then-write whose condition the ledger's rules do not check (a wallet's balance
+    /// cap). `None` when one process at most writes the store: `Ledgers::exclusive` then orders
+    /// the callers in memory alone.
+    fn exclusive(&self, _name: &str) -> StoreResult<Option<Box<dyn Send + '_>>> {
+        Ok(None)
+    }
 }

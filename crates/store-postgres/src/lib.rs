@@ -77,6 +77,41 @@ pub struct PostgresStore {
     durable: Arc<CommitSync>,
     moves: Arc<MovesBehind>,
     predictions: Arc<Predictions>,
+    /// Connections that hold `Store::exclusive` locks.
+    locks: Pool<Client>,
+}
+
+/// Connections holding `Store::exclusive` locks at once, at most (more callers wait for one).
+pub const LOCK_CONNECTIONS_MAX: usize = 8;
+/// First key of the `Store::exclusive` advisory locks (the second is a hash of the name).
+const EXCLUSIVE_LOCK_CLASS: i32 = 0x636f_6578;
+/// How long `Store::exclusive` waits for another holder, at most.
+const EXCLUSIVE_WAIT_MS_MAX: u64 = 10_000;
+
+/// A session advisory lock, held by a connection taken from the pool until it drops.
+struct AdvisoryLock<'a> {
+    connection: coffer_ledger::pool::Pooled<'a, Client>,
+    key: i32,
+}
+
+impl Drop for AdvisoryLock<'_> {
+    fn drop(&mut self) {
+        let released = self
+            .connection
+            .query_one(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&EXCLUSIVE_LOCK_CLASS, &self.key],
+            )
+            .map(|row| row.get::<_, bool>(0));
+        if !matches!(released, Ok(true)) {
+            // Closing the session releases whatever it holds.
+            tracing::warn!(
+                ?released,
+                "an exclusive lock was not released: closing its connection"
+            );
+            self.connection.discard();
+        }
+    }
 }
 
 /// How the writers' batches on predicted heads fared (see `PostgresWriter::predicted`).
@@ -200,6 +235,19 @@ impl PostgresStore {
             durable,
             moves: behind,
             predictions: Arc::default(),
+            locks: Pool::new(LOCK_CONNECTIONS_MAX, {
+                let url = url.to_string();
+                move || {
+                    let mut client = connect(&url)?;
+                    client
+                        .batch_execute(&format!(
+                            "SET lock_timeout = {EXCLUSIVE_WAIT_MS_MAX}; \
+                             SET application_name = 'coffer-locks'"
+                        ))
+                        .map_err(pg_err)?;
+                    Ok(client)
+                }
+            }),
         }))
     }
 
@@ -278,6 +326,35 @@ impl Store for PostgresStore {
 
     fn durability(&self) -> Option<Arc<dyn Durability>> {
         Some(self.durable.clone())
+    }
+
+    fn exclusive(&self, name: &str) -> StoreResult<Option<Box<dyn Send + '_>>> {
+        let mut connection = self.locks.take()?;
+        // The server's own hash of the name: the same in every process sharing the database.
+        // Two names of one hash share a lock, which only orders them.
+        let key = match connection.query_one("SELECT hashtext($1)", &[&name]) {
+            Ok(row) => row.get::<_, i32>(0),
+            Err(e) => {
+                connection.discard();
+                return Err(pg_err(e));
+            }
+        };
+        if let Err(e) = connection.execute(
+            "SELECT pg_advisory_lock($1, $2)",
+            &[&EXCLUSIVE_LOCK_CLASS, &key],
+        ) {
+            connection.discard();
+            return Err(
+                if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                    err(format!(
+                        "waited {EXCLUSIVE_WAIT_MS_MAX} ms for another process's lock {name:?}"
+                    ))
+                } else {
+                    pg_err(e)
+                },
+            );
+        }
+        Ok(Some(Box::new(AdvisoryLock { connection, key })))
     }
 }
 

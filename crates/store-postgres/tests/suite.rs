@@ -850,3 +850,38 @@ fn time_order_filled_in_on_open() {
             .unwrap();
     });
 }
+
+/// `Store::exclusive` runs its holders alone across processes (two stores on one database),
+/// and holds nothing but its own name.
+#[test]
+fn exclusive_sections_run_alone_across_processes() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let backend = fresh();
+    let a = PostgresStore::open(&backend.url).unwrap();
+    let b = PostgresStore::open(&backend.url).unwrap();
+    let inside = AtomicBool::new(false);
+    let entered = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for index in 0..6 {
+            let store: &PostgresStore = if index % 2 == 0 { &a } else { &b };
+            let (inside, entered) = (&inside, &entered);
+            scope.spawn(move || {
+                for _ in 0..15 {
+                    let guard = store.exclusive("wallet:1").unwrap().expect("a lock");
+                    assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
+                    entered.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    inside.store(false, Ordering::SeqCst);
+                    drop(guard);
+                }
+            });
+        }
+    });
+    assert_eq!(entered.load(Ordering::SeqCst), 6 * 15);
+    let held = a.exclusive("wallet:1").unwrap();
+    let other = b.exclusive("wallet:2").unwrap();
+    assert!(held.is_some() && other.is_some());
+    drop((held, other));
+    // Released: the other process takes it at once.
+    assert!(b.exclusive("wallet:1").unwrap().is_some());
+}

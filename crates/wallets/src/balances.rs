@@ -68,8 +68,11 @@ impl Wallets {
             priority: request.priority,
         };
         let address = chart::balance_account(wallet_id, &request.name);
-        // The name check and the cap count hold until the write is durable.
-        let _turn = self.turn("wallet", wallet_id);
+        // The name check and the cap count hold until the write is durable, for every
+        // creation on this wallet, in this process and in any other sharing the store.
+        let _alone = self
+            .ledgers
+            .exclusive(&format!("{BALANCE_CREATION_KEY_PREFIX}{wallet_id}"))?;
         if let Some(replayed) = self.replay_balance(&address, &balance, idempotency_key)? {
             return Ok(replayed);
         }

@@ -63,8 +63,9 @@ pub struct Wallets {
     known_wallets: parking_lot::Mutex<lru::LruCache<String, ()>>,
     /// Writes that read, then write what they read allows, take turns per object (a stripe
     /// per hash of it): a hold's confirms and voids (each sends what the hold has left, which
-    /// another may just have sent), a wallet's balance creations (each checks the name is free
-    /// and the wallet under its cap).
+    /// another may just have sent; across processes, the ledger refuses the second send, the
+    /// hold's account having no overdraft). A wallet's balance creations take
+    /// `Ledgers::exclusive` instead, which orders them across processes too.
     turns: Vec<parking_lot::Mutex<()>>,
 }
 

@@ -8,6 +8,8 @@ use coffer_ledger::{EngineConfig, Ledgers, Metadata, Timestamp};
 use coffer_store_sqlite::SqliteStore;
 use coffer_wallets::*;
 
+mod support;
+
 const LEDGER: &str = "wallets-002";
 const MINUTE_MICROS: i64 = 60_000_000;
 
@@ -1285,6 +1287,14 @@ fn balance_creations_racing_on_one_wallet_keep_its_cap_and_each_name_once() {
         }
     }
     assert_eq!(stored, BALANCES_PER_WALLET_MAX);
+}
+
+#[test]
+fn balance_creations_racing_through_two_services_keep_the_cap() {
+    // Two `Wallets` on one ledger share no turns, as two processes on one database do.
+    let f = fixture();
+    let second = Wallets::open(f.wallets.ledgers().clone(), LEDGER).unwrap();
+    support::racing_services_keep_the_balance_cap(&f.wallets, &second);
 }
 
 #[test]
