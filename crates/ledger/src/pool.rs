@@ -155,7 +155,11 @@ mod tests {
         let counter = made.clone();
         let pool = Pool::new(1, move || Ok(counter.fetch_add(1, Ordering::SeqCst)));
         let first = *pool.take().unwrap();
-        assert_eq!(*pool.take().unwrap(), first, "returned on drop, then reused");
+        assert_eq!(
+            *pool.take().unwrap(),
+            first,
+            "returned on drop, then reused"
+        );
         pool.take().unwrap().discard();
         let fresh = *pool.take().unwrap();
         assert_ne!(fresh, first, "a discarded connection is not reused");

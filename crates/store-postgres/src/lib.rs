@@ -316,7 +316,7 @@ impl Store for PostgresStore {
             wrote: false,
             written: Vec::new(),
             failure: WriteFailure::NotWritten,
-            contended_until: None,
+            contended: HashMap::new(),
         }))
     }
 
@@ -616,8 +616,8 @@ pub struct PostgresWriter {
     written: Vec<LedgerHead>,
     /// What the last failed batch left (see `StoreWriter::take_failure`).
     failure: WriteFailure,
-    /// Another process wrote to our ledgers lately: batches lock until then.
-    contended_until: Option<Instant>,
+    /// Ledgers another process wrote to lately: their batches lock until then.
+    contended: HashMap<String, Instant>,
 }
 
 /// How long batches lock their ledgers after seeing another process's write to them: where
@@ -943,31 +943,44 @@ impl PostgresWriter {
             self.make_room();
             if let Some(old) = self.predicted.insert(head.name.clone(), head.clone()) {
                 if old != *head {
-                    self.contended();
+                    self.contended(&head.name);
                 }
             }
         }
     }
 
-    fn contended(&mut self) {
-        self.contended_until = Some(Instant::now() + Duration::from_millis(CONTENDED_MS));
+    fn contended(&mut self, name: &str) {
+        let now = Instant::now();
+        if self.contended.len() >= PREDICTED_LEDGERS_MAX {
+            self.contended.retain(|_, until| *until > now);
+            if self.contended.len() >= PREDICTED_LEDGERS_MAX {
+                // Forgotten, a ledger is predicted again: at worst one more conflict.
+                self.contended.clear();
+            }
+        }
+        self.contended
+            .insert(name.to_string(), now + Duration::from_millis(CONTENDED_MS));
     }
 
     fn may_predict(&self, names: &[String]) -> bool {
+        let now = Instant::now();
         !names.is_empty()
-            && self
-                .contended_until
-                .is_none_or(|until| Instant::now() >= until)
-            && names.iter().all(|name| self.predicted.contains_key(name))
+            && names.iter().all(|name| {
+                self.predicted.contains_key(name)
+                    && self.contended.get(name).is_none_or(|until| now >= *until)
+            })
     }
 
     /// A batch on predicted heads found one moved by another process; nothing of it was
-    /// written.
-    fn conflicted(&mut self) -> StoreError {
+    /// written. Its ledgers are forgotten, and locked for a while; other ledgers' predictions
+    /// stand (each batch checks its own).
+    fn conflicted<'n>(&mut self, names: impl IntoIterator<Item = &'n str>) -> StoreError {
         self.predictions.conflicts.fetch_add(1, Ordering::Relaxed);
         self.failure = WriteFailure::RunAgain;
-        self.predicted.clear();
-        self.contended();
+        for name in names {
+            self.predicted.remove(name);
+            self.contended(name);
+        }
         err("another process wrote to the batch's ledgers meanwhile")
     }
 
@@ -981,7 +994,7 @@ impl PostgresWriter {
         let mut heads = self.begin_and_lock(&names)?;
         heads.sort_by(|a, b| a.name.cmp(&b.name));
         if heads != predicted {
-            return Err(self.conflicted());
+            return Err(self.conflicted(names.iter().map(String::as_str)));
         }
         Ok(())
     }
@@ -1001,9 +1014,9 @@ impl PostgresWriter {
             .map(|row| row.get::<_, i64>(0));
         match matched {
             Ok(matched) if matched as usize == predicted.len() => Ok(()),
-            Ok(_) => Err(self.conflicted()),
+            Ok(_) => Err(self.conflicted(predicted.iter().map(|h| h.name.as_str()))),
             Err(e) => {
-                self.conflicted();
+                self.conflicted(predicted.iter().map(|h| h.name.as_str()));
                 Err(e)
             }
         }
@@ -1678,7 +1691,8 @@ impl StoreWriter for PostgresWriter {
         if checked && heads_changed as usize != heads.len() {
             // Every part is gated on the heads: nothing was written.
             self.durable.commit_returned();
-            return Err(self.conflicted());
+            let names: Vec<String> = heads.iter().map(|h| h.name.clone()).collect();
+            return Err(self.conflicted(names.iter().map(String::as_str)));
         }
         let updates_changed: i64 = row.get(1);
         assert_eq!(

@@ -149,6 +149,49 @@ fn batches_on_predicted_heads_run_again_when_another_process_wrote() {
     assert!(verified.is_ok(), "{verified}");
 }
 
+/// A conflict on one ledger leaves the writer's predictions of its other ledgers standing:
+/// their batches still run in one round trip, while the contended ledger's lock for a while.
+#[test]
+fn a_conflict_on_one_ledger_keeps_the_other_ledgers_predicted() {
+    use coffer_ledger::service::Ledgers;
+    use coffer_store_tests::{commit, config, create_ledger, new_tx, posting};
+    use std::sync::atomic::Ordering::Relaxed;
+    let backend = fresh();
+    let store_a = PostgresStore::open(&backend.url).unwrap();
+    let a = Ledgers::open(store_a.clone(), config()).unwrap();
+    let b = Ledgers::open(PostgresStore::open(&backend.url).unwrap(), config()).unwrap();
+    let predictions = store_a.predictions();
+    let figures = || {
+        (
+            predictions.batches.load(Relaxed),
+            predictions.conflicts.load(Relaxed),
+        )
+    };
+    let transfer = || new_tx(vec![posting("world", "x", 1, "USD")]);
+    for name in ["shared", "own"] {
+        create_ledger(&a, name);
+        commit(&a, name, transfer()).unwrap();
+    }
+    commit(&b, "shared", transfer()).unwrap();
+    let (batches, conflicts) = figures();
+    commit(&a, "shared", transfer()).unwrap();
+    assert_eq!(figures(), (batches + 1, conflicts + 1), "ran again, locked");
+    commit(&a, "own", transfer()).unwrap();
+    assert_eq!(
+        figures(),
+        (batches + 2, conflicts + 1),
+        "the other ledger is still predicted"
+    );
+    commit(&a, "shared", transfer()).unwrap();
+    assert_eq!(
+        figures(),
+        (batches + 2, conflicts + 1),
+        "the contended ledger locks for a while"
+    );
+    let verified = coffer_ledger::verify::verify(a.store().as_ref()).unwrap();
+    assert!(verified.is_ok(), "{verified}");
+}
+
 /// The batch's statement on predicted heads writes nothing unless they all hold, whatever its rows
 /// (here a log whose id another process's write does not collide with).
 #[test]
