@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod auth_cmd;
 mod bench;
 mod numscript_cmd;
 mod serve;
@@ -48,6 +49,11 @@ enum Command {
         #[command(subcommand)]
         command: numscript_cmd::NumscriptCommand,
     },
+    /// Authentication set-up: API clients and the tokens' signing key.
+    Auth {
+        #[command(subcommand)]
+        command: auth_cmd::AuthCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +63,7 @@ fn main() -> ExitCode {
         Command::Verify { store } => verify(&store),
         Command::Bench(args) => bench::run(args),
         Command::Numscript { command } => numscript_cmd::run(command),
+        Command::Auth { command } => auth_cmd::run(command),
     };
     match result {
         Ok(code) => code,

@@ -36,6 +36,48 @@ pub struct ServeArgs {
     /// Worker threads of the HTTP server (default: one per core).
     #[arg(long, env = "COFFER_HTTP_WORKERS")]
     http_workers: Option<usize>,
+    /// Require bearer tokens on the APIs, for the clients this JSON file lists
+    /// (`coffer auth client` makes entries). Without it the APIs are open.
+    #[arg(long, env = "COFFER_AUTH_CLIENTS_FILE")]
+    auth_clients_file: Option<std::path::PathBuf>,
+    /// The key that signs tokens (at least 32 bytes; `coffer auth key` makes one). Processes
+    /// sharing a store need the same key to accept each other's tokens; without it, a random
+    /// key per start.
+    #[arg(long, env = "COFFER_AUTH_SIGNING_KEY_FILE")]
+    auth_signing_key_file: Option<std::path::PathBuf>,
+    /// How long a token is valid, in seconds.
+    #[arg(long, env = "COFFER_AUTH_TOKEN_TTL_SECS", default_value_t = coffer_server::auth::TOKEN_TTL_SECS_DEFAULT)]
+    auth_token_ttl_secs: u64,
+}
+
+/// The authentication `serve` was configured with, if any.
+fn auth(args: &ServeArgs) -> anyhow::Result<Option<Arc<coffer_server::auth::Auth>>> {
+    let Some(clients_path) = &args.auth_clients_file else {
+        if args.auth_signing_key_file.is_some() {
+            anyhow::bail!(
+                "--auth-signing-key-file needs --auth-clients-file (which turns authentication on)"
+            );
+        }
+        return Ok(None);
+    };
+    let clients = std::fs::read_to_string(clients_path)
+        .with_context(|| format!("reading --auth-clients-file {}", clients_path.display()))?;
+    let key = match &args.auth_signing_key_file {
+        Some(path) => {
+            let key = std::fs::read(path)
+                .with_context(|| format!("reading --auth-signing-key-file {}", path.display()))?;
+            key.trim_ascii().to_vec()
+        }
+        None => {
+            tracing::warn!(
+                "no --auth-signing-key-file: tokens are signed with a key of this process only"
+            );
+            crate::auth_cmd::new_key()
+        }
+    };
+    let auth = coffer_server::auth::Auth::new(&clients, key, args.auth_token_ttl_secs)
+        .with_context(|| format!("--auth-clients-file {}", clients_path.display()))?;
+    Ok(Some(Arc::new(auth)))
 }
 
 pub fn init_logging(format: &str) -> anyhow::Result<()> {
@@ -66,6 +108,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let auth = auth(&args)?;
     let config = EngineConfig {
         batch_requests_max: args.batch_requests_max.max(1),
         batch_postings_max: args.batch_postings_max.max(1),
@@ -89,12 +132,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ledgers: ledgers.clone(),
         wallets: Arc::new(wallets),
         metrics: coffer_server::metrics_handle(),
+        auth: auth.clone(),
     });
     let listener = tokio::net::TcpListener::bind(&args.bind)
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, store = %description, "coffer is serving");
+    tracing::info!(%address, store = %description, authentication = auth.is_some(), "coffer is serving");
     // Scripts and tests read this line to learn the port (useful with --bind 127.0.0.1:0).
     println!("listening on http://{address}");
     coffer_server::serve(listener, state, shutdown_signal()).await?;

@@ -200,6 +200,10 @@ struct Server {
 
 impl Server {
     fn start(store: &str, log: &Path) -> Server {
+        Server::start_with(store, log, &[])
+    }
+
+    fn start_with(store: &str, log: &Path, args: &[&str]) -> Server {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -207,6 +211,7 @@ impl Server {
             .unwrap();
         let mut child = Command::new(COFFER)
             .args(["serve", "--bind", "127.0.0.1:0", "--store", store])
+            .args(args)
             .env("COFFER_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -367,6 +372,80 @@ fn sdk_scenarios_sqlite() {
 #[test]
 fn sdk_scenarios_postgres() {
     sdk_scenarios(&postgres_store());
+}
+
+/// Authentication with the SDK's client credentials (tests/e2e/auth_check.py): two processes
+/// on one PostgreSQL database, with one clients file and one signing key, as a deployment of
+/// several processes runs.
+#[test]
+fn sdk_client_credentials_across_two_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clients = dir.path().join("clients.json");
+    let key = dir.path().join("signing.key");
+    // Made by `coffer auth client`, as the README says: (secret, clients file entry).
+    let client = |id: &str, scopes: &str| {
+        let made = Command::new(COFFER)
+            .args(["auth", "client", "--id", id, "--scopes", scopes])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        let stdout = String::from_utf8(made.stdout).unwrap();
+        let secret = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("client_secret:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let entry: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert!(
+            !entry.to_string().contains(&secret),
+            "the file holds no secret"
+        );
+        (secret, entry)
+    };
+    let (shop_secret, shop) = client(
+        "shop",
+        "ledger:read,ledger:write,wallets:read,wallets:write",
+    );
+    let (auditor_secret, auditor) = client("auditor", "ledger:read");
+    let refused = Command::new(COFFER)
+        .args(["auth", "client", "--id", "x", "--scopes", "ledger:admin"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown scope \"ledger:admin\""));
+    let file = serde_json::json!({"clients": [shop, auditor]});
+    std::fs::write(&clients, file.to_string()).unwrap();
+    let made = Command::new(COFFER).args(["auth", "key"]).output().unwrap();
+    assert!(made.status.success());
+    std::fs::write(&key, &made.stdout).unwrap();
+    let store = postgres_store();
+    let args = [
+        "--auth-clients-file",
+        clients.to_str().unwrap(),
+        "--auth-signing-key-file",
+        key.to_str().unwrap(),
+    ];
+    let first = Server::start_with(&store, &dir.path().join("first.log"), &args);
+    let second = Server::start_with(&store, &dir.path().join("second.log"), &args);
+    let stdout = python_run(
+        &[
+            "auth_check.py",
+            "--url",
+            &first.url,
+            "--other-url",
+            &second.url,
+        ],
+        &[
+            ("COFFER_SHOP_SECRET", &shop_secret),
+            ("COFFER_AUDITOR_SECRET", &auditor_secret),
+        ],
+        Some(&first),
+    );
+    assert!(stdout.contains("auth: passed"), "{stdout}");
+    first.stop();
+    second.stop();
 }
 
 /// Complete lines of the acknowledgement file (the last one may be cut while it is written).

@@ -21,6 +21,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+pub mod auth;
 pub mod error;
 pub mod extract;
 mod ledger_api;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub ledgers: Arc<Ledgers>,
     pub wallets: Arc<Wallets>,
     pub metrics: PrometheusHandle,
+    /// Bearer tokens required on the APIs; `None`: open.
+    pub auth: Option<Arc<auth::Auth>>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -112,7 +115,9 @@ pub fn router(state: SharedState) -> Router {
             "/_healthcheck",
             axum::routing::get(|| async { StatusCode::OK }),
         )
+        .route(auth::TOKEN_PATH, axum::routing::post(auth::token))
         .layer(middleware::from_fn(extract::refuse_nul))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::check))
         .layer(middleware::from_fn(observe))
         .with_state(state)
 }

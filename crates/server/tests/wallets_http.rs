@@ -76,6 +76,7 @@ fn app() -> App {
         ledgers,
         wallets,
         metrics: coffer_server::metrics_handle(),
+        auth: None,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
