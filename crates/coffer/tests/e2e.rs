@@ -168,23 +168,28 @@ fn typescript_dir() -> &'static Path {
 
 /// tests/e2e-ts/smoke.mjs against `server`; panics with its output if it fails.
 fn typescript_smoke(server: &Server) {
+    typescript_run("smoke.mjs", &[("COFFER_URL", &server.url)], server);
+}
+
+/// A script of tests/e2e-ts with `envs`; it must print "typescript …: ok".
+fn typescript_run(name: &str, envs: &[(&str, &str)], server: &Server) {
     let dir = typescript_dir();
     // Beside its packages, where Node.js resolves the SDK from.
-    let script = dir.join("smoke.mjs");
-    std::fs::copy(repo_root().join("tests/e2e-ts/smoke.mjs"), &script).unwrap();
+    let script = dir.join(name);
+    std::fs::copy(repo_root().join("tests/e2e-ts").join(name), &script).unwrap();
     let started = Instant::now();
     let output = Command::new("node")
         .arg(&script)
-        .env("COFFER_URL", &server.url)
+        .envs(envs.iter().copied())
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()
         .expect("run node");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    eprintln!("node smoke.mjs ({:.1?}):\n{stdout}", started.elapsed());
+    eprintln!("node {name} ({:.1?}):\n{stdout}", started.elapsed());
     assert!(
-        output.status.success() && stdout.contains("typescript sdk: ok"),
-        "node smoke.mjs failed ({}):\n{stdout}{}\n--- coffer serve log ---\n{}",
+        output.status.success() && stdout.contains(": ok"),
+        "node {name} failed ({}):\n{stdout}{}\n--- coffer serve log ---\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr),
         server.log_text()
@@ -444,6 +449,16 @@ fn sdk_client_credentials_across_two_processes() {
         Some(&first),
     );
     assert!(stdout.contains("auth: passed"), "{stdout}");
+    typescript_run(
+        "auth.mjs",
+        &[
+            ("COFFER_URL", &first.url),
+            ("COFFER_OTHER_URL", &second.url),
+            ("COFFER_SHOP_SECRET", &shop_secret),
+            ("COFFER_AUDITOR_SECRET", &auditor_secret),
+        ],
+        &first,
+    );
     first.stop();
     second.stop();
 }
