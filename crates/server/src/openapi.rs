@@ -92,6 +92,7 @@ pub fn any_object_schema() -> Schema {
 
 pub fn finish(api: &mut utoipa::openapi::OpenApi) {
     api.info.version = crate::VERSION.to_string();
+    declare_security(api);
     // Generated schemas may be referenced before they are registered; make sure they resolve.
     if let Some(components) = api.components.as_mut() {
         components
@@ -110,3 +111,42 @@ pub async fn serve(api: Arc<utoipa::openapi::OpenApi>) -> Response {
     );
     response
 }
+
+/// The OAuth2 client-credentials scheme of `crate::auth` (enforced only when configured), and the
+/// scope each operation needs, as Formance's documents declare them: reads their service's read
+/// scope (its write scope serves too), everything else the write scope.
+fn declare_security(api: &mut utoipa::openapi::OpenApi) {
+    use axum::http::Method;
+    use utoipa::openapi::security::{
+        ClientCredentials, Flow, OAuth2, Scopes, SecurityRequirement, SecurityScheme,
+    };
+    let scopes: Scopes = crate::auth::SCOPES
+        .iter()
+        .map(|scope| (*scope, *scope))
+        .collect();
+    let scheme = SecurityScheme::OAuth2(OAuth2::new([Flow::ClientCredentials(
+        ClientCredentials::new(crate::auth::TOKEN_PATH, scopes),
+    )]));
+    api.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(SECURITY_SCHEME, scheme);
+    for (path, item) in api.paths.paths.iter_mut() {
+        let operations = [
+            (Method::GET, &mut item.get),
+            (Method::HEAD, &mut item.head),
+            (Method::POST, &mut item.post),
+            (Method::PUT, &mut item.put),
+            (Method::PATCH, &mut item.patch),
+            (Method::DELETE, &mut item.delete),
+        ];
+        for (method, operation) in operations {
+            let Some(operation) = operation else { continue };
+            if let Some(Some([scope, _])) = crate::auth::required_scopes(&method, path) {
+                operation.security = Some(vec![SecurityRequirement::new(SECURITY_SCHEME, [scope])]);
+            }
+        }
+    }
+}
+
+/// The name of the security scheme in the OpenAPI document (Formance's).
+const SECURITY_SCHEME: &str = "Authorization";

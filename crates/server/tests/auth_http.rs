@@ -341,3 +341,35 @@ fn token_requests_are_checked_as_rfc_6749_says() {
     );
     check_refusal(reply, StatusCode::BAD_REQUEST, "invalid_request");
 }
+
+#[test]
+fn the_openapi_document_declares_the_scheme_and_each_operations_scope() {
+    let app = app(None);
+    let doc = app.call(Method::GET, "/openapi.json", None, None).json();
+    let flow = &doc["components"]["securitySchemes"]["Authorization"]["flows"]["clientCredentials"];
+    assert_eq!(flow["tokenUrl"], TOKEN_PATH);
+    assert_eq!(flow["scopes"].as_object().unwrap().len(), 4);
+    let security = |path: &str, method: &str| doc["paths"][path][method]["security"].clone();
+    assert_eq!(
+        security("/api/ledger/v2/{ledger}/transactions", "get"),
+        json!([{"Authorization": ["ledger:read"]}])
+    );
+    assert_eq!(
+        security("/api/ledger/v2/{ledger}/transactions", "post"),
+        json!([{"Authorization": ["ledger:write"]}])
+    );
+    assert_eq!(
+        security("/api/wallets/wallets/{id}/debit", "post"),
+        json!([{"Authorization": ["wallets:write"]}])
+    );
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if path.starts_with("/api/") {
+                operations += 1;
+                assert!(operation["security"].is_array(), "{method} {path}");
+            }
+        }
+    }
+    assert!(operations > 40, "{operations}");
+}
