@@ -50,34 +50,82 @@ pub struct ServeArgs {
     auth_token_ttl_secs: u64,
 }
 
-/// The authentication `serve` was configured with, if any.
-fn auth(args: &ServeArgs) -> anyhow::Result<Option<Arc<coffer_server::auth::Auth>>> {
-    let Some(clients_path) = &args.auth_clients_file else {
-        if args.auth_signing_key_file.is_some() {
-            anyhow::bail!(
-                "--auth-signing-key-file needs --auth-clients-file (which turns authentication on)"
-            );
-        }
+/// Where authentication is configured from (read at start, and again on SIGHUP).
+#[derive(Clone)]
+struct AuthSource {
+    clients_path: std::path::PathBuf,
+    key_path: Option<std::path::PathBuf>,
+    token_ttl_secs: u64,
+}
+
+impl AuthSource {
+    fn of(args: &ServeArgs) -> anyhow::Result<Option<AuthSource>> {
+        let Some(clients_path) = &args.auth_clients_file else {
+            if args.auth_signing_key_file.is_some() {
+                anyhow::bail!("--auth-signing-key-file needs --auth-clients-file (which turns authentication on)");
+            }
+            return Ok(None);
+        };
+        Ok(Some(AuthSource {
+            clients_path: clients_path.clone(),
+            key_path: args.auth_signing_key_file.clone(),
+            token_ttl_secs: args.auth_token_ttl_secs,
+        }))
+    }
+
+    /// Without a key file, `random_key` signs (one per process, kept across reloads).
+    fn read(&self, random_key: &[u8]) -> anyhow::Result<coffer_server::auth::Auth> {
+        let clients = std::fs::read_to_string(&self.clients_path).with_context(|| {
+            format!(
+                "reading --auth-clients-file {}",
+                self.clients_path.display()
+            )
+        })?;
+        let key = match &self.key_path {
+            Some(path) => std::fs::read(path)
+                .with_context(|| format!("reading --auth-signing-key-file {}", path.display()))?
+                .trim_ascii()
+                .to_vec(),
+            None => random_key.to_vec(),
+        };
+        coffer_server::auth::Auth::new(&clients, key, self.token_ttl_secs)
+            .with_context(|| format!("--auth-clients-file {}", self.clients_path.display()))
+    }
+}
+
+/// The authentication `serve` was configured with, if any; read again on SIGHUP (a client
+/// revoked or added, a key rotated). A configuration that does not read keeps the one in force.
+fn auth(args: &ServeArgs) -> anyhow::Result<Option<Arc<coffer_server::auth::AuthHandle>>> {
+    let Some(source) = AuthSource::of(args)? else {
         return Ok(None);
     };
-    let clients = std::fs::read_to_string(clients_path)
-        .with_context(|| format!("reading --auth-clients-file {}", clients_path.display()))?;
-    let key = match &args.auth_signing_key_file {
-        Some(path) => {
-            let key = std::fs::read(path)
-                .with_context(|| format!("reading --auth-signing-key-file {}", path.display()))?;
-            key.trim_ascii().to_vec()
+    let random_key = crate::auth_cmd::new_key();
+    if source.key_path.is_none() {
+        tracing::warn!(
+            "no --auth-signing-key-file: tokens are signed with a key of this process only"
+        );
+    }
+    let handle = Arc::new(coffer_server::auth::AuthHandle::new(
+        source.read(&random_key)?,
+    ));
+    let reloaded = handle.clone();
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match source.read(&random_key) {
+                Ok(auth) => {
+                    reloaded.replace(auth);
+                    tracing::info!("authentication configuration read again");
+                }
+                Err(err) => tracing::error!(
+                    error = format!("{err:#}"),
+                    "SIGHUP: the authentication configuration does not read; the one in force stays"
+                ),
+            }
         }
-        None => {
-            tracing::warn!(
-                "no --auth-signing-key-file: tokens are signed with a key of this process only"
-            );
-            crate::auth_cmd::new_key()
-        }
-    };
-    let auth = coffer_server::auth::Auth::new(&clients, key, args.auth_token_ttl_secs)
-        .with_context(|| format!("--auth-clients-file {}", clients_path.display()))?;
-    Ok(Some(Arc::new(auth)))
+    });
+    Ok(Some(handle))
 }
 
 pub fn init_logging(format: &str) -> anyhow::Result<()> {

@@ -459,8 +459,98 @@ fn sdk_client_credentials_across_two_processes() {
         ],
         &first,
     );
+
+    // Revocation without a restart: the auditor leaves the clients file, and each process drops
+    // its tokens once it has read the file again (SIGHUP).
+    let token = |server: &Server, secret: &str| {
+        let (status, body) = http(
+            server,
+            "POST",
+            "/api/auth/oauth/token",
+            None,
+            &format!("grant_type=client_credentials&client_id=auditor&client_secret={secret}"),
+        );
+        assert_eq!(status, 200, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        body["access_token"].as_str().unwrap().to_string()
+    };
+    let auditor_token = token(&first, &auditor_secret);
+    let read = |server: &Server| http(server, "GET", "/api/ledger/v2", Some(&auditor_token), "").0;
+    assert_eq!((read(&first), read(&second)), (200, 200));
+    let mut file = file;
+    file["clients"].as_array_mut().unwrap().truncate(1);
+    std::fs::write(&clients, file.to_string()).unwrap();
+    let reload = |server: &Server| {
+        server.signal(libc::SIGHUP);
+        // The reload is asynchronous: wait for it to show.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while read(server) != 401 {
+            assert!(Instant::now() < deadline, "SIGHUP did not revoke the token");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    reload(&first);
+    assert_eq!(
+        (read(&first), read(&second)),
+        (401, 200),
+        "only the first read the file again"
+    );
+    reload(&second);
+    // A file that does not read keeps what is in force.
+    std::fs::write(&clients, "{not json").unwrap();
+    first.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        first.log_text().contains("the one in force stays"),
+        "{}",
+        first.log_text()
+    );
+    let (status, _) = http(
+        &first,
+        "POST",
+        "/api/auth/oauth/token",
+        None,
+        &format!("grant_type=client_credentials&client_id=shop&client_secret={shop_secret}"),
+    );
+    assert_eq!(status, 200);
     first.stop();
     second.stop();
+}
+
+/// One HTTP/1.1 request to `server`, answered as (status, body).
+fn http(
+    server: &Server,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    form: &str,
+) -> (u16, String) {
+    use std::io::Write;
+    let address = server.url.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let authorization = bearer
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{form}",
+        form.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// Complete lines of the acknowledgement file (the last one may be cut while it is written).

@@ -95,6 +95,28 @@ pub struct Auth {
     token_ttl_secs: u64,
 }
 
+/// The [`Auth`] in force, replaced whole when its configuration is read again (a client revoked,
+/// a key rotated) while requests keep running.
+pub struct AuthHandle {
+    current: parking_lot::RwLock<std::sync::Arc<Auth>>,
+}
+
+impl AuthHandle {
+    pub fn new(auth: Auth) -> AuthHandle {
+        AuthHandle {
+            current: parking_lot::RwLock::new(std::sync::Arc::new(auth)),
+        }
+    }
+
+    pub fn get(&self) -> std::sync::Arc<Auth> {
+        self.current.read().clone()
+    }
+
+    pub fn replace(&self, auth: Auth) {
+        *self.current.write() = std::sync::Arc::new(auth);
+    }
+}
+
 /// What a valid token says.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Claims {
@@ -386,7 +408,7 @@ fn empty(status: StatusCode) -> Response {
 
 /// Checks the bearer token of every API request (a no-op without [`Auth`]).
 pub async fn check(State(state): State<SharedState>, request: Request, next: Next) -> Response {
-    let Some(auth) = &state.auth else {
+    let Some(auth) = state.auth.as_ref().map(|handle| handle.get()) else {
         return next.run(request).await;
     };
     let Some(needed) = required_scopes(request.method(), request.uri().path()) else {
@@ -435,7 +457,7 @@ fn no_store(mut response: Response) -> Response {
 /// `POST /api/auth/oauth/token`: the client-credentials grant (RFC 6749, 4.4), with the
 /// client's id and secret in the form (as the SDKs send them) or in HTTP Basic.
 pub async fn token(State(state): State<SharedState>, request: Request) -> Response {
-    let Some(auth) = &state.auth else {
+    let Some(auth) = state.auth.as_ref().map(|handle| handle.get()) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let basic = request

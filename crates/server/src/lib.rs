@@ -37,7 +37,7 @@ pub struct AppState {
     pub wallets: Arc<Wallets>,
     pub metrics: PrometheusHandle,
     /// Bearer tokens required on the APIs; `None`: open.
-    pub auth: Option<Arc<auth::Auth>>,
+    pub auth: Option<Arc<auth::AuthHandle>>,
 }
 
 pub type SharedState = Arc<AppState>;

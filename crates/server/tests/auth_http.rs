@@ -43,7 +43,7 @@ fn app(auth: Option<Auth>) -> App {
         ledgers,
         wallets,
         metrics: coffer_server::metrics_handle(),
-        auth: auth.map(Arc::new),
+        auth: auth.map(|auth| Arc::new(coffer_server::auth::AuthHandle::new(auth))),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
