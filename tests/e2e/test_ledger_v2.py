@@ -978,3 +978,43 @@ def test_effective_volumes_of_backdated_transactions(sdk, ledger):
         }
     )
     assert res.v2_account_response.data.effective_volumes["USD/2"].balance == 7
+
+
+def test_bigint_as_string_header(sdk, ledger, http):
+    # Formance-Bigint-As-String: amounts and volumes as strings (for clients whose numbers are
+    # doubles); ids and counts stay numbers; without the header, numbers.
+    big = 2**100
+    base = f"/api/ledger/v2/{ledger}"
+    res = http.post(
+        f"{base}/transactions",
+        json={"postings": [{"source": "world", "destination": "users:big", "amount": big, "asset": "USD/2"}]},
+        headers={"Formance-Bigint-As-String": "true"},
+    )
+    assert res.status_code == 200, res.text
+    tx = res.json()["data"]
+    assert tx["postings"][0]["amount"] == str(big)
+    assert tx["postCommitVolumes"]["users:big"]["USD/2"] == {"input": str(big), "output": "0", "balance": str(big)}
+    assert tx["postCommitVolumes"]["world"]["USD/2"]["balance"] == str(-big)
+    assert isinstance(tx["id"], int)
+
+    as_strings = {"Formance-Bigint-As-String": "1"}
+    got = http.get(f"{base}/transactions/{tx['id']}", params={"expand": "volumes"}, headers=as_strings).json()
+    assert got["data"]["preCommitVolumes"]["users:big"]["USD/2"]["input"] == "0"
+    account = http.get(f"{base}/accounts/users:big", params={"expand": "volumes"}, headers=as_strings).json()
+    assert account["data"]["volumes"]["USD/2"]["balance"] == str(big)
+    query = {"query": json.dumps({"$match": {"address": "users:"}})}
+    balances = http.get(f"{base}/aggregate/balances", params=query, headers=as_strings).json()
+    assert balances["data"] == {"USD/2": str(big)}
+    volumes = http.get(f"{base}/volumes", headers=as_strings).json()
+    assert {row["account"]: row["balance"] for row in volumes["cursor"]["data"]} == {
+        "users:big": str(big),
+        "world": str(-big),
+    }
+    logs = http.get(f"{base}/logs", headers=as_strings).json()
+    assert logs["cursor"]["data"][0]["data"]["transaction"]["postings"][0]["amount"] == str(big)
+    assert isinstance(logs["cursor"]["data"][0]["id"], int)
+
+    # Without it, or with a false value: numbers, exact.
+    for headers in ({}, {"Formance-Bigint-As-String": "false"}):
+        got = http.get(f"{base}/transactions/{tx['id']}", headers=headers).json()
+        assert got["data"]["postings"][0]["amount"] == big

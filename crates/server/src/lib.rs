@@ -22,6 +22,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 pub mod auth;
+pub mod bigint;
 pub mod error;
 pub mod extract;
 mod ledger_api;
@@ -117,6 +118,7 @@ pub fn router(state: SharedState) -> Router {
         )
         .route(auth::TOKEN_PATH, axum::routing::post(auth::token))
         .layer(middleware::from_fn(extract::refuse_nul))
+        .layer(middleware::from_fn(bigint::layer))
         .layer(middleware::from_fn_with_state(state.clone(), auth::check))
         .layer(middleware::from_fn(observe))
         .with_state(state)
