@@ -1018,3 +1018,54 @@ def test_bigint_as_string_header(sdk, ledger, http):
     for headers in ({}, {"Formance-Bigint-As-String": "false"}):
         got = http.get(f"{base}/transactions/{tx['id']}", headers=headers).json()
         assert got["data"]["postings"][0]["amount"] == big
+
+
+def test_bulk_streams(sdk, ledger, http):
+    # Formance's two stream types for `_bulk`: JSON elements one after another, and Numscript
+    # transactions between `//script` and `//end`; answered as a JSON bulk is.
+    url = f"/api/ledger/v2/{ledger}/_bulk"
+    elements = [
+        {"action": "CREATE_TRANSACTION", "data": {"postings": [
+            {"source": "world", "destination": "users:s1", "amount": 10, "asset": "USD"}]}},
+        {"action": "ADD_METADATA", "data": {"targetType": "ACCOUNT", "targetId": "users:s1", "metadata": {"k": "v"}}},
+    ]
+    stream = "\n".join(json.dumps(element) for element in elements) + "\n"
+    res = http.post(url, content=stream, headers={"Content-Type": "application/vnd.formance.ledger.api.v2.bulk+json-stream"})
+    assert res.status_code == 200, res.text
+    results = res.json()["data"]
+    assert [r["responseType"] for r in results] == ["CREATE_TRANSACTION", "ADD_METADATA"]
+    assert results[0]["data"]["postings"][0]["amount"] == 10
+
+    scripts = (
+        "//script: ik=s-1\n"
+        "send [USD 3] (\n  source = @users:s1\n  destination = @users:s2\n)\n"
+        "//end\n\n"
+        "//script\n"
+        "send [USD 2] (\n  source = @world\n  destination = @users:s2\n)\n"
+        "//end\n"
+    )
+    script_stream = {"Content-Type": "application/vnd.formance.ledger.api.v2.bulk+script-stream"}
+    res = http.post(url, content=scripts, headers=script_stream)
+    assert res.status_code == 200, res.text
+    first = res.json()["data"][0]["data"]
+    assert [r["responseType"] for r in res.json()["data"]] == ["CREATE_TRANSACTION"] * 2
+    account = http.get(f"/api/ledger/v2/{ledger}/accounts/users:s2", params={"expand": "volumes"}).json()
+    assert account["data"]["volumes"]["USD"]["balance"] == 5
+    # The idempotency key of a script header: the same script again is the same transaction.
+    res = http.post(url, content=scripts.split("\n\n")[0] + "\n", headers=script_stream)
+    assert res.status_code == 200, res.text
+    assert res.json()["data"][0]["data"]["id"] == first["id"]
+
+    # Malformed streams: a 400 naming the problem, nothing written.
+    count_before = int(http.head(f"/api/ledger/v2/{ledger}/transactions").headers["Count"])
+    for body, headers, needle in [
+        ("send [USD 1] (source = @world destination = @a)\n", script_stream, "expected //script"),
+        ("//script\nsend [USD 1] (source = @world destination = @a)\n", script_stream, "no //end"),
+        ("//script: key=1\n//end\n", script_stream, "unknown header option"),
+        ('{"action": "CREATE_TRANSACTION", "data": {}} {oops', {"Content-Type": "application/vnd.formance.ledger.api.v2.bulk+json-stream"}, "element 1"),
+    ]:
+        res = http.post(url, content=body, headers=headers)
+        assert res.status_code == 400, res.text
+        assert res.json()["errorCode"] == "VALIDATION", res.text
+        assert needle in res.json()["errorMessage"], res.text
+    assert int(http.head(f"/api/ledger/v2/{ledger}/transactions").headers["Count"]) == count_before

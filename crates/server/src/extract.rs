@@ -25,7 +25,7 @@ pub(crate) fn invalid(path: &str, message: String) -> ApiError {
     }
 }
 
-async fn read_body(request: Request) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(request: Request) -> Result<Bytes, ApiError> {
     let wallets = is_wallets(request.uri().path());
     let body = request.into_body();
     axum::body::to_bytes(body, BODY_BYTES_MAX)
@@ -72,7 +72,7 @@ pub(crate) fn nul_in_json_text(bytes: &[u8]) -> Option<String> {
     nul_in_json(&value).map(|at| if at.is_empty() { ".".into() } else { at })
 }
 
-fn parse_json<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, ApiError> {
     if let Some(at) = nul_in_json_text(bytes) {
         return Err(invalid(
             path,

@@ -1472,6 +1472,135 @@ pub struct BulkParams {
 }
 
 pub const BULK_ELEMENTS_MAX: usize = 1000;
+/// A stream of bulk elements: JSON objects one after another (whitespace between them).
+pub const BULK_JSON_STREAM: &str = "application/vnd.formance.ledger.api.v2.bulk+json-stream";
+/// A stream of Numscript transactions: each `//script` (optionally `//script: ik=KEY`), the
+/// script's lines, then `//end`.
+pub const BULK_SCRIPT_STREAM: &str = "application/vnd.formance.ledger.api.v2.bulk+script-stream";
+
+/// A bulk's elements, from a JSON array (`application/json`, or no type) or one of Formance's
+/// two stream types.
+pub struct BulkBody(pub Vec<V2BulkElement>);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for BulkBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, _: &S) -> Result<Self, ApiError> {
+        let path = request.uri().path().to_string();
+        let content_type = request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| {
+                value
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        let bytes = crate::extract::read_body(request).await?;
+        let elements = match content_type.as_str() {
+            BULK_JSON_STREAM => json_stream(&bytes)?,
+            BULK_SCRIPT_STREAM => script_stream(&bytes)?,
+            _ => {
+                if bytes.iter().all(u8::is_ascii_whitespace) {
+                    return Err(invalid("a JSON body is required"));
+                }
+                crate::extract::parse_json(&path, &bytes)?
+            }
+        };
+        Ok(BulkBody(elements))
+    }
+}
+
+fn json_stream(bytes: &[u8]) -> ApiResult<Vec<V2BulkElement>> {
+    let mut elements = Vec::new();
+    for (index, value) in serde_json::Deserializer::from_slice(bytes)
+        .into_iter::<Value>()
+        .enumerate()
+    {
+        let at = |message: String| invalid(format!("bulk stream element {index}: {message}"));
+        let value = value.map_err(|e| at(format!("invalid JSON: {e}")))?;
+        if let Some(place) = crate::extract::nul_in_json(&value) {
+            return Err(at(format!(
+                "at {place}: strings must not contain the NUL character (U+0000)"
+            )));
+        }
+        if elements.len() == BULK_ELEMENTS_MAX {
+            return Err(invalid(format!(
+                "at most {BULK_ELEMENTS_MAX} bulk elements"
+            )));
+        }
+        elements.push(serde_json::from_value(value).map_err(|e| at(e.to_string()))?);
+    }
+    Ok(elements)
+}
+
+fn script_stream(bytes: &[u8]) -> ApiResult<Vec<V2BulkElement>> {
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| invalid("the script stream is not UTF-8 text"))?;
+    if text.contains('\0') {
+        return Err(invalid(
+            "strings must not contain the NUL character (U+0000)",
+        ));
+    }
+    let mut elements = Vec::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((number, line)) = lines.next() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some(header) = line.strip_prefix("//script") else {
+            return Err(invalid(format!(
+                "script stream line {}: expected //script, got {line:?}",
+                number + 1
+            )));
+        };
+        let mut ik = None;
+        let options = header.strip_prefix(':').unwrap_or(header).trim();
+        for option in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            match option.split_once('=') {
+                Some(("ik", key)) if !key.trim().is_empty() => ik = Some(key.trim().to_string()),
+                _ => {
+                    return Err(invalid(format!(
+                        "script stream line {}: unknown header option {option:?} (known: ik=KEY)",
+                        number + 1
+                    )))
+                }
+            }
+        }
+        let mut plain = String::new();
+        let mut ended = false;
+        for (_, line) in lines.by_ref() {
+            if line.trim() == "//end" {
+                ended = true;
+                break;
+            }
+            plain.push_str(line);
+            plain.push('\n');
+        }
+        if !ended {
+            return Err(invalid(format!(
+                "script stream line {}: the script has no //end",
+                number + 1
+            )));
+        }
+        if elements.len() == BULK_ELEMENTS_MAX {
+            return Err(invalid(format!(
+                "at most {BULK_ELEMENTS_MAX} bulk elements"
+            )));
+        }
+        elements.push(V2BulkElement {
+            action: "CREATE_TRANSACTION".into(),
+            ik,
+            data: serde_json::json!({"script": {"plain": plain, "vars": {}}}),
+        });
+    }
+    Ok(elements)
+}
 
 fn bulk_command(element: &V2BulkElement) -> ApiResult<Command> {
     let data = element.data.clone();
@@ -1542,7 +1671,7 @@ async fn create_bulk(
     State(state): State<SharedState>,
     Path(ledger): Path<String>,
     Query(params): Query<BulkParams>,
-    JsonBody(elements): JsonBody<Vec<V2BulkElement>>,
+    BulkBody(elements): BulkBody,
 ) -> ApiResult<(StatusCode, Json<DataResponse<Vec<V2BulkElementResult>>>)> {
     if elements.len() > BULK_ELEMENTS_MAX {
         return Err(ApiError::Ledger(LedgerError::Validation(format!(
