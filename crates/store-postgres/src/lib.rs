@@ -330,6 +330,12 @@ impl Store for PostgresStore {
 
     fn exclusive(&self, name: &str) -> StoreResult<Option<Box<dyn Send + '_>>> {
         let mut connection = self.locks.take()?;
+        if connection.is_closed() {
+            // Lost while idle (a restart of PostgreSQL): a fresh one instead.
+            connection.discard();
+            drop(connection);
+            connection = self.locks.take()?;
+        }
         // The server's own hash of the name: the same in every process sharing the database.
         // Two names of one hash share a lock, which only orders them.
         let key = match connection.query_one("SELECT hashtext($1)", &[&name]) {
