@@ -112,8 +112,9 @@ impl Wallets {
         request: &ConfirmHold,
         idempotency_key: Option<&str>,
     ) -> Result<(), WalletError> {
-        // Keyed on the address, as two spellings of one id (with and without dashes) name one hold.
-        let _turn = self.turn("hold", &chart::hold_account(id));
+        // Keyed on the address, as two spellings of one id (with and without dashes) name one
+        // hold. Held until the write is durable, in this process and in any other.
+        let _alone = self.alone_on_hold(id)?;
         let account = self.hold_account(id)?;
         let hold = expanded_hold_of(&account);
         let amount = match request.amount {
@@ -169,8 +170,9 @@ impl Wallets {
 
     /// Returns what a hold still has to the balances it was taken from.
     pub fn void_hold(&self, id: &str, idempotency_key: Option<&str>) -> Result<(), WalletError> {
-        // Keyed on the address, as two spellings of one id (with and without dashes) name one hold.
-        let _turn = self.turn("hold", &chart::hold_account(id));
+        // Keyed on the address, as two spellings of one id (with and without dashes) name one
+        // hold. Held until the write is durable, in this process and in any other.
+        let _alone = self.alone_on_hold(id)?;
         let account = self.hold_account(id)?;
         let hold = expanded_hold_of(&account);
         let address = chart::hold_account(id);

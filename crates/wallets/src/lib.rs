@@ -61,16 +61,7 @@ pub struct Wallets {
     /// Wallets seen to exist. A wallet is never deleted, so debits and credits of a known
     /// wallet skip the lookup (bounded: forgotten entries are just looked up again).
     known_wallets: parking_lot::Mutex<lru::LruCache<String, ()>>,
-    /// Writes that read, then write what they read allows, take turns per object (a stripe
-    /// per hash of it): a hold's confirms and voids (each sends what the hold has left, which
-    /// another may just have sent; across processes, the ledger refuses the second send, the
-    /// hold's account having no overdraft). A wallet's balance creations take
-    /// `Ledgers::exclusive` instead, which orders them across processes too.
-    turns: Vec<parking_lot::Mutex<()>>,
 }
-
-/// Stripes of `Wallets::turns`.
-const TURN_STRIPES: usize = 64;
 
 /// Wallet ids remembered as existing.
 pub const KNOWN_WALLETS_MAX: usize = 100_000;
@@ -99,9 +90,6 @@ impl Wallets {
             known_wallets: parking_lot::Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(KNOWN_WALLETS_MAX).expect("non-zero"),
             )),
-            turns: (0..TURN_STRIPES)
-                .map(|_| parking_lot::Mutex::new(()))
-                .collect(),
         })
     }
 
@@ -121,13 +109,15 @@ impl Wallets {
         request
     }
 
-    /// The turn of writes to one object in this process (see `turns`); `kind` keeps a hold's
-    /// and a wallet's stripes apart. Never held while taking another.
-    fn turn(&self, kind: &str, id: &str) -> parking_lot::MutexGuard<'_, ()> {
-        use std::hash::{BuildHasher, BuildHasherDefault};
-        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-            .hash_one((kind, id));
-        self.turns[hash as usize % TURN_STRIPES].lock()
+    /// Runs the caller alone among the confirms and voids of hold `id`, in every process
+    /// sharing the store: each reads what the hold has left, then sends it.
+    fn alone_on_hold(
+        &self,
+        id: &str,
+    ) -> Result<coffer_ledger::service::Exclusive<'_>, WalletError> {
+        Ok(self
+            .ledgers
+            .exclusive(&format!("coffer/wallets/hold/{}", chart::hold_account(id)))?)
     }
 
     fn write(&self, command: Command, key: Option<&str>) -> Result<Response, WalletError> {

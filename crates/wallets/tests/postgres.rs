@@ -26,3 +26,12 @@ fn balance_creations_racing_in_two_processes_keep_the_cap() {
     let (first, second) = (process(&url), process(&url));
     support::racing_services_keep_the_balance_cap(&first, &second);
 }
+
+#[test]
+fn a_confirm_and_a_void_racing_in_two_processes_close_the_hold_once() {
+    let url = coffer_pg_harness::shared()
+        .fresh_database()
+        .expect("database created");
+    let (first, second) = (process(&url), process(&url));
+    support::racing_services_close_a_hold_once(&first, &second);
+}

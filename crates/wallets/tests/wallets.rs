@@ -771,43 +771,10 @@ fn a_wallet_id_spelled_without_its_dashes_is_not_found() {
 /// the other is told the hold is closed; never both "done" with one of them moving nothing.
 #[test]
 fn a_confirm_and_a_void_racing_on_one_hold_do_not_both_succeed() {
+    // Through two `Wallets` on one ledger, which share no turns, as two processes do.
     let f = fixture();
-    let wallet = f.wallet("w");
-    let rounds: i128 = 20;
-    f.credit(&wallet, None, 10 * rounds);
-    let mut paid = 0;
-    for _ in 0..rounds {
-        let mut request = pending(&wallet, 10, named(&["main"]));
-        request.destination = Some(Subject::Account("shop".into()));
-        let hold = f.wallets.debit(&request, None).unwrap().unwrap();
-        let confirm = ConfirmHold {
-            amount: None,
-            final_: false,
-        };
-        let (confirmed, voided) = std::thread::scope(|scope| {
-            let confirming = scope.spawn(|| f.wallets.confirm_hold(&hold.id, &confirm, None));
-            let voiding = scope.spawn(|| f.wallets.void_hold(&hold.id, None));
-            (confirming.join().unwrap(), voiding.join().unwrap())
-        });
-        match (&confirmed, &voided) {
-            (Ok(()), Err(WalletError::HoldClosed)) => paid += 10,
-            (Err(WalletError::HoldClosed), Ok(())) => {}
-            _ => panic!("confirm {confirmed:?}, void {voided:?}"),
-        }
-        assert_eq!(f.usd_of("shop"), paid);
-        assert_eq!(f.usd_in(&wallet, "main"), 10 * rounds - paid);
-    }
-    // In one process they take turns: the loser writes nothing (not even an empty transfer).
-    let written = f
-        .ledgers()
-        .list_transactions(LEDGER, TransactionsQuery::default(), &page(1000))
-        .unwrap();
-    let empty: Vec<_> = written
-        .data
-        .iter()
-        .filter(|tx| tx.postings.is_empty())
-        .collect();
-    assert!(empty.is_empty(), "{empty:?}");
+    let second = Wallets::open(f.wallets.ledgers().clone(), LEDGER).unwrap();
+    support::racing_services_close_a_hold_once(&f.wallets, &second);
 }
 
 #[test]
