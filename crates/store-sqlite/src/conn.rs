@@ -56,7 +56,7 @@ const PROJECTION_MIGRATIONS: &[(&str, &str)] = &[
 /// SQLite page cache per connection, in KiB (bounded so memory does not follow history).
 pub const READ_CACHE_KIB: i64 = 8 * 1024;
 pub const WRITE_CACHE_KIB: i64 = 32 * 1024;
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::new(e)
@@ -218,6 +218,16 @@ fn move_transactions(conn: &Connection) -> StoreResult<()> {
 }
 
 /// Whether both databases hold exactly the migrations this binary knows.
+/// The main database's schema is the one this binary writes (no projections attached).
+pub fn main_schema_is_current(conn: &Connection) -> StoreResult<bool> {
+    let count: i64 = conn
+        .query_row("SELECT COUNT(*) FROM main.coffer_migrations", [], |row| {
+            row.get(0)
+        })
+        .map_err(|e| err(format!("not a Coffer store: {e}")))?;
+    Ok(count as usize == MAIN_MIGRATIONS.len() + 1)
+}
+
 pub fn schema_is_current(conn: &Connection) -> StoreResult<bool> {
     let count = |schema: &str| -> StoreResult<usize> {
         conn.query_row(

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use recent::{RecentTransactions, RecentVolumes};
 use rusqlite::Connection;
 
+pub mod backup;
 mod conn;
 pub mod durable;
 pub mod projections;
