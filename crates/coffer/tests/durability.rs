@@ -51,16 +51,7 @@ fn wait_for_acks(child: &mut Child, path: &Path, count: usize) {
 }
 
 fn verify(store: &str) {
-    let output = Command::new(COFFER)
-        .args(["verify", "--store", store])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "verify failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = coffer_ok(&["verify", "--store", store]);
     assert!(stdout.contains(", 0 problems"), "{stdout}");
 }
 
@@ -208,6 +199,19 @@ fn coffer(args: &[&str]) -> std::process::Output {
     Command::new(COFFER).args(args).output().unwrap()
 }
 
+/// `coffer ARGS`, which must succeed: its standard output.
+fn coffer_ok(args: &[&str]) -> String {
+    let output = coffer(args);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "coffer {} failed: {stdout}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// `coffer backup` while a bench commits under load, then `coffer restore` into a new store:
 /// everything acknowledged before the backup is there, and the restored store verifies. Neither
 /// command ever writes over a file.
@@ -233,13 +237,7 @@ fn a_backup_taken_under_load_restores_every_write_acknowledged_before_it() {
     let before = acknowledged(&acks);
     let copy = dir.path().join("backup.db");
     let copy_text = copy.to_str().unwrap();
-    let made = coffer(&["backup", "--store", &url, "--to", copy_text]);
-    let stdout = String::from_utf8_lossy(&made.stdout);
-    assert!(
-        made.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let stdout = coffer_ok(&["backup", "--store", &url, "--to", copy_text]);
     assert!(stdout.contains("backed up"), "{stdout}");
     wait_for_acks(&mut child, &acks, before.len() + 2000);
     // SAFETY: sending a signal to our own child.
@@ -260,13 +258,7 @@ fn a_backup_taken_under_load_restores_every_write_acknowledged_before_it() {
 
     let restored_path = dir.path().join("restored/coffer.db");
     let restored = format!("sqlite://{}", restored_path.display());
-    let made = coffer(&["restore", "--from", copy_text, "--store", &restored]);
-    let stdout = String::from_utf8_lossy(&made.stdout);
-    assert!(
-        made.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let stdout = coffer_ok(&["restore", "--from", copy_text, "--store", &restored]);
     assert!(stdout.contains(", 0 problems"), "{stdout}");
     let again = coffer(&["restore", "--from", copy_text, "--store", &restored]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));

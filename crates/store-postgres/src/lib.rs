@@ -336,30 +336,27 @@ impl Store for PostgresStore {
             drop(connection);
             connection = self.locks.take()?;
         }
-        // The server's own hash of the name: the same in every process sharing the database.
-        // Two names of one hash share a lock, which only orders them.
-        let key = match connection.query_one("SELECT hashtext($1)", &[&name]) {
+        // Keyed by the server's own hash of the name: the same in every process sharing the
+        // database. Two names of one hash share a lock, which only orders them. One round trip:
+        // the lock, then its key for the release.
+        let key = match connection.query_one(
+            "SELECT hashtext($2) FROM pg_advisory_lock($1, hashtext($2)) AS locked",
+            &[&EXCLUSIVE_LOCK_CLASS, &name],
+        ) {
             Ok(row) => row.get::<_, i32>(0),
             Err(e) => {
                 connection.discard();
-                return Err(pg_err(e));
+                return Err(
+                    if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                        err(format!(
+                            "waited {EXCLUSIVE_WAIT_MS_MAX} ms for another process's lock {name:?}"
+                        ))
+                    } else {
+                        pg_err(e)
+                    },
+                );
             }
         };
-        if let Err(e) = connection.execute(
-            "SELECT pg_advisory_lock($1, $2)",
-            &[&EXCLUSIVE_LOCK_CLASS, &key],
-        ) {
-            connection.discard();
-            return Err(
-                if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
-                    err(format!(
-                        "waited {EXCLUSIVE_WAIT_MS_MAX} ms for another process's lock {name:?}"
-                    ))
-                } else {
-                    pg_err(e)
-                },
-            );
-        }
         Ok(Some(Box::new(AdvisoryLock { connection, key })))
     }
 }

@@ -43,6 +43,16 @@ fn main_ledger_funding(
     ledgers
 }
 
+/// (batches run on predicted heads, of which conflicts) of a store's writer so far.
+fn figures(store: &PostgresStore) -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let predictions = store.predictions();
+    (
+        predictions.batches.load(Relaxed),
+        predictions.conflicts.load(Relaxed),
+    )
+}
+
 #[test]
 fn two_stores_on_one_database_share_it_safely() {
     use coffer_store_tests::{commit, create_ledger, new_tx, posting, service};
@@ -74,18 +84,11 @@ fn batches_on_predicted_heads_run_again_when_another_process_wrote() {
     use coffer_ledger::service::Ledgers;
     use coffer_ledger::LedgerError;
     use coffer_store_tests::{balance, commit, config, create_ledger, new_tx, posting};
-    use std::sync::atomic::Ordering::Relaxed;
     let backend = fresh();
     let store_a = PostgresStore::open(&backend.url).unwrap();
     let a = Ledgers::open(store_a.clone(), config()).unwrap();
     let b = Ledgers::open(PostgresStore::open(&backend.url).unwrap(), config()).unwrap();
-    let predictions = store_a.predictions();
-    let figures = || {
-        (
-            predictions.batches.load(Relaxed),
-            predictions.conflicts.load(Relaxed),
-        )
-    };
+    let figures = || figures(&store_a);
     create_ledger(&a, "main");
     commit(&a, "main", new_tx(vec![posting("world", "x", 10, "USD")])).unwrap();
     let (predicted_before, _) = figures();
@@ -155,18 +158,11 @@ fn batches_on_predicted_heads_run_again_when_another_process_wrote() {
 fn a_conflict_on_one_ledger_keeps_the_other_ledgers_predicted() {
     use coffer_ledger::service::Ledgers;
     use coffer_store_tests::{commit, config, create_ledger, new_tx, posting};
-    use std::sync::atomic::Ordering::Relaxed;
     let backend = fresh();
     let store_a = PostgresStore::open(&backend.url).unwrap();
     let a = Ledgers::open(store_a.clone(), config()).unwrap();
     let b = Ledgers::open(PostgresStore::open(&backend.url).unwrap(), config()).unwrap();
-    let predictions = store_a.predictions();
-    let figures = || {
-        (
-            predictions.batches.load(Relaxed),
-            predictions.conflicts.load(Relaxed),
-        )
-    };
+    let figures = || figures(&store_a);
     let transfer = || new_tx(vec![posting("world", "x", 1, "USD")]);
     for name in ["shared", "own"] {
         create_ledger(&a, name);

@@ -79,15 +79,7 @@ impl Fixture {
 
     /// Balance of a wallet's balance in USD, read from the raw ledger.
     fn usd_of(&self, address: &str) -> i128 {
-        match self.ledgers().get_account(LEDGER, address, None) {
-            Ok(account) => account
-                .volumes
-                .get("USD")
-                .map(|v| v.input - v.output)
-                .unwrap_or(0),
-            Err(coffer_ledger::LedgerError::NotFound(_)) => 0,
-            Err(err) => panic!("{err}"),
-        }
+        support::usd_of(&self.wallets, address)
     }
 
     fn usd_in(&self, wallet: &Wallet, balance: &str) -> i128 {
@@ -1240,20 +1232,10 @@ fn balance_creations_racing_on_one_wallet_keep_its_cap_and_each_name_once() {
     for refused in last.iter().filter_map(|r| r.as_ref().err()) {
         check_validation::<()>(Err(refused.clone()), "at most");
     }
-    let mut stored = 0;
-    let mut request = page(100);
-    loop {
-        let listed = f
-            .wallets
-            .list_balances(&wallet.id, &Metadata::new(), &request)
-            .unwrap();
-        stored += listed.data.len();
-        match listed.next {
-            Some(next) if listed.has_more => request.cursor = Some(next),
-            _ => break,
-        }
-    }
-    assert_eq!(stored, BALANCES_PER_WALLET_MAX);
+    assert_eq!(
+        support::balances_stored(&f.wallets, &wallet.id),
+        BALANCES_PER_WALLET_MAX
+    );
 }
 
 #[test]

@@ -67,14 +67,19 @@ pub fn racing_services_keep_the_balance_cap(first: &Wallets, second: &Wallets) {
             other => panic!("expected the cap's refusal, got {other:?}"),
         }
     }
+    assert_eq!(balances_stored(second, &wallet.id), BALANCES_PER_WALLET_MAX);
+}
+
+/// How many balances wallet `wallet_id` has, listed page by page.
+pub fn balances_stored(wallets: &Wallets, wallet_id: &str) -> usize {
     let mut stored = 0;
     let mut request = PageRequest {
         page_size: Some(100),
         cursor: None,
     };
     loop {
-        let listed = second
-            .list_balances(&wallet.id, &Metadata::new(), &request)
+        let listed = wallets
+            .list_balances(wallet_id, &Metadata::new(), &request)
             .unwrap();
         stored += listed.data.len();
         match listed.next {
@@ -82,11 +87,11 @@ pub fn racing_services_keep_the_balance_cap(first: &Wallets, second: &Wallets) {
             _ => break,
         }
     }
-    assert_eq!(stored, BALANCES_PER_WALLET_MAX);
+    stored
 }
 
 /// USD balance of `address` in the wallets' ledger, read from the raw ledger.
-fn usd_of(wallets: &Wallets, address: &str) -> i128 {
+pub fn usd_of(wallets: &Wallets, address: &str) -> i128 {
     match wallets
         .ledgers()
         .get_account(wallets.ledger(), address, None)
