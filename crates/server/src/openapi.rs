@@ -18,7 +18,8 @@ use utoipa::OpenApi;
     ),
     tags(
         (name = "ledger.v2", description = "Formance Ledger v2 API"),
-        (name = "wallets.v1", description = "Formance Wallets v1 API")
+        (name = "wallets.v1", description = "Formance Wallets v1 API"),
+        (name = "auth", description = "OAuth2 client credentials (when authentication is configured)")
     )
 )]
 pub struct ApiDoc;
@@ -93,6 +94,7 @@ pub fn any_object_schema() -> Schema {
 pub fn finish(api: &mut utoipa::openapi::OpenApi) {
     api.info.version = crate::VERSION.to_string();
     declare_security(api);
+    declare_token_route(api);
     // Generated schemas may be referenced before they are registered; make sure they resolve.
     if let Some(components) = api.components.as_mut() {
         components
@@ -150,3 +152,59 @@ fn declare_security(api: &mut utoipa::openapi::OpenApi) {
 
 /// The name of the security scheme in the OpenAPI document (Formance's).
 const SECURITY_SCHEME: &str = "Authorization";
+
+/// `POST /api/auth/oauth/token` (`crate::auth::token`) takes a form, not JSON, so it is declared
+/// here rather than by an annotation. It needs no token itself (`security: []`).
+fn declare_token_route(api: &mut utoipa::openapi::OpenApi) {
+    let error = serde_json::json!({
+        "description": "An RFC 6749 error",
+        "content": {"application/json": {"schema": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {"type": "string", "enum": [
+                    "invalid_request", "invalid_client", "invalid_scope", "unsupported_grant_type"
+                ]},
+                "error_description": {"type": "string"}
+            }
+        }}}
+    });
+    let item = serde_json::json!({"post": {
+        "tags": ["auth"],
+        "operationId": "getToken",
+        "summary": "Get an access token (OAuth2 client credentials)",
+        "description": "Served only when authentication is configured (`--auth-clients-file`); \
+            404 otherwise. The client's id and secret go in the form or in HTTP Basic.",
+        "security": [],
+        "requestBody": {"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {
+            "type": "object",
+            "required": ["grant_type"],
+            "properties": {
+                "grant_type": {"type": "string", "enum": ["client_credentials"]},
+                "client_id": {"type": "string"},
+                "client_secret": {"type": "string"},
+                "scope": {"type": "string", "description": "Space-separated; all of the client's when absent"}
+            }
+        }}}},
+        "responses": {
+            "200": {"description": "A bearer token", "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["access_token", "token_type", "expires_in", "scope"],
+                "properties": {
+                    "access_token": {"type": "string"},
+                    "token_type": {"type": "string", "enum": ["Bearer"]},
+                    "expires_in": {"type": "integer", "description": "Seconds"},
+                    "scope": {"type": "string"}
+                }
+            }}}},
+            "400": error.clone(),
+            "401": error,
+            "404": {"description": "Authentication is not configured"}
+        }
+    }});
+    let item: utoipa::openapi::PathItem =
+        serde_json::from_value(item).expect("the token route's document is well-formed");
+    api.paths
+        .paths
+        .insert(crate::auth::TOKEN_PATH.to_string(), item);
+}

@@ -362,6 +362,18 @@ fn the_openapi_document_declares_the_scheme_and_each_operations_scope() {
         security("/api/wallets/wallets/{id}/debit", "post"),
         json!([{"Authorization": ["wallets:write"]}])
     );
+    let token = &doc["paths"][TOKEN_PATH]["post"];
+    assert_eq!(
+        token["security"],
+        json!([]),
+        "the token route needs no token"
+    );
+    let form = &token["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"];
+    assert_eq!(
+        form["properties"]["grant_type"]["enum"],
+        json!(["client_credentials"])
+    );
+    assert!(token["responses"]["200"]["content"]["application/json"].is_object());
     let mut operations = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
