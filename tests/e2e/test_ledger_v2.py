@@ -767,6 +767,22 @@ def test_an_unknown_ledger_is_not_found(http):
     assert (res.status_code, res.json()["errorCode"]) == (404, "NOT_FOUND")
 
 
+def test_bulk_on_an_unknown_ledger_is_not_found(sdk):
+    # The whole request is a typed 404, whatever its elements (none, plain or atomic), as Formance.
+    missing = unique("nobulk")
+    metadata = {"action": "ADD_METADATA", "data": {"target_type": "ACCOUNT", "target_id": "a", "metadata": {"k": "v"}}}
+    for elements, atomic in (([], None), ([metadata], None), ([metadata], True)):
+        request = {"ledger": missing, "request_body": elements}
+        if atomic:
+            request["atomic"] = True
+        with pytest.raises(L.ErrorsV2ErrorResponse) as excinfo:
+            sdk.ledger.v2.create_bulk(request=request)
+        assert ledger_error(excinfo) == (404, "LEDGER_NOT_FOUND"), (elements, atomic)
+    # Nothing made the ledger on the way.
+    with pytest.raises(L.ErrorsV2ErrorResponse):
+        sdk.ledger.v2.get_ledger(request={"ledger": missing})
+
+
 def test_atomic_bulk_refuses_parallel(sdk, ledger, http):
     res = http.post(
         f"/api/ledger/v2/{ledger}/_bulk",

@@ -1678,6 +1678,13 @@ async fn create_bulk(
             "at most {BULK_ELEMENTS_MAX} bulk elements"
         ))));
     }
+    // As Formance: an unknown ledger is a 404 for the whole request (also when it is empty),
+    // not one failed element after another.
+    {
+        let state = state.clone();
+        let ledger = ledger.clone();
+        blocking(move || Ok(state.ledgers.ledger(&ledger).map(|_| ())?)).await?;
+    }
     if params.atomic.unwrap_or(false) {
         if params.parallel.unwrap_or(false) {
             return Err(ApiError::Precondition(
