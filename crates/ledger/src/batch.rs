@@ -25,7 +25,7 @@ use crate::store::{
 use crate::time::Timestamp;
 use crate::types::{
     default_features, LedgerId, Metadata, Posting, Transaction, TxId, Volumes, VolumesByAccount,
-    POSTINGS_MAX, WORLD,
+    FEATURE_VALUES, POSTINGS_MAX, WORLD,
 };
 
 /// Metadata key Formance sets on the transaction that reverts another.
@@ -426,9 +426,15 @@ impl<'w> Batch<'w> {
         }
         let mut all_features = default_features();
         for (key, value) in features {
-            if !all_features.contains_key(key) {
+            let Some((_, accepted)) = FEATURE_VALUES.iter().find(|(name, _)| name == key) else {
                 return Err(LedgerError::Validation(format!(
                     "features: unknown feature {key:?}"
+                )));
+            };
+            if !accepted.contains(&value.as_str()) {
+                return Err(LedgerError::Validation(format!(
+                    "features: {key} cannot be {value:?} (one of {})",
+                    accepted.join(", ")
                 )));
             }
             all_features.insert(key.clone(), value.clone());

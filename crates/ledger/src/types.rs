@@ -346,6 +346,19 @@ pub fn default_features() -> Metadata {
     .collect()
 }
 
+/// The values each feature accepts (Formance's `FeatureConfigurations`). Coffer always keeps
+/// moves, effective volumes, hashes and metadata histories; the values are recorded and reported.
+pub const FEATURE_VALUES: &[(&str, &[&str])] = &[
+    ("ACCOUNT_METADATA_HISTORY", &["SYNC", "DISABLED"]),
+    ("HASH_LOGS", &["SYNC", "ASYNC", "DISABLED"]),
+    ("MOVES_HISTORY", &["ON", "OFF"]),
+    (
+        "MOVES_HISTORY_POST_COMMIT_EFFECTIVE_VOLUMES",
+        &["SYNC", "DISABLED"],
+    ),
+    ("TRANSACTION_METADATA_HISTORY", &["SYNC", "DISABLED"]),
+];
+
 /// The first `segments` segments of an address, or all of it if it has fewer (volumes grouped
 /// with `groupBy`).
 pub fn address_prefix(address: &str, segments: usize) -> &str {

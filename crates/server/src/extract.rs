@@ -9,6 +9,7 @@ use coffer_wallets::WalletError;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::strict::Strict;
 
 pub const BODY_BYTES_MAX: usize = 1024 * 1024;
 
@@ -80,7 +81,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Resul
         ));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+    let value = serde_path_to_error::deserialize(Strict(&mut deserializer)).map_err(|err| {
         let field = err.path().to_string();
         let inner = err.into_inner();
         if field == "." || field.is_empty() {
@@ -88,7 +89,12 @@ pub(crate) fn parse_json<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Resul
         } else {
             invalid(path, format!("invalid JSON body at {field}: {inner}"))
         }
-    })
+    })?;
+    // One document: what follows it is an error, not something to ignore.
+    deserializer
+        .end()
+        .map_err(|err| invalid(path, format!("invalid JSON body: {err}")))?;
+    Ok(value)
 }
 
 /// A JSON body, required.

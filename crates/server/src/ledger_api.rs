@@ -1381,7 +1381,7 @@ fn decode_hash(field: &str, text: &str) -> ApiResult<[u8; 32]> {
 fn imported_log(value: Value) -> ApiResult<Log> {
     let import = |message: String| ApiError::Ledger(LedgerError::Import(message));
     let log: ImportedLog =
-        serde_json::from_value(value).map_err(|e| import(format!("invalid log: {e}")))?;
+        crate::strict::from_value(value).map_err(|e| import(format!("invalid log: {e}")))?;
     Ok(Log {
         id: log.id,
         kind: LogType::parse(&log.kind)
@@ -1533,7 +1533,7 @@ fn json_stream(bytes: &[u8]) -> ApiResult<Vec<V2BulkElement>> {
                 "at most {BULK_ELEMENTS_MAX} bulk elements"
             )));
         }
-        elements.push(serde_json::from_value(value).map_err(|e| at(e.to_string()))?);
+        elements.push(crate::strict::from_value(value).map_err(|e| at(e.to_string()))?);
     }
     Ok(elements)
 }
@@ -1605,6 +1605,12 @@ fn script_stream(bytes: &[u8]) -> ApiResult<Vec<V2BulkElement>> {
 fn bulk_command(element: &V2BulkElement) -> ApiResult<Command> {
     let data = element.data.clone();
     let field = |name: &str| data.get(name).cloned().unwrap_or(Value::Null);
+    // An absent flag is false; one of another type is an error, not false.
+    let flag = |name: &str| match field(name) {
+        Value::Null => Ok(false),
+        Value::Bool(value) => Ok(value),
+        _ => Err(invalid(format!("data.{name}: expected true or false"))),
+    };
     // As in Formance, `targetType` says how to read `targetId`: an address, or a transaction id.
     let parse_target = || -> ApiResult<Target> {
         match (field("targetType").as_str(), field("targetId")) {
@@ -1622,13 +1628,13 @@ fn bulk_command(element: &V2BulkElement) -> ApiResult<Command> {
     };
     Ok(match element.action.as_str() {
         "CREATE_TRANSACTION" => {
-            let body: V2PostTransaction =
-                serde_json::from_value(data.clone()).map_err(|e| invalid(format!("data: {e}")))?;
+            let body: V2PostTransaction = crate::strict::from_value(data.clone())
+                .map_err(|e| invalid(format!("data: {e}")))?;
             Command::CreateTransaction(new_transaction(body, None)?)
         }
         "ADD_METADATA" => Command::SaveMetadata {
             target: parse_target()?,
-            metadata: serde_json::from_value(field("metadata"))
+            metadata: crate::strict::from_value(field("metadata"))
                 .map_err(|e| invalid(format!("data.metadata: {e}")))?,
         },
         "DELETE_METADATA" => Command::DeleteMetadata {
@@ -1642,9 +1648,13 @@ fn bulk_command(element: &V2BulkElement) -> ApiResult<Command> {
             id: field("id")
                 .as_u64()
                 .ok_or_else(|| invalid("data.id: expected a transaction id"))?,
-            force: field("force").as_bool().unwrap_or(false),
-            at_effective_date: field("atEffectiveDate").as_bool().unwrap_or(false),
-            metadata: serde_json::from_value(field("metadata")).unwrap_or_default(),
+            force: flag("force")?,
+            at_effective_date: flag("atEffectiveDate")?,
+            metadata: match field("metadata") {
+                Value::Null => Metadata::default(),
+                value => crate::strict::from_value(value)
+                    .map_err(|e| invalid(format!("data.metadata: {e}")))?,
+            },
         },
         other => return Err(invalid(format!("action: unknown bulk action {other:?}"))),
     })

@@ -27,6 +27,7 @@ pub mod error;
 pub mod extract;
 mod ledger_api;
 pub mod openapi;
+pub mod strict;
 mod wallets_api;
 
 pub use error::ApiError;

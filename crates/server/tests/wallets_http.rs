@@ -868,3 +868,115 @@ fn amounts_that_are_not_integers_are_refused_by_name() {
         json!(1267650600228229401496703205383_u128)
     );
 }
+
+/// A body is one JSON document, and a struct is an object: serde would otherwise read an array
+/// by position (`[[postings], null, null, "ref"]` as a transaction) and ignore what follows the
+/// document. Each of these is refused, and none writes anything.
+#[test]
+fn bodies_are_one_json_document_with_objects_for_structs() {
+    let app = app();
+    let wallet = app.create_wallet("shape", json!({}));
+    app.credit(&wallet, json!({"amount": usd(100), "metadata": {}}));
+    let created = app.post("/api/ledger/v2/shapes", json!({}));
+    assert_eq!(created.status, StatusCode::NO_CONTENT);
+    let posting = r#"{"source":"world","destination":"a","amount":7,"asset":"USD"}"#;
+    let check = |method: Method, uri: &str, body: String, code: &str, expected: &str| {
+        let reply = app.send(method.clone(), uri, Some(body.clone().into_bytes()), None);
+        // `_bulk` reports a refused element in its results, others in the error body.
+        let message = if uri.ends_with("/_bulk") {
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+            let element = reply.json()["data"][0].clone();
+            assert_eq!(element["errorCode"], code, "{element}");
+            element["errorDescription"].as_str().unwrap().to_string()
+        } else {
+            reply.error(StatusCode::BAD_REQUEST, code)
+        };
+        assert!(
+            message.contains(expected),
+            "{method} {uri} {body}: {message:?} does not contain {expected:?}"
+        );
+    };
+    let transactions = "/api/ledger/v2/shapes/transactions";
+    check(
+        Method::POST,
+        transactions,
+        format!(r#"[[{posting}], null, null, "by-position"]"#),
+        "VALIDATION",
+        "invalid type: sequence, expected struct",
+    );
+    check(
+        Method::POST,
+        transactions,
+        format!(r#"{{"postings": [["world", "a", 7, "USD"]]}}"#),
+        "VALIDATION",
+        "at postings[0]: invalid type: sequence",
+    );
+    check(
+        Method::POST,
+        transactions,
+        format!(r#"{{"postings": [{posting}]}} trailing"#),
+        "VALIDATION",
+        "trailing characters",
+    );
+    check(
+        Method::POST,
+        transactions,
+        format!(r#"{{"postings": [{posting}]}} {{"postings": [{posting}]}}"#),
+        "VALIDATION",
+        "trailing characters",
+    );
+    check(
+        Method::POST,
+        "/api/ledger/v2/by-position",
+        "[]".into(),
+        "VALIDATION",
+        "invalid type: sequence",
+    );
+    check(
+        Method::POST,
+        "/api/ledger/v2/shapes/_bulk",
+        format!(r#"[{{"action": "CREATE_TRANSACTION", "data": [[{posting}]]}}]"#),
+        "VALIDATION",
+        "invalid type: sequence",
+    );
+    check(
+        Method::POST,
+        "/api/ledger/v2/shapes/_bulk",
+        r#"[{"action": "REVERT_TRANSACTION", "data": {"id": 1, "force": "yes"}}]"#.into(),
+        "VALIDATION",
+        "data.force: expected true or false",
+    );
+    check(
+        Method::POST,
+        "/api/wallets/wallets",
+        r#"["by-position", {"a": "b"}]"#.into(),
+        "VALIDATION",
+        "invalid type: sequence",
+    );
+    check(
+        Method::POST,
+        &format!("/api/wallets/wallets/{wallet}/credit"),
+        r#"[["USD", 5]]"#.into(),
+        "VALIDATION",
+        "invalid type: sequence",
+    );
+    check(
+        Method::POST,
+        &format!("/api/wallets/wallets/{wallet}/debit"),
+        r#"{"amount": {"asset": "USD", "amount": 5}, "metadata": {}} x"#.into(),
+        "VALIDATION",
+        "trailing characters",
+    );
+    // Nothing was written: no transaction, no ledger, no wallet, the balance as credited.
+    let stats = app.ok(app.get("/api/ledger/v2/shapes/stats"), StatusCode::OK);
+    assert_eq!(stats["data"]["transactions"], 0, "{stats}");
+    let count = app.send(Method::GET, "/api/ledger/v2/by-position", None, None);
+    assert_eq!(count.status, StatusCode::NOT_FOUND);
+    let wallets = app.ok(app.get("/api/wallets/wallets"), StatusCode::OK);
+    assert_eq!(wallets["cursor"]["data"].as_array().unwrap().len(), 1);
+    let balance = app.ok(
+        app.get(&format!("/api/wallets/wallets/{wallet}/balances/main")),
+        StatusCode::OK,
+    );
+    assert_eq!(balance["data"]["assets"]["USD"], 100);
+}

@@ -195,6 +195,40 @@ pub fn ledger_lifecycle(backend: &dyn Backend) {
         ledgers.ledger("nope"),
         Err(LedgerError::LedgerNotFound(_))
     ));
+    // Feature names and values are Formance's; anything else is refused and creates nothing.
+    let with_features = |name: &str, pairs: &[(&str, &str)]| {
+        let command = Command::CreateLedger {
+            bucket: None,
+            metadata: Metadata::new(),
+            features: meta(pairs),
+        };
+        match ledgers.write_blocking(Request::new(name, command)) {
+            Ok(_) => "created".to_string(),
+            Err(err) => err.to_string(),
+        }
+    };
+    for (pairs, expected) in [
+        (&[("HASH_LOGS", "NOPE")][..], "HASH_LOGS cannot be \"NOPE\""),
+        (&[("MOVES_HISTORY", "")][..], "MOVES_HISTORY cannot be \"\""),
+        (&[("WHATEVER", "ON")][..], "unknown feature \"WHATEVER\""),
+    ] {
+        let got = with_features("featured", pairs);
+        assert!(got.contains(expected), "{pairs:?}: {got}");
+    }
+    assert!(ledgers.reader().get_ledger("featured").unwrap().is_none());
+    assert_eq!(
+        with_features(
+            "featured",
+            &[("HASH_LOGS", "DISABLED"), ("MOVES_HISTORY", "OFF")]
+        ),
+        "created"
+    );
+    let info = ledgers.ledger("featured").unwrap();
+    assert_eq!(
+        info.features.get("MOVES_HISTORY").map(String::as_str),
+        Some("OFF")
+    );
+    assert_eq!(info.features.len(), 5);
     let update = Command::UpdateLedgerMetadata {
         metadata: meta(&[("team", "payments"), ("tier", "1")]),
     };
@@ -221,7 +255,7 @@ pub fn ledger_lifecycle(backend: &dyn Backend) {
     .into_iter()
     .map(|l| l.name)
     .collect();
-    assert_eq!(names, ["a", "b", "c", "main"]);
+    assert_eq!(names, ["a", "b", "c", "featured", "main"]);
     let unknown = ledgers.write_blocking(Request::new(
         "ghost",
         Command::CreateTransaction(new_tx(vec![posting("world", "a", 1, "USD")])),
