@@ -192,8 +192,9 @@ impl Wallets {
             if hold.is_closed() {
                 return Err(WalletError::HoldClosed);
             }
-            return Err(WalletError::Ledger(coffer_ledger::LedgerError::Store(
-                format!("hold {id}: no transaction funds it"),
+            // The hold account was made through the ledger API, not by a debit.
+            return Err(WalletError::validation(format!(
+                "hold {id}: no transaction funds it (its account was not made by a debit)"
             )));
         };
         let returns: Vec<(String, coffer_ledger::Amount)> = debit
@@ -202,13 +203,15 @@ impl Wallets {
             .filter(|p| p.destination == address && p.asset == hold.hold.asset)
             .map(|p| (p.source.clone(), p.amount))
             .collect();
+        // Its metadata (the asset) and its funding can be rewritten through the ledger API:
+        // refuse what no longer matches, rather than fail in the script.
         if returns.is_empty() || returns.len() > BALANCES_PER_WALLET_MAX {
-            return Err(WalletError::Ledger(coffer_ledger::LedgerError::Store(
-                format!(
-                    "hold {id}: the funding transaction {} has {} postings into the hold",
-                    debit.id,
-                    returns.len()
-                ),
+            return Err(WalletError::validation(format!(
+                "hold {id}: its ledger metadata no longer matches the transaction that funded it \
+                 ({} has {} postings of {:?} into the hold)",
+                debit.id,
+                returns.len(),
+                hold.hold.asset
             )));
         }
         let script = scripts::void_hold(&address, &hold.hold.asset, &returns);

@@ -279,11 +279,19 @@ impl Wallets {
         let balances: Vec<Balance> = match sources {
             DebitSources::Main => return Ok(vec![chart::main_account(wallet_id)]),
             DebitSources::All => {
-                let mut balances: Vec<Balance> = self
-                    .all_balances(wallet_id)?
-                    .iter()
-                    .map(balance_of)
-                    .collect();
+                let accounts = self.all_balances(wallet_id)?;
+                // A balance's name is its account's metadata, which the ledger API can rewrite:
+                // refuse one that no longer names its own account, rather than debit another
+                // account or fail in the script.
+                if let Some(account) = accounts.iter().find(|account| {
+                    chart::balance_account(wallet_id, &balance_of(account).name) != account.address
+                }) {
+                    return Err(WalletError::validation(format!(
+                        "balances: account {:?}'s ledger metadata no longer names it as a balance of this wallet",
+                        account.address
+                    )));
+                }
+                let mut balances: Vec<Balance> = accounts.iter().map(balance_of).collect();
                 assert!(balances.len() <= BALANCES_PER_WALLET_MAX);
                 balances.sort_by(wildcard_order);
                 balances

@@ -1403,6 +1403,64 @@ fn a_hold_whose_metadata_was_rewritten_through_the_ledger_is_refused_not_a_failu
         "{refused:?}"
     );
     assert_eq!(f.wallets.get_hold(&hold.id).unwrap().remaining, 5);
+    // A void reads the asset from the metadata: another asset than the hold was funded in.
+    let rewrite_asset = |hold: &str, asset: &str| {
+        let command = coffer_ledger::Command::SaveMetadata {
+            target: coffer_ledger::Target::Account(chart::hold_account(hold)),
+            metadata: meta(&[(chart::KEY_HOLD_ASSET, asset)]),
+        };
+        f.ledgers()
+            .write_blocking(coffer_ledger::command::Request::new(LEDGER, command))
+            .unwrap();
+    };
+    rewrite_asset(&hold.id, "EUR");
+    let refused = f.wallets.void_hold(&hold.id, None).unwrap_err();
+    assert!(
+        matches!(refused, WalletError::Validation(ref m) if m.contains("no longer matches")),
+        "{refused:?}"
+    );
+    // Put back, the hold voids as it would have.
+    rewrite_asset(&hold.id, "USD");
+    f.wallets.void_hold(&hold.id, None).unwrap();
+    assert_eq!(f.usd_in(&wallet, "main"), 10);
+}
+
+#[test]
+fn a_balance_whose_name_was_rewritten_through_the_ledger_refuses_wildcard_debits() {
+    let f = fixture();
+    let wallet = f.wallet("w");
+    f.balance(&wallet, "coupon", None, 1);
+    f.credit(&wallet, Some("coupon"), 4);
+    f.credit(&wallet, None, 10);
+    let rename = |name: &str| {
+        let command = coffer_ledger::Command::SaveMetadata {
+            target: coffer_ledger::Target::Account(chart::balance_account(&wallet.id, "coupon")),
+            metadata: meta(&[(chart::KEY_BALANCE_NAME, name)]),
+        };
+        f.ledgers()
+            .write_blocking(coffer_ledger::command::Request::new(LEDGER, command))
+            .unwrap();
+    };
+    for name in ["", "main", "other", "garb\"age{"] {
+        rename(name);
+        let refused = f
+            .wallets
+            .debit(&debit(&wallet, 6, DebitSources::All), None)
+            .unwrap_err();
+        assert!(
+            matches!(refused, WalletError::Validation(ref m) if m.contains("no longer names it")),
+            "{name:?}: {refused:?}"
+        );
+    }
+    // Named back, `*` takes the coupon first, then main.
+    rename("coupon");
+    f.wallets
+        .debit(&debit(&wallet, 6, DebitSources::All), None)
+        .unwrap();
+    assert_eq!(
+        (f.usd_in(&wallet, "coupon"), f.usd_in(&wallet, "main")),
+        (0, 8)
+    );
 }
 
 #[test]
