@@ -24,8 +24,8 @@ use crate::store::{
 };
 use crate::time::Timestamp;
 use crate::types::{
-    default_features, LedgerId, Metadata, Posting, Transaction, TxId, Volumes, VolumesByAccount,
-    FEATURE_VALUES, POSTINGS_MAX, WORLD,
+    default_features, is_valid_address, LedgerId, Metadata, Posting, Transaction, TxId, Volumes,
+    VolumesByAccount, FEATURE_VALUES, POSTINGS_MAX, WORLD,
 };
 
 /// Metadata key Formance sets on the transaction that reverts another.
@@ -1205,9 +1205,14 @@ impl<'w> Batch<'w> {
                 self.import_transaction(current, &payload.transaction, &BTreeMap::new())
                     .and_then(|_| {
                         let id = payload.reverted_transaction.id;
-                        self.transaction(ledger, id)?.ok_or_else(|| {
+                        let reverted = self.transaction(ledger, id)?.ok_or_else(|| {
                             LedgerError::Import(format!("reverted transaction {id} is unknown"))
                         })?;
+                        if reverted.reverted_at.is_some() {
+                            return Err(LedgerError::Import(format!(
+                                "transaction {id} is already reverted"
+                            )));
+                        }
                         let entry = self.transactions.get_mut(&(ledger, id)).expect("loaded");
                         entry.tx.reverted_at = Some(log.date);
                         entry.tx.updated_at = log.date;
@@ -1218,14 +1223,22 @@ impl<'w> Batch<'w> {
             LogType::SetMetadata => {
                 let payload: SetMetadataPayload =
                     serde_json::from_str(&log.data).map_err(invalid)?;
-                self.import_metadata(ledger, &payload.target_id, Some(&payload.metadata), None)
+                let target = import_target(log.id, &payload.target_type, &payload.target_id)?;
+                self.import_metadata(ledger, &target, Some(&payload.metadata), None)
             }
             LogType::DeleteMetadata => {
                 let payload: DeleteMetadataPayload =
                     serde_json::from_str(&log.data).map_err(invalid)?;
-                self.import_metadata(ledger, &payload.target_id, None, Some(&payload.key))
+                let target = import_target(log.id, &payload.target_type, &payload.target_id)?;
+                self.import_metadata(ledger, &target, None, Some(&payload.key))
             }
         }
+        .map_err(|err| match err {
+            // What the log asks for is refused as an import error, naming the log; the store's
+            // own failures stay what they are.
+            LedgerError::Import(_) | LedgerError::Store(_) | LedgerError::Unavailable => err,
+            other => LedgerError::Import(format!("log {}: {other}", log.id)),
+        })
     }
 
     fn import_transaction(
@@ -1272,6 +1285,11 @@ impl<'w> Batch<'w> {
         self.next_transaction(&head.name, &tx);
         self.apply(ledger, &tx, overlay);
         for (address, extra) in account_metadata {
+            if !is_valid_address(address) {
+                return Err(LedgerError::Import(format!(
+                    "accountMetadata: invalid address {address:?}"
+                )));
+            }
             let mut current = self.account_metadata(ledger, address)?.unwrap_or_default();
             current.extend(extra.clone());
             self.set_account_metadata(ledger, address, current);
@@ -1595,5 +1613,22 @@ impl numscript::Store for ScriptView<'_, '_> {
                 Err(numscript::StoreError(message))
             }
         }
+    }
+}
+
+/// What an imported metadata log targets, read as its `targetType` says (as Formance does):
+/// an account's address, or a transaction's id as a number.
+fn import_target(log_id: u64, target_type: &str, id: &TargetId) -> Result<TargetId, LedgerError> {
+    let refuse = |message: String| LedgerError::Import(format!("log {log_id}: {message}"));
+    match (target_type, id) {
+        (TARGET_ACCOUNT, TargetId::Account(address)) if is_valid_address(address) => Ok(id.clone()),
+        (TARGET_ACCOUNT, _) => Err(refuse(format!("targetId: invalid address {id:?}"))),
+        (TARGET_TRANSACTION, TargetId::Transaction(_)) => Ok(id.clone()),
+        (TARGET_TRANSACTION, _) => Err(refuse(format!(
+            "targetId: expected a transaction id (a number), got {id:?}"
+        ))),
+        (other, _) => Err(refuse(format!(
+            "targetType: expected {TARGET_ACCOUNT:?} or {TARGET_TRANSACTION:?}, got {other:?}"
+        ))),
     }
 }

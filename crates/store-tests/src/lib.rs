@@ -1983,6 +1983,117 @@ pub fn export_import(backend: &dyn Backend) {
         .list_transactions("dup", TransactionsQuery::default(), &PageRequest::default())
         .unwrap();
     assert_eq!(listed.data.len(), 2);
+    // Logs that ask for what the API refuses are refused as import errors, and leave nothing:
+    // metadata on an address that is not one, a target read against its `targetType`, a
+    // transaction reverted twice.
+    create_ledger(&ledgers, "revsrc");
+    commit(
+        &ledgers,
+        "revsrc",
+        new_tx(vec![posting("world", "a", 10, "USD")]),
+    )
+    .unwrap();
+    let revert = Command::RevertTransaction {
+        id: 1,
+        force: false,
+        at_effective_date: false,
+        metadata: Metadata::new(),
+    };
+    ledgers
+        .write_blocking(Request::new("revsrc", revert))
+        .unwrap();
+    let mut source = ledgers.scan_logs("revsrc", 0, 10).unwrap();
+    for log in &mut source {
+        log.hash = [0; 32]; // no hash: the chain is not checked
+    }
+    let mut twice = source[1].clone();
+    twice.id = 3;
+    let mut data: serde_json::Value = serde_json::from_str(&twice.data).unwrap();
+    data["transaction"]["id"] = 3.into();
+    twice.data = data.to_string();
+    let metadata_log = |kind: coffer_ledger::log::LogType, data: serde_json::Value| {
+        vec![coffer_ledger::log::Log {
+            kind,
+            data: data.to_string(),
+            ..source[0].clone()
+        }]
+    };
+    let mut bad_account_metadata = source[0].clone();
+    let mut data: serde_json::Value = serde_json::from_str(&bad_account_metadata.data).unwrap();
+    data["accountMetadata"] = serde_json::json!({"a::b": {"k": "v"}});
+    bad_account_metadata.data = data.to_string();
+    use coffer_ledger::log::LogType::{DeleteMetadata, SetMetadata};
+    let cases = [
+        (
+            metadata_log(
+                SetMetadata,
+                serde_json::json!({"targetType": "ACCOUNT", "targetId": "a::b", "metadata": {"k": "v"}}),
+            ),
+            "targetId: invalid address",
+        ),
+        (
+            metadata_log(
+                DeleteMetadata,
+                serde_json::json!({"targetType": "ACCOUNT", "targetId": "", "key": "k"}),
+            ),
+            "targetId: invalid address",
+        ),
+        (
+            metadata_log(
+                SetMetadata,
+                serde_json::json!({"targetType": "NOPE", "targetId": "a", "metadata": {"k": "v"}}),
+            ),
+            "targetType: expected",
+        ),
+        (
+            metadata_log(
+                SetMetadata,
+                serde_json::json!({"targetType": "TRANSACTION", "targetId": "1", "metadata": {"k": "v"}}),
+            ),
+            "expected a transaction id",
+        ),
+        (
+            metadata_log(
+                SetMetadata,
+                serde_json::json!({"targetType": "ACCOUNT", "targetId": 1, "metadata": {"k": "v"}}),
+            ),
+            "targetId: invalid address",
+        ),
+        (
+            vec![bad_account_metadata],
+            "accountMetadata: invalid address",
+        ),
+        (
+            vec![source[0].clone(), source[1].clone(), twice],
+            "transaction 1 is already reverted",
+        ),
+    ];
+    for (index, (logs, expected)) in cases.into_iter().enumerate() {
+        let name = format!("refused-{index}");
+        create_ledger(&ledgers, &name);
+        let err = ledgers
+            .write_blocking(Request::new(&name, Command::ImportLogs { logs }))
+            .unwrap_err();
+        assert!(
+            matches!(err, LedgerError::Import(ref m) if m.contains(expected)),
+            "case {index}: {err:?} does not say {expected:?}"
+        );
+        assert!(
+            ledgers.scan_logs(&name, 0, 10).unwrap().is_empty(),
+            "case {index}"
+        );
+    }
+    // The two logs alone import as they were written.
+    create_ledger(&ledgers, "revcopy");
+    ledgers
+        .write_blocking(Request::new(
+            "revcopy",
+            Command::ImportLogs {
+                logs: source.clone(),
+            },
+        ))
+        .unwrap();
+    assert_eq!(balance(&ledgers, "revcopy", "a", "USD"), 0);
     let verified = coffer_ledger::verify::verify(ledgers.store().as_ref()).unwrap();
     assert!(verified.is_ok(), "{verified}");
 }
