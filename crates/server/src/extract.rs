@@ -140,6 +140,24 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
+/// Path parameters, with a malformed one (such as invalid UTF-8 once percent-decoded) refused
+/// as a JSON error of the request's API, not axum's plain-text rejection.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(rejection) => Err(invalid(
+                parts.uri.path(),
+                format!("invalid path: {}", rejection.body_text()),
+            )),
+        }
+    }
+}
+
 /// Query parameters; unknown parameters are ignored, malformed ones rejected with their name.
 pub struct Query<T>(pub T);
 

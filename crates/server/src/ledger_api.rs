@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -28,7 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorResponse};
-use crate::extract::{IdempotencyKey, JsonBody, OptionalJsonBody, Query, RawBody};
+use crate::extract::{IdempotencyKey, JsonBody, OptionalJsonBody, Path, Query, RawBody};
 use crate::{blocking, SharedState};
 
 type ApiResult<T> = Result<T, ApiError>;

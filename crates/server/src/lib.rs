@@ -118,6 +118,7 @@ pub fn router(state: SharedState) -> Router {
             axum::routing::get(|| async { StatusCode::OK }),
         )
         .route(auth::TOKEN_PATH, axum::routing::post(auth::token))
+        .fallback(no_route)
         .layer(middleware::from_fn(extract::refuse_nul))
         .layer(middleware::from_fn(bigint::layer))
         .layer(middleware::from_fn_with_state(state.clone(), auth::check))
@@ -133,6 +134,21 @@ pub fn api_parts() -> (Router<SharedState>, utoipa::openapi::OpenApi) {
     let (router, mut api) = router.split_for_parts();
     openapi::finish(&mut api);
     (router, api)
+}
+
+/// A path no route serves: a ledger-style JSON 404 naming it; under the wallets API, the empty
+/// 404 of its other not-found answers.
+async fn no_route(request: Request) -> Response {
+    let path = request.uri().path();
+    if path.starts_with("/api/wallets") {
+        return error::ApiError::Wallet(coffer_wallets::WalletError::NotFound(path.to_string()))
+            .into_response();
+    }
+    error::ApiError::Ledger(coffer_ledger::LedgerError::NotFound(format!(
+        "no route serves {} {path}",
+        request.method()
+    )))
+    .into_response()
 }
 
 async fn metrics_endpoint(State(state): State<SharedState>) -> Response {

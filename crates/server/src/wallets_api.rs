@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,7 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorResponse};
-use crate::extract::{IdempotencyKey, JsonBody, OptionalJsonBody, Query, QueryPairs};
+use crate::extract::{IdempotencyKey, JsonBody, OptionalJsonBody, Path, Query, QueryPairs};
 use crate::{blocking, SharedState};
 
 type ApiResult<T> = Result<T, ApiError>;

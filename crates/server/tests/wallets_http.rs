@@ -980,3 +980,31 @@ fn bodies_are_one_json_document_with_objects_for_structs() {
     );
     assert_eq!(balance["data"]["assets"]["USD"], 100);
 }
+
+/// Paths that do not decode, and paths no route serves, answer in the API's own error format.
+#[test]
+fn malformed_paths_and_unknown_routes_answer_in_the_apis_format() {
+    let app = app();
+    let wallet = app.create_wallet("paths", json!({}));
+    for uri in [
+        "/api/ledger/v2/%FF",
+        "/api/ledger/v2/%FF/transactions",
+        "/api/ledger/v2/wallets-002/accounts/%C3%28",
+    ] {
+        let message = app.get(uri).error(StatusCode::BAD_REQUEST, "VALIDATION");
+        assert!(message.contains("invalid path"), "{uri}: {message}");
+    }
+    let message = app
+        .get("/api/wallets/wallets/%FF")
+        .error(StatusCode::BAD_REQUEST, "VALIDATION");
+    assert!(message.contains("invalid path"), "{message}");
+    for uri in ["/api/ledger/v2/wallets-002/accounts/", "/nothing/here"] {
+        let message = app.get(uri).error(StatusCode::NOT_FOUND, "NOT_FOUND");
+        assert!(message.contains(uri), "{uri}: {message}");
+    }
+    // The wallets API's not-found answers are empty, on routes it serves and on others alike.
+    app.get("/api/wallets/wallets/00000000-0000-0000-0000-000000000000")
+        .empty(StatusCode::NOT_FOUND);
+    app.get(&format!("/api/wallets/wallets/{wallet}/nothing"))
+        .empty(StatusCode::NOT_FOUND);
+}
