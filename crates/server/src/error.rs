@@ -29,6 +29,8 @@ pub enum ApiError {
     Wallet(WalletError),
     /// A request body over the limit.
     TooLarge { wallets: bool },
+    /// A request body that did not arrive in time (a stalled or very slow client).
+    BodyTimeout,
     /// Options that cannot go together (412, as Formance answers `atomic` with `parallel`).
     Precondition(String),
 }
@@ -139,6 +141,14 @@ impl IntoResponse for ApiError {
             ApiError::Precondition(message) => {
                 json_error(StatusCode::PRECONDITION_FAILED, "VALIDATION", message)
             }
+            ApiError::BodyTimeout => json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "VALIDATION",
+                format!(
+                    "the request body did not arrive within {} ms",
+                    crate::extract::BODY_READ_MS_MAX
+                ),
+            ),
             ApiError::TooLarge { .. } => json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "VALIDATION",

@@ -26,12 +26,23 @@ pub(crate) fn invalid(path: &str, message: String) -> ApiError {
     }
 }
 
+/// How long a request body may take to arrive, once its headers have: a client that declares
+/// a body and does not send it holds a connection and a task no longer than this.
+pub const BODY_READ_MS_MAX: u64 = 30_000;
+
 pub(crate) async fn read_body(request: Request) -> Result<Bytes, ApiError> {
+    read_body_within(request, BODY_READ_MS_MAX).await
+}
+
+pub(crate) async fn read_body_within(request: Request, ms_max: u64) -> Result<Bytes, ApiError> {
     let wallets = is_wallets(request.uri().path());
     let body = request.into_body();
-    axum::body::to_bytes(body, BODY_BYTES_MAX)
-        .await
-        .map_err(|_| ApiError::TooLarge { wallets })
+    let read = axum::body::to_bytes(body, BODY_BYTES_MAX);
+    match tokio::time::timeout(std::time::Duration::from_millis(ms_max), read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::TooLarge { wallets }),
+        Err(_) => Err(ApiError::BodyTimeout),
+    }
 }
 
 const NUL_MESSAGE: &str = "strings must not contain the NUL character (U+0000)";
@@ -277,5 +288,36 @@ pub(crate) mod amount {
         Option::<serde_json::Number>::deserialize(deserializer)?
             .map(parse)
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+
+    use super::*;
+
+    /// A body declared and never sent is given up on, as a 408, once the limit has passed.
+    #[tokio::test]
+    async fn a_body_that_does_not_arrive_is_given_up_on() {
+        let (_sender, body) = {
+            let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+            let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+            (sender, Body::from_stream(stream))
+        };
+        let request = Request::builder()
+            .uri("/api/ledger/v2/l/transactions")
+            .body(body)
+            .unwrap();
+        let refused = read_body_within(request, 50).await.unwrap_err();
+        assert!(matches!(refused, ApiError::BodyTimeout), "{refused:?}");
+        assert_eq!(
+            refused.into_response().status(),
+            StatusCode::REQUEST_TIMEOUT
+        );
+        let request = Request::builder().body(Body::from("{}")).unwrap();
+        assert_eq!(read_body_within(request, 50).await.unwrap(), "{}");
     }
 }
