@@ -484,17 +484,18 @@ pub async fn token(State(state): State<SharedState>, request: Request) -> Respon
         });
     let read = axum::body::to_bytes(request.into_body(), TOKEN_REQUEST_BYTES_MAX);
     let timeout = std::time::Duration::from_millis(crate::extract::BODY_READ_MS_MAX);
-    let body =
-        match tokio::time::timeout(timeout, read).await {
-            Ok(Ok(body)) => body,
-            _ => return token_error(TokenError::new(
+    let body = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(body)) => body,
+        _ => {
+            return token_error(TokenError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 format!(
                     "the request body is over {TOKEN_REQUEST_BYTES_MAX} bytes, unreadable or late"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let mut form: HashMap<String, String> = HashMap::new();
     for (key, value) in form_urlencoded::parse(&body) {
         if form.insert(key.to_string(), value.to_string()).is_some() {

@@ -57,6 +57,14 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
+/// Open connections at most; more wait to be accepted.
+pub const CONNECTIONS_MAX: usize = 4_096;
+/// How long a connection may take to send a request's headers (and, kept alive, may stay idle).
+pub const HEADER_READ_MS_MAX: u64 = 30_000;
+/// Concurrent requests on one HTTP/2 connection.
+pub const HTTP2_STREAMS_MAX: u32 = 256;
+/// Pause after a failed accept (such as running out of file descriptors).
+const ACCEPT_RETRY_MS: u64 = 50;
 /// How often buffered histogram samples are folded into their buckets.
 const METRICS_UPKEEP_INTERVAL_MS: u64 = 1_000;
 
@@ -208,15 +216,88 @@ pub async fn serve(
     state: SharedState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
+    serve_with_limits(listener, state, shutdown, ServeLimits::default()).await
+}
+
+/// The connection limits of [`serve`].
+#[derive(Clone, Copy, Debug)]
+pub struct ServeLimits {
+    pub connections_max: usize,
+    pub header_read_ms_max: u64,
+}
+
+impl Default for ServeLimits {
+    fn default() -> ServeLimits {
+        ServeLimits {
+            connections_max: CONNECTIONS_MAX,
+            header_read_ms_max: HEADER_READ_MS_MAX,
+        }
+    }
+}
+
+/// [`serve`] with other limits (tests).
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    state: SharedState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
     let app = router(state);
-    // Without TCP_NODELAY a response written in two segments waits for the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
+    let mut builder = Builder::new(TokioExecutor::new());
+    // A client that opens a connection and never finishes its headers is cut off (hyper has
+    // no such limit without a timer).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_ms_max));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(Some(HTTP2_STREAMS_MAX));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
+    tokio::pin!(shutdown);
+    loop {
+        // At most `connections_max` open connections: the next one waits in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(err) => {
+                    // Out of file descriptors, or a connection reset before it was accepted:
+                    // go on, after a pause so that the former does not spin.
+                    tracing::warn!(error = %err, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Without TCP_NODELAY a response written in two segments waits for the client's delayed ACK.
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::warn!(error = %err, "cannot set TCP_NODELAY");
         }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    // Requests in flight are answered; idle connections are closed.
+    graceful.shutdown().await;
+    Ok(())
 }
