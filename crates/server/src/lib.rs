@@ -127,6 +127,7 @@ pub fn router(state: SharedState) -> Router {
         )
         .route(auth::TOKEN_PATH, axum::routing::post(auth::token))
         .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(extract::refuse_nul))
         .layer(middleware::from_fn(bigint::layer))
         .layer(middleware::from_fn_with_state(state.clone(), auth::check))
@@ -157,6 +158,27 @@ async fn no_route(request: Request) -> Response {
         request.method()
     )))
     .into_response()
+}
+
+/// A method a path does not serve: a ledger-style JSON 405 naming it (axum adds `Allow`); under
+/// the wallets API, an empty one.
+async fn method_not_allowed(request: Request) -> Response {
+    let path = request.uri().path();
+    let mut response = if path.starts_with("/api/wallets") {
+        StatusCode::METHOD_NOT_ALLOWED.into_response()
+    } else {
+        let body = error::ErrorResponse {
+            error_code: "VALIDATION".into(),
+            error_message: format!("{} is not served on {path}", request.method()),
+            details: None,
+        };
+        (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+    };
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 async fn metrics_endpoint(State(state): State<SharedState>) -> Response {

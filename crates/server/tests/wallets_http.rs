@@ -24,6 +24,7 @@ struct App {
 struct Reply {
     status: StatusCode,
     content_type: Option<String>,
+    allow: Option<String>,
     body: Vec<u8>,
 }
 
@@ -114,12 +115,17 @@ impl App {
                 .headers()
                 .get(header::CONTENT_TYPE)
                 .map(|v| v.to_str().unwrap().to_string());
+            let allow = response
+                .headers()
+                .get(header::ALLOW)
+                .map(|v| v.to_str().unwrap().to_string());
             let body = axum::body::to_bytes(response.into_body(), usize::MAX)
                 .await
                 .unwrap();
             Reply {
                 status,
                 content_type,
+                allow,
                 body: body.to_vec(),
             }
         })
@@ -1007,4 +1013,25 @@ fn malformed_paths_and_unknown_routes_answer_in_the_apis_format() {
         .empty(StatusCode::NOT_FOUND);
     app.get(&format!("/api/wallets/wallets/{wallet}/nothing"))
         .empty(StatusCode::NOT_FOUND);
+}
+
+/// A method a path does not serve is a 405 with `Allow`, in the API's format.
+#[test]
+fn methods_a_path_does_not_serve_are_refused_in_the_apis_format() {
+    let app = app();
+    let reply = app.send(Method::PUT, "/api/ledger/v2/any/transactions", None, None);
+    let message = reply.error(StatusCode::METHOD_NOT_ALLOWED, "VALIDATION");
+    assert!(message.contains("PUT is not served"), "{message}");
+    assert!(
+        reply.allow.as_deref().unwrap_or("").contains("POST"),
+        "{:?}",
+        reply.allow
+    );
+    let reply = app.send(Method::PUT, "/api/wallets/wallets", None, None);
+    assert!(
+        reply.allow.as_deref().unwrap_or("").contains("GET"),
+        "{:?}",
+        reply.allow
+    );
+    reply.empty(StatusCode::METHOD_NOT_ALLOWED);
 }
