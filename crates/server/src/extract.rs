@@ -36,6 +36,15 @@ pub(crate) async fn read_body(request: Request) -> Result<Bytes, ApiError> {
 
 pub(crate) async fn read_body_within(request: Request, ms_max: u64) -> Result<Bytes, ApiError> {
     let wallets = is_wallets(request.uri().path());
+    // A body declared too large is refused before it is waited for.
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|bytes| bytes > BODY_BYTES_MAX as u64) {
+        return Err(ApiError::TooLarge { wallets });
+    }
     let body = request.into_body();
     let read = axum::body::to_bytes(body, BODY_BYTES_MAX);
     match tokio::time::timeout(std::time::Duration::from_millis(ms_max), read).await {
@@ -319,5 +328,17 @@ mod tests {
         );
         let request = Request::builder().body(Body::from("{}")).unwrap();
         assert_eq!(read_body_within(request, 50).await.unwrap(), "{}");
+        // Declared over the limit: refused at once, without waiting for the body.
+        let (_sender, body) = {
+            let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+            let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+            (sender, Body::from_stream(stream))
+        };
+        let request = Request::builder()
+            .header("content-length", (BODY_BYTES_MAX + 1).to_string())
+            .body(body)
+            .unwrap();
+        let refused = read_body_within(request, 60_000).await.unwrap_err();
+        assert!(matches!(refused, ApiError::TooLarge { .. }), "{refused:?}");
     }
 }
