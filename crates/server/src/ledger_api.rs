@@ -12,7 +12,10 @@ use base64::Engine as _;
 use coffer_ledger::command::{
     Command, NewTransaction, Outcome, Request, Response as LedgerResponse, Target, TxBody,
 };
-use coffer_ledger::log::{Log, LogType};
+use coffer_ledger::log::{
+    DeleteMetadataPayload, Log, LogType, NewTransactionPayload, RevertedTransactionPayload,
+    SetMetadataPayload,
+};
 use coffer_ledger::service::{
     AccountsQuery, LedgersQuery, LogsQuery, Page, PageRequest, TransactionsQuery, VolumesQuery,
 };
@@ -1382,10 +1385,28 @@ fn imported_log(value: Value) -> ApiResult<Log> {
     let import = |message: String| ApiError::Ledger(LedgerError::Import(message));
     let log: ImportedLog =
         crate::strict::from_value(value).map_err(|e| import(format!("invalid log: {e}")))?;
+    let kind = LogType::parse(&log.kind)
+        .ok_or_else(|| import(format!("log {}: unknown type {:?}", log.id, log.kind)))?;
+    // The payload's shape, read strictly here (the ledger reads it with serde alone, which
+    // would take an array for an object).
+    let shaped = match kind {
+        LogType::NewTransaction => {
+            crate::strict::from_value::<NewTransactionPayload>(log.data.clone()).map(drop)
+        }
+        LogType::RevertedTransaction => {
+            crate::strict::from_value::<RevertedTransactionPayload>(log.data.clone()).map(drop)
+        }
+        LogType::SetMetadata => {
+            crate::strict::from_value::<SetMetadataPayload>(log.data.clone()).map(drop)
+        }
+        LogType::DeleteMetadata => {
+            crate::strict::from_value::<DeleteMetadataPayload>(log.data.clone()).map(drop)
+        }
+    };
+    shaped.map_err(|e| import(format!("log {}: data: {e}", log.id)))?;
     Ok(Log {
         id: log.id,
-        kind: LogType::parse(&log.kind)
-            .ok_or_else(|| import(format!("log {}: unknown type {:?}", log.id, log.kind)))?,
+        kind,
         date: Timestamp::parse(&log.date)
             .ok_or_else(|| import(format!("log {}: invalid date", log.id)))?,
         data: log.data.to_string(),

@@ -1035,3 +1035,33 @@ fn methods_a_path_does_not_serve_are_refused_in_the_apis_format() {
     );
     reply.empty(StatusCode::METHOD_NOT_ALLOWED);
 }
+
+/// An imported log's payload is read as strictly as a request body: objects, not arrays.
+#[test]
+fn imported_logs_have_object_payloads() {
+    let app = app();
+    let created = app.post("/api/ledger/v2/imported", json!({}));
+    assert_eq!(created.status, StatusCode::NO_CONTENT);
+    let line = |data: Value| {
+        json!({"id": 1, "type": "SET_METADATA", "date": "2026-01-01T00:00:00Z", "data": data})
+            .to_string()
+            .into_bytes()
+    };
+    let import = "/api/ledger/v2/imported/logs/import";
+    for data in [
+        json!(["ACCOUNT", "a", {"k": "v"}]),
+        json!({"targetType": "ACCOUNT", "targetId": "a", "metadata": [["k", "v"]]}),
+    ] {
+        let reply = app.send(Method::POST, import, Some(line(data.clone())), None);
+        let message = reply.error(StatusCode::BAD_REQUEST, "IMPORT");
+        assert!(message.contains("log 1: data"), "{data}: {message}");
+    }
+    let good = json!({"targetType": "ACCOUNT", "targetId": "a", "metadata": {"k": "v"}});
+    let reply = app.send(Method::POST, import, Some(line(good)), None);
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let account = app.ok(
+        app.get("/api/ledger/v2/imported/accounts/a"),
+        StatusCode::OK,
+    );
+    assert_eq!(account["data"]["metadata"]["k"], "v");
+}
