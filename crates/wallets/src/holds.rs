@@ -98,6 +98,8 @@ impl Wallets {
         let kind = [(KEY_SPEC_TYPE.to_string(), SPEC_HOLD.to_string())];
         let mut conditions = Vec::new();
         if let Some(wallet_id) = &query.wallet_id {
+            // As the transactions list: an id no wallet can have is a mistake, not "no holds".
+            validate::wallet_id("walletID", wallet_id)?;
             conditions.push((KEY_HOLD_WALLET_ID.to_string(), wallet_id.clone()));
         }
         custom_conditions(&query.metadata, &mut conditions)?;

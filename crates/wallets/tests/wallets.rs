@@ -1039,6 +1039,11 @@ fn list_holds_and_transactions() {
         f.wallets.list_transactions(Some("a:b"), &page(1)),
         "walletID",
     );
+    let bad_wallet = ListHolds {
+        wallet_id: Some("a:b".into()),
+        metadata: Metadata::new(),
+    };
+    check_validation(f.wallets.list_holds(&bad_wallet, &page(1)), "walletID");
 }
 
 #[test]
