@@ -63,6 +63,8 @@ pub const CONNECTIONS_MAX: usize = 4_096;
 pub const HEADER_READ_MS_MAX: u64 = 30_000;
 /// Concurrent requests on one HTTP/2 connection.
 pub const HTTP2_STREAMS_MAX: u32 = 256;
+/// How long a shutdown waits for requests in flight.
+pub const SHUTDOWN_WAIT_MS_MAX: u64 = 30_000;
 /// Pause after a failed accept (such as running out of file descriptors).
 const ACCEPT_RETRY_MS: u64 = 50;
 /// How often buffered histogram samples are folded into their buckets.
@@ -246,6 +248,8 @@ pub async fn serve(
 pub struct ServeLimits {
     pub connections_max: usize,
     pub header_read_ms_max: u64,
+    /// How long a shutdown waits for requests in flight before closing their connections.
+    pub shutdown_wait_ms_max: u64,
 }
 
 impl Default for ServeLimits {
@@ -253,6 +257,7 @@ impl Default for ServeLimits {
         ServeLimits {
             connections_max: CONNECTIONS_MAX,
             header_read_ms_max: HEADER_READ_MS_MAX,
+            shutdown_wait_ms_max: SHUTDOWN_WAIT_MS_MAX,
         }
     }
 }
@@ -319,7 +324,18 @@ pub async fn serve_with_limits(
         });
     }
     drop(listener);
-    // Requests in flight are answered; idle connections are closed.
-    graceful.shutdown().await;
+    // Requests in flight are answered and idle connections closed, for a while: a client that
+    // neither sends nor reads does not hold the shutdown up. (Writes it sent are committed or
+    // refused by the engine, which drains its queue after this.)
+    let wait = Duration::from_millis(limits.shutdown_wait_ms_max);
+    if tokio::time::timeout(wait, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            wait_ms = limits.shutdown_wait_ms_max,
+            "connections still open after the shutdown wait; closing them"
+        );
+    }
     Ok(())
 }

@@ -81,6 +81,7 @@ fn stalled_headers_are_cut_off() {
     let server = Server::start(ServeLimits {
         connections_max: 16,
         header_read_ms_max: 300,
+        ..ServeLimits::default()
     });
     // Headers that never end: the connection is closed once the limit has passed.
     let mut stalled = TcpStream::connect(server.address).unwrap();
@@ -111,6 +112,7 @@ fn connections_are_capped() {
     let server = Server::start(ServeLimits {
         connections_max: 2,
         header_read_ms_max: 60_000,
+        ..ServeLimits::default()
     });
     // Two open connections take both places: a third is answered only when one closes.
     let mut first = TcpStream::connect(server.address).unwrap();
@@ -130,4 +132,28 @@ fn connections_are_capped() {
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer:?}");
     drop((second, third));
     server.stop();
+}
+
+#[test]
+fn a_stalled_request_does_not_hold_the_shutdown_up() {
+    let server = Server::start(ServeLimits {
+        shutdown_wait_ms_max: 300,
+        ..ServeLimits::default()
+    });
+    // A body announced and never sent: its handler waits for it.
+    let mut stalled = TcpStream::connect(server.address).unwrap();
+    stalled
+        .write_all(
+            b"POST /api/ledger/v2/l HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    server.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(stalled);
 }
