@@ -1,17 +1,13 @@
 //! Authentication over HTTP, in process: the token endpoint as the SDKs' client-credentials
 //! hook calls it, and bearer tokens and scopes on both APIs.
 
-use std::sync::Arc;
+mod support;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use base64::Engine as _;
-use coffer_ledger::{EngineConfig, Ledgers};
 use coffer_server::auth::{secret_sha256_hex, Auth, TOKEN_PATH};
-use coffer_server::AppState;
-use coffer_store_sqlite::SqliteStore;
-use coffer_wallets::Wallets;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -35,25 +31,11 @@ impl Reply {
 }
 
 fn app(auth: Option<Auth>) -> App {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let store = SqliteStore::open(&dir.path().join("coffer.db")).expect("store opens");
-    let ledgers = Arc::new(Ledgers::open(store, EngineConfig::default()).expect("engine"));
-    let wallets = Arc::new(Wallets::open(ledgers.clone(), "wallets").expect("wallets"));
-    let state = Arc::new(AppState {
-        ledgers,
-        wallets,
-        metrics: coffer_server::metrics_handle(),
-        auth: auth.map(|auth| Arc::new(coffer_server::auth::AuthHandle::new(auth))),
-    });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let fixture = support::fixture("wallets", auth);
     App {
-        _dir: dir,
-        router: coffer_server::router(state),
-        runtime,
+        _dir: fixture.dir,
+        router: coffer_server::router(fixture.state),
+        runtime: fixture.runtime,
     }
 }
 

@@ -1,14 +1,12 @@
 //! `serve` over real TCP: the connection limits hold.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coffer_ledger::{EngineConfig, Ledgers};
-use coffer_server::{AppState, ServeLimits};
-use coffer_store_sqlite::SqliteStore;
-use coffer_wallets::Wallets;
+use coffer_server::ServeLimits;
 
 const HEALTHCHECK: &[u8] = b"GET /_healthcheck HTTP/1.1\r\nHost: t\r\n\r\n";
 
@@ -33,21 +31,11 @@ struct Server {
 
 impl Server {
     fn start(limits: ServeLimits) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("coffer.db")).unwrap();
-        let ledgers = Arc::new(Ledgers::open(store, EngineConfig::default()).unwrap());
-        let wallets = Arc::new(Wallets::open(ledgers.clone(), "wallets").unwrap());
-        let state = Arc::new(AppState {
-            ledgers,
-            wallets,
-            metrics: coffer_server::metrics_handle(),
-            auth: None,
-        });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let support::Fixture {
+            dir,
+            state,
+            runtime,
+        } = support::fixture("wallets", None);
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();

@@ -1,15 +1,11 @@
 //! The Wallets v1 API over HTTP, in process: status codes, envelopes, error codes, limits and
 //! the OpenAPI document, as the Formance SDKs expect them.
 
-use std::sync::Arc;
+mod support;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
-use coffer_ledger::{EngineConfig, Ledgers};
-use coffer_server::AppState;
-use coffer_store_sqlite::SqliteStore;
-use coffer_wallets::Wallets;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -69,25 +65,11 @@ impl Reply {
 }
 
 fn app() -> App {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let store = SqliteStore::open(&dir.path().join("coffer.db")).expect("store opens");
-    let ledgers = Arc::new(Ledgers::open(store, EngineConfig::default()).expect("engine"));
-    let wallets = Arc::new(Wallets::open(ledgers.clone(), LEDGER).expect("wallets"));
-    let state = Arc::new(AppState {
-        ledgers,
-        wallets,
-        metrics: coffer_server::metrics_handle(),
-        auth: None,
-    });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let fixture = support::fixture(LEDGER, None);
     App {
-        _dir: dir,
-        router: coffer_server::router(state),
-        runtime,
+        _dir: fixture.dir,
+        router: coffer_server::router(fixture.state),
+        runtime: fixture.runtime,
     }
 }
 
